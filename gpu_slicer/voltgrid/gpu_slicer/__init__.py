@@ -1,0 +1,1 @@
+"""Kubelet device plugin that advertises fractional GPUs (fixed-size slices of a card)."""

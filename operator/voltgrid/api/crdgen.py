@@ -1,0 +1,163 @@
+"""Generate the CustomResourceDefinitions in ``crds/`` from the pydantic models.
+
+pydantic emits JSON Schema (draft 2020-12); a CRD needs a *structural* OpenAPI v3 schema. This
+module bridges the two: refs inlined, ``Optional`` unions collapsed to the inner type, titles and
+``additionalProperties: false`` dropped (the apiserver prunes unknown fields and strict field
+validation reports them), ``default: {}`` added to nested objects so the apiserver applies their
+defaults, and each model's CEL rules carried as ``x-kubernetes-validations``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from voltgrid.api import constants as c
+from voltgrid.api.common import Model
+from voltgrid.api.function import Function, FunctionSpec, FunctionStatus
+from voltgrid.api.sandbox import Sandbox, SandboxSpec, SandboxStatus
+from voltgrid.api.session import Session, SessionSpec, SessionStatus
+
+Schema = dict[str, Any]
+
+RESOURCES: Final[tuple[tuple[type[Model], type[Model], type[Model]], ...]] = (
+    (Function, FunctionSpec, FunctionStatus),
+    (Session, SessionSpec, SessionStatus),
+    (Sandbox, SandboxSpec, SandboxStatus),
+)
+_DROPPED_KEYS: Final = {"title", "additionalProperties_false", "$defs"}
+HEADER: Final = "# GENERATED from the pydantic models in operator/voltgrid/api by `voltgrid crds`. Do not edit.\n"
+
+
+def structural(model: type[Model], *, defaults_for_objects: bool) -> Schema:
+    """The structural OpenAPI v3 schema of a model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    return _convert(raw, defs, defaults_for_objects=defaults_for_objects)
+
+
+def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: bool) -> Schema:
+    node = dict(node)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
+        node = {**target, **node}
+    if "anyOf" in node:
+        branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union of {len(branches)} types structurally: {branches}")
+        node = {**branches[0], **node}
+        if "$ref" in node:
+            return _convert(node, defs, defaults_for_objects=defaults_for_objects)
+    out: Schema = {}
+    for key, value in node.items():
+        if key in ("title", "$defs") or (key == "default" and value is None):
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "properties":
+            out[key] = {
+                name: _convert(sub, defs, defaults_for_objects=defaults_for_objects)
+                for name, sub in value.items()
+            }
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _convert(value, defs, defaults_for_objects=defaults_for_objects)
+        else:
+            out[key] = value
+    if defaults_for_objects:
+        for name, sub in out.get("properties", {}).items():
+            optional = name not in out.get("required", [])
+            if optional and sub.get("type") == "object" and "default" not in sub and not sub.get("required"):
+                sub["default"] = {}
+    if out.get("type") == "array" and out.get("items", {}).get("properties", {}).get("type") and (
+        "status" in out["items"]["properties"]
+    ):
+        out["x-kubernetes-list-type"] = "map"
+        out["x-kubernetes-list-map-keys"] = ["type"]
+    return out
+
+
+def crd(resource: type[Model], spec: type[Model], status: type[Model]) -> Schema:
+    """The CustomResourceDefinition of one resource."""
+    info = resource.INFO  # type: ignore[attr-defined]
+    spec_schema = structural(spec, defaults_for_objects=True)
+    spec_schema["description"] = (resource.__doc__ or spec_schema.get("description", "")).strip()
+    if not spec_schema["description"]:
+        spec_schema.pop("description")
+    status_schema = structural(status, defaults_for_objects=False)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{info.plural}.{c.GROUP}"},
+        "spec": {
+            "group": c.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": info.kind,
+                "listKind": f"{info.kind}List",
+                "plural": info.plural,
+                "singular": info.singular,
+                "shortNames": list(info.short_names),
+                "categories": [c.CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": c.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
+                        for n, t, p, d in info.printer_columns
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_all() -> dict[str, str]:
+    """File name → YAML text of every CRD."""
+    files = {}
+    for resource, spec, status in RESOURCES:
+        doc = crd(resource, spec, status)
+        files[f"{doc['metadata']['name']}.yaml"] = HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+    return files
+
+
+def write(directory: Path) -> list[Path]:
+    """Write every CRD into ``directory``, removing stale generated files; returns what was written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = render_all()
+    for stale in directory.glob("*.yaml"):
+        if stale.name not in files:
+            stale.unlink()
+    written = []
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def drift(directory: Path) -> list[str]:
+    """Names of CRD files in ``directory`` that differ from (or are missing against) the models."""
+    files = render_all()
+    present = {p.name for p in directory.glob("*.yaml")}
+    changed = [n for n, text in files.items() if n not in present or (directory / n).read_text() != text]
+    return sorted(changed + [n for n in present if n not in files])

@@ -1,0 +1,1 @@
+"""Command-line entry points: `voltgrid run`, `voltgrid dev`, `voltgrid sessions`, `voltgrid crds`."""

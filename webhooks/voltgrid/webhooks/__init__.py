@@ -1,0 +1,1 @@
+"""Admission webhooks: per-session storage mounts (mutating) and isolation policy (validating)."""
