@@ -1,0 +1,56 @@
+# Voltgrid's vocabulary. `make run` brings Voltgrid up; `make test` runs every test (CI calls it).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VOLTGRID_CLUSTER_DIR ?= /tmp/voltgrid-cluster
+
+.PHONY: install run dev test unit e2e lint crds crds-check cluster-up cluster-down k8s-binaries images bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## Python environment with every dependency
+
+run: install  ## Run Voltgrid: the local cluster when no kube context is reachable, CRDs, operator, gateway
+	$(VENV)/bin/voltgrid run
+
+test: install  ## Everything CI runs: lint, unit tests, end-to-end tests on a real cluster
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) e2e
+
+unit: install  ## Fast tests: no cluster
+	$(VENV)/bin/pytest -m 'not e2e' -p no:cacheprovider
+
+e2e: install k8s-binaries  ## End-to-end tests against a real Kubernetes (the local one unless VOLTGRID_KUBECONFIG is set)
+	$(VENV)/bin/pytest -m e2e -p no:cacheprovider e2e
+	bash e2e/cluster/check-clean.sh
+
+lint: install  ## ruff, mypy --strict, import-linter contracts, CRD drift
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/voltgrid crds --check
+
+crds: install  ## Regenerate crds/ from the API models
+	$(VENV)/bin/voltgrid crds
+
+k8s-binaries:  ## Build the pinned Kubernetes components from Go modules (cached in ~/.cache/voltgrid)
+	bash e2e/cluster/build-k8s.sh
+
+cluster-up: k8s-binaries  ## Start the local single-node cluster
+	bash e2e/cluster/up.sh
+
+cluster-down:  ## Stop the local cluster and remove everything it made
+	bash e2e/cluster/down.sh
+
+bench: install  ## Benchmarks (print figures and ratios; see docs/benchmarks.md)
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean: cluster-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

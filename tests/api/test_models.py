@@ -1,0 +1,104 @@
+"""Table tests of the API models: defaults, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from voltgrid.api import Function, Sandbox, Session
+from voltgrid.api.common import parse_duration
+from voltgrid.api.function import Affinity
+
+
+def fn(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "echo"}, "spec": {"image": "localhost/voltgrid/python:3.11", **spec}}
+
+
+def test_function_defaults() -> None:
+    f = Function.model_validate(fn())
+    assert f.spec.port == 8080
+    assert f.spec.sessions.affinity is Affinity.HEADER
+    assert f.spec.sessions.idle_timeout == "15m"
+    assert f.spec.sessions.max_lifetime == "6h"
+    assert f.spec.scaling.min_instances == 0
+    assert f.spec.isolation.policy == ["kata-fc", "kata-clh", "kata-qemu", "gvisor"]
+    assert f.spec.isolation.allow_unsandboxed is False
+    assert f.to_wire()["spec"]["sessions"]["sessionsPerInstance"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("15m", 900), ("1h30m", 5400), ("1.5h", 5400), ("24h", 86400)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "15", "m", "1d", "-5m", "15 m", "1h 2m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+BAD_FUNCTIONS = [
+    ({"sessions": {"idleTimeout": "forever"}}, "idleTimeout"),
+    ({"sessions": {"affinity": "Sticky"}}, "affinity"),
+    ({"sessions": {"maxLifetime": "25h"}}, "maxLifetime must be at most 24h"),
+    ({"sessions": {"idleTimeout": "2h", "maxLifetime": "1h"}}, "idleTimeout must not be longer"),
+    ({"sessions": {"sessionsPerInstance": 0}}, "sessionsPerInstance"),
+    ({"scaling": {"minInstances": -1}}, "minInstances"),
+    ({"scaling": {"minInstances": 5, "maxInstances": 2}}, "minInstances must not exceed maxInstances"),
+    ({"scaling": {"warmPool": 20, "maxInstances": 2}}, "warmPool must not exceed maxInstances"),
+    ({"port": 70000}, "port"),
+    ({"resources": {"gpu": 0.3}}, "gpu"),
+    ({"resources": {"memory": "lots"}}, "memory"),
+    ({"sessions": {"header": "bad header"}}, "header"),
+    ({"sessions": {"preStop": {"path": "no-slash"}}}, "path"),
+    ({"storage": {"claimName": "Bad_Name"}}, "claimName"),
+    ({"unknownField": 1}, "unknownField"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD_FUNCTIONS)
+def test_function_rejects(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Function.model_validate(fn(**spec))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"functionRef": "echo", "sessionId": "Not_A_Label"}, "sessionId"),
+        ({"functionRef": "echo", "sessionId": "a" * 64}, "sessionId"),
+        ({"functionRef": "echo", "idleTimeout": "1y"}, "idleTimeout"),
+        ({}, "functionRef"),
+    ],
+)
+def test_session_rejects(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Session.model_validate({"spec": spec})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({}, "exactly one of image and functionRef"),
+        ({"image": "x", "functionRef": "echo"}, "exactly one of image and functionRef"),
+        ({"image": "x", "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"}, "at most one of ttl"),
+        ({"image": "x", "storage": {"claimName": "c"}}, "storage needs sessionRef"),
+        ({"image": "x", "network": {"egress": [{"cidr": "not-a-cidr"}]}}, "cidr"),
+    ],
+)
+def test_sandbox_rejects(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Sandbox.model_validate({"spec": spec})
+
+
+def test_sandbox_secure_by_default() -> None:
+    s = Sandbox.model_validate({"spec": {"image": "localhost/voltgrid/python:3.11"}})
+    assert s.spec.isolation.allow_unsandboxed is False
+    assert s.spec.network.egress == []
+    assert s.spec.network.allow_dns is False
