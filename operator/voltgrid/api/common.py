@@ -79,9 +79,7 @@ class Model(BaseModel):
     )
 
     @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         """Attach the class's own CEL rules (a ``CEL`` class attribute) to its schema."""
         schema = handler(core_schema)
         rules = cls.__dict__.get("CEL")
@@ -146,9 +144,6 @@ def check_gpu(gpu: float) -> None:
     """A GPU request must be a supported fraction or a whole number of cards."""
     if gpu and gpu not in c.GPU_FRACTIONS and not float(gpu).is_integer():
         raise ValueError(f"resources.gpu {gpu} must be one of {c.GPU_FRACTIONS} or a whole number of cards")
-
-
-
 
 
 class Isolation(Model):

@@ -6,7 +6,7 @@ from typing import Final
 
 GROUP: Final = "voltgrid.dev"
 VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "voltgrid.dev/v1alpha1"  # f"{GROUP}/{VERSION}", spelt out for its Literal type
 LABEL_PREFIX: Final = f"{GROUP}/"
 CATEGORY: Final = "voltgrid"
 

@@ -28,7 +28,6 @@ RESOURCES: Final[tuple[tuple[type[Model], type[Model], type[Model]], ...]] = (
     (Session, SessionSpec, SessionStatus),
     (Sandbox, SandboxSpec, SandboxStatus),
 )
-_DROPPED_KEYS: Final = {"title", "additionalProperties_false", "$defs"}
 HEADER: Final = "# GENERATED from the pydantic models in operator/voltgrid/api by `voltgrid crds`. Do not edit.\n"
 
 
@@ -59,8 +58,7 @@ def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: boo
             continue
         if key == "properties":
             out[key] = {
-                name: _convert(sub, defs, defaults_for_objects=defaults_for_objects)
-                for name, sub in value.items()
+                name: _convert(sub, defs, defaults_for_objects=defaults_for_objects) for name, sub in value.items()
             }
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = _convert(value, defs, defaults_for_objects=defaults_for_objects)
@@ -71,8 +69,10 @@ def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: boo
             optional = name not in out.get("required", [])
             if optional and sub.get("type") == "object" and "default" not in sub and not sub.get("required"):
                 sub["default"] = {}
-    if out.get("type") == "array" and out.get("items", {}).get("properties", {}).get("type") and (
-        "status" in out["items"]["properties"]
+    if (
+        out.get("type") == "array"
+        and out.get("items", {}).get("properties", {}).get("type")
+        and ("status" in out["items"]["properties"])
     ):
         out["x-kubernetes-list-type"] = "map"
         out["x-kubernetes-list-map-keys"] = ["type"]

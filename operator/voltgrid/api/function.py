@@ -55,12 +55,8 @@ class SessionPolicy(Model):
     """Session semantics: affinity, sharing, idle release and lifetime."""
 
     affinity: Affinity = Affinity.HEADER
-    header: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = (
-        c.DEFAULT_SESSION_HEADER
-    )
-    cookie: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = (
-        c.DEFAULT_SESSION_COOKIE
-    )
+    header: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = c.DEFAULT_SESSION_HEADER
+    cookie: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = c.DEFAULT_SESSION_COOKIE
     sessions_per_instance: Annotated[int, Field(ge=1, le=c.MAX_SESSIONS_PER_INSTANCE)] = 1
     idle_timeout: Duration = c.DEFAULT_IDLE_TIMEOUT
     max_lifetime: Duration = c.DEFAULT_MAX_LIFETIME
@@ -99,8 +95,7 @@ class Scaling(Model):
     ] = 100
 
     CEL: ClassVar = [
-        cel("self.minInstances <= self.maxInstances", "minInstances must not exceed maxInstances",
-            ".minInstances"),
+        cel("self.minInstances <= self.maxInstances", "minInstances must not exceed maxInstances", ".minInstances"),
         cel("self.warmPool <= self.maxInstances", "warmPool must not exceed maxInstances", ".warmPool"),
     ]
 
@@ -159,7 +154,7 @@ class Function(Model):
         plural="functions",
         short_names=("fn", "vfn"),
         printer_columns=(
-            ("Ready", "string", ".status.conditions[?(@.type==\"Ready\")].status", ""),
+            ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', ""),
             ("Affinity", "string", ".spec.sessions.affinity", ""),
             ("Instances", "integer", ".status.instances", ""),
             ("Sessions", "integer", ".status.activeSessions", ""),

@@ -21,8 +21,9 @@ def _crds(args: argparse.Namespace) -> int:
     if args.check:
         stale = crdgen.drift(directory)
         if stale:
-            print(f"error: {directory}/ differs from the models: {', '.join(stale)}; run `voltgrid crds`",
-                  file=sys.stderr)
+            print(
+                f"error: {directory}/ differs from the models: {', '.join(stale)}; run `voltgrid crds`", file=sys.stderr
+            )
             return 1
         print(f"{directory}/ matches the models")
         return 0
