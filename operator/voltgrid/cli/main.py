@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voltgrid.api import crdgen
+from voltgrid.cli import run
 
 DEFAULT_CRD_DIR = Path("crds")
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--out", default=str(DEFAULT_CRD_DIR), help="output directory (default: crds)")
     crds.add_argument("--check", action="store_true", help="fail if the directory differs from the models")
     crds.set_defaults(handler=_crds)
+    run.add_parser(sub)
     return parser
 
 
