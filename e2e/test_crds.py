@@ -116,7 +116,7 @@ INVALID = [
         {
             "apiVersion": "voltgrid.dev/v1alpha1",
             "kind": "Session",
-            "metadata": {"name": "x"},
+            "metadata": {"name": "bad-id"},
             "spec": {"functionRef": "echo", "sessionId": "Not_A_Label"},
         },
         "spec.sessionId",
@@ -126,7 +126,7 @@ INVALID = [
         {
             "apiVersion": "voltgrid.dev/v1alpha1",
             "kind": "Sandbox",
-            "metadata": {"name": "y"},
+            "metadata": {"name": "both-set"},
             "spec": {"image": "x", "functionRef": "echo"},
         },
         "exactly one of image and functionRef",
@@ -136,7 +136,7 @@ INVALID = [
         {
             "apiVersion": "voltgrid.dev/v1alpha1",
             "kind": "Sandbox",
-            "metadata": {"name": "z"},
+            "metadata": {"name": "bad-cidr"},
             "spec": {"image": "x", "network": {"egress": [{"cidr": "everywhere"}]}},
         },
         "spec.network.egress[0].cidr",

@@ -3,8 +3,8 @@
 pydantic emits JSON Schema (draft 2020-12); a CRD needs a *structural* OpenAPI v3 schema. This
 module bridges the two: refs inlined, ``Optional`` unions collapsed to the inner type, titles and
 ``additionalProperties: false`` dropped (the apiserver prunes unknown fields and strict field
-validation reports them), ``default: {}`` added to nested objects so the apiserver applies their
-defaults, and each model's CEL rules carried as ``x-kubernetes-validations``.
+validation reports them), nested spec objects given their complete default value so the apiserver
+applies their defaults, and each model's CEL rules carried as ``x-kubernetes-validations``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ RESOURCES: Final[tuple[tuple[type[Model], type[Model], type[Model]], ...]] = (
 HEADER: Final = "# GENERATED from the pydantic models in operator/voltgrid/api by `voltgrid crds`. Do not edit.\n"
 
 
-def structural(model: type[Model], *, defaults_for_objects: bool) -> Schema:
+def structural(model: type[Model]) -> Schema:
     """The structural OpenAPI v3 schema of a model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    defs = raw.get("$defs", {})
-    return _convert(raw, defs, defaults_for_objects=defaults_for_objects)
+    return _convert(raw, raw.get("$defs", {}))
 
 
-def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: bool) -> Schema:
+def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
     node = dict(node)
     if "$ref" in node:
         target = copy.deepcopy(defs[node.pop("$ref").rsplit("/", 1)[-1]])
@@ -47,9 +46,7 @@ def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: boo
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"cannot express a union of {len(branches)} types structurally: {branches}")
-        node = {**branches[0], **node}
-        if "$ref" in node:
-            return _convert(node, defs, defaults_for_objects=defaults_for_objects)
+        return _convert({**branches[0], **node}, defs)
     out: Schema = {}
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "default" and value is None):
@@ -57,36 +54,38 @@ def _convert(node: Schema, defs: dict[str, Schema], *, defaults_for_objects: boo
         if key == "additionalProperties" and value is False:
             continue
         if key == "properties":
-            out[key] = {
-                name: _convert(sub, defs, defaults_for_objects=defaults_for_objects) for name, sub in value.items()
-            }
+            out[key] = {name: _convert(sub, defs) for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = _convert(value, defs, defaults_for_objects=defaults_for_objects)
+            out[key] = _convert(value, defs)
         else:
             out[key] = value
-    if defaults_for_objects:
-        for name, sub in out.get("properties", {}).items():
-            optional = name not in out.get("required", [])
-            if optional and sub.get("type") == "object" and "default" not in sub and not sub.get("required"):
-                sub["default"] = {}
-    if (
-        out.get("type") == "array"
-        and out.get("items", {}).get("properties", {}).get("type")
-        and ("status" in out["items"]["properties"])
-    ):
-        out["x-kubernetes-list-type"] = "map"
-        out["x-kubernetes-list-map-keys"] = ["type"]
     return out
+
+
+def _default_nested_objects(spec: type[Model], schema: Schema) -> None:
+    """Give each nested object of the spec its fully defaulted value as ``default``.
+
+    The apiserver applies a default only where the field is absent, and checks the default itself
+    against the field's CEL rules without applying nested defaults first, so an empty ``{}`` would
+    fail; the model's own default instance is complete and valid.
+    """
+    for name, field in spec.model_fields.items():
+        if field.default_factory is None:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, Model):
+            schema["properties"][field.alias or name]["default"] = value.to_wire()
 
 
 def crd(resource: type[Model], spec: type[Model], status: type[Model]) -> Schema:
     """The CustomResourceDefinition of one resource."""
     info = resource.INFO  # type: ignore[attr-defined]
-    spec_schema = structural(spec, defaults_for_objects=True)
+    spec_schema = structural(spec)
+    _default_nested_objects(spec, spec_schema)
     spec_schema["description"] = (resource.__doc__ or spec_schema.get("description", "")).strip()
     if not spec_schema["description"]:
         spec_schema.pop("description")
-    status_schema = structural(status, defaults_for_objects=False)
+    status_schema = structural(status)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -15,6 +15,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from voltgrid.api import constants as c
 from voltgrid.api.common import (
+    CONDITIONS_LIST,
     Condition,
     Duration,
     EnvVar,
@@ -137,7 +138,7 @@ class FunctionSpec(Model):
 
 
 class FunctionStatus(Model):
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     instances: int = 0
     ready_instances: int = 0
     warm_instances: int = 0

@@ -16,6 +16,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from voltgrid.api import constants as c
 from voltgrid.api.common import (
+    CONDITIONS_LIST,
     Condition,
     Duration,
     EnvVar,
@@ -108,7 +109,7 @@ class SandboxStatus(Model):
     sandboxed: bool | None = None
     started_at: datetime | None = None
     expires_at: datetime | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_generation: int | None = None
 
 

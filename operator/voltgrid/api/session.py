@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from voltgrid.api import constants as c
-from voltgrid.api.common import Condition, Duration, Model, ObjectName, SessionId, cel
+from voltgrid.api.common import CONDITIONS_LIST, Condition, Duration, Model, ObjectName, SessionId, cel
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
 
 
@@ -63,7 +63,7 @@ class SessionStatus(Model):
     last_activity: datetime | None = None
     expires_at: datetime | None = None
     storage_path: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
     observed_generation: int | None = None
 
 

@@ -1,0 +1,274 @@
+"""The ONE builder of Voltgrid pod manifests: instance pods (gateway and operator) and sandbox pods.
+
+Every pod Voltgrid runs is built here, from the API models, so the labels the gateway rebuilds its
+registry from, the labels the storage webhook selects on, the owner references that let Kubernetes
+garbage-collect pods, and the runtime class that isolates them can never drift between the gateway
+(which creates a session's instance on a cold start or wake) and the operator (warm pools,
+``minInstances``, keep-warm sessions, sandboxes). The functions are pure: model in, dict out.
+
+Pod names are deterministic (``<owner>-<session-id>``, shortened with a hash when too long), so a
+create retried after a crash or by a second actor answers 409 instead of starting a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import secrets
+from enum import StrEnum
+from typing import Any, Final
+
+from voltgrid.api import constants as c
+from voltgrid.api.common import EnvVar, Resources
+from voltgrid.api.function import Function
+from voltgrid.api.sandbox import Sandbox
+from voltgrid.api.session import Session
+from voltgrid.errors import RuntimeUnavailableError, SpecError
+
+Manifest = dict[str, Any]
+
+#: Annotation: seconds of inactivity after which an unbound instance may be reaped (copied from
+#: the Function when the pod is created, so the operator's sweep needs only the pod).
+ANNOTATION_IDLE_TIMEOUT: Final = f"{c.LABEL_PREFIX}idle-timeout"
+#: Annotation: RFC 3339 time of the last activity the gateway saw, patched coarsely (see
+#: :mod:`voltgrid.controllers`). On a warm pod it also marks the pod as claimed by its session.
+ANNOTATION_LAST_ACTIVE: Final = f"{c.LABEL_PREFIX}last-active"
+#: Annotation: the pod belongs to a keep-warm Session object and is never reaped for idleness.
+ANNOTATION_KEEP_WARM: Final = f"{c.LABEL_PREFIX}keep-warm"
+#: Label value of ``voltgrid.dev/managed`` on every pod Voltgrid creates.
+MANAGED: Final = "true"
+#: Container name of the workload in every Voltgrid pod.
+CONTAINER_NAME: Final = "main"
+#: Suffix of the hash that shortens names beyond the 63-character DNS-label limit.
+_HASH_LENGTH: Final = 8
+_NAME_LIMIT: Final = 63
+#: The fraction -> extended-resource mapping of the GPU slicer (another module owns it): the hook
+#: ``resources_for(gpu: float) -> dict[str, str]`` is called for fractional requests.
+GPU_MAPPING_MODULE: Final = "voltgrid.api.gpu"
+GPU_MAPPING_HOOK: Final = "resources_for"
+#: Prefix of session ids minted for warm pods ("w" keeps them valid DNS labels, easy to spot).
+_WARM_ID_PREFIX: Final = "w"
+
+
+class Role(StrEnum):
+    """``voltgrid.dev/role``: what a pod is for."""
+
+    INSTANCE = "instance"  # serves one or more sessions (created for a session by the gateway)
+    WARM = "warm"  # pre-started, labelled with a pre-minted session id, unclaimed until touched
+    SANDBOX = "sandbox"  # the one pod of a Sandbox
+
+
+def new_session_id() -> str:
+    """A fresh session id for a warm pod: a DNS label with 80 random bits."""
+    return f"{_WARM_ID_PREFIX}{secrets.token_hex(10)}"
+
+
+def bounded_name(*parts: str) -> str:
+    """``a-b`` when it fits a DNS label, else a prefix of it plus a hash of the whole (stable)."""
+    full = "-".join(parts)
+    if len(full) <= _NAME_LIMIT:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:_HASH_LENGTH]
+    return f"{full[: _NAME_LIMIT - _HASH_LENGTH - 1].rstrip('-')}-{digest}"
+
+
+def instance_pod_name(function: str, session_id: str) -> str:
+    return bounded_name(function, session_id)
+
+
+def sandbox_pod_name(sandbox: str) -> str:
+    return bounded_name(sandbox, "sbx")
+
+
+def owner_reference(kind: str, name: str, uid: str, *, controller: bool = True) -> Manifest:
+    """An ownerReference to a Voltgrid object: deleting the owner garbage-collects the pod."""
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def gpu_resources(gpu: float) -> dict[str, str]:
+    """Extended resources for a GPU request: whole cards as ``nvidia.com/gpu``, fractions as the
+    slicer's resource from :mod:`voltgrid.api.gpu` (the hook; the mapping lives there)."""
+    if not gpu:
+        return {}
+    if float(gpu).is_integer():
+        return {"nvidia.com/gpu": str(int(gpu))}
+    try:
+        gpu_map = importlib.import_module(GPU_MAPPING_MODULE)
+    except ImportError as exc:
+        raise SpecError(f"resources.gpu {gpu}: fractional GPUs need {GPU_MAPPING_MODULE}") from exc
+    mapped: dict[str, str] = getattr(gpu_map, GPU_MAPPING_HOOK)(gpu)
+    return mapped
+
+
+def container_resources(resources: Resources) -> Manifest:
+    requests = {"cpu": resources.cpu, "memory": resources.memory}
+    limits: dict[str, str] = {"memory": resources.memory}
+    extended = gpu_resources(resources.gpu)
+    requests.update(extended)
+    limits.update(extended)
+    return {"requests": requests, "limits": limits}
+
+
+def _env(env: list[EnvVar], extra: dict[str, str]) -> list[Manifest]:
+    out = [{"name": e.name, "value": e.value} for e in env if e.name not in extra]
+    out.extend({"name": k, "value": v} for k, v in extra.items())
+    return out
+
+
+def _container(
+    image: str,
+    command: list[str] | None,
+    args: list[str] | None,
+    env: list[Manifest],
+    *,
+    port: int | None,
+    resources: Resources,
+) -> Manifest:
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "env": env,
+        "resources": container_resources(resources),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if command:
+        container["command"] = list(command)
+    if args:
+        container["args"] = list(args)
+    if port is not None:
+        container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 3}
+    return container
+
+
+def runtime_for(function: Function) -> str | None:
+    """The RuntimeClass instance pods of ``function`` run with, as the operator chose it.
+
+    Raises RuntimeUnavailableError when the operator found no sandboxed runtime (or has not
+    reconciled the Function yet) and the Function did not opt in to an unsandboxed runtime.
+    """
+    iso = function.spec.isolation
+    chosen = function.status.runtime_class_name if function.status else None
+    if chosen:
+        return chosen
+    if iso.runtime_class_name and function.status is None:
+        return iso.runtime_class_name
+    if iso.allow_unsandboxed:
+        return None
+    raise RuntimeUnavailableError(
+        f"Function {function.metadata.name}: no sandboxed runtime of {iso.policy} is available"
+        " (see its Ready condition); set isolation.allowUnsandboxed to run without one"
+    )
+
+
+def build_instance_pod(
+    function: Function,
+    session_id: str,
+    *,
+    role: Role = Role.INSTANCE,
+    runtime_class_name: str | None,
+    session_owner: Session | None = None,
+) -> Manifest:
+    """The pod of one instance of ``function``, labelled with ``session_id`` (pre-minted for warm
+    pods). The Function is its controller owner; a keep-warm Session object co-owns it."""
+    meta = function.metadata
+    if not meta.name or not meta.namespace or not meta.uid:
+        raise SpecError("the Function needs metadata.name, namespace and uid to own its pods")
+    spec = function.spec
+    owners = [owner_reference("Function", meta.name, meta.uid)]
+    annotations = {ANNOTATION_IDLE_TIMEOUT: spec.sessions.idle_timeout}
+    if session_owner is not None and session_owner.metadata.name and session_owner.metadata.uid:
+        owners.append(
+            owner_reference("Session", session_owner.metadata.name, session_owner.metadata.uid, controller=False)
+        )
+        if session_owner.spec.keep_warm:
+            annotations[ANNOTATION_KEEP_WARM] = "true"
+    env = _env(
+        spec.env,
+        {
+            "VOLTGRID_FUNCTION": meta.name,
+            "VOLTGRID_SESSION_ID": session_id,
+            "PORT": str(spec.port),
+        },
+    )
+    pod_spec: Manifest = {
+        "containers": [_container(spec.image, spec.command, spec.args, env, port=spec.port, resources=spec.resources)],
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if runtime_class_name:
+        pod_spec["runtimeClassName"] = runtime_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": instance_pod_name(meta.name, session_id),
+            "namespace": meta.namespace,
+            "labels": {
+                c.LABEL_MANAGED: MANAGED,
+                c.LABEL_FUNCTION: meta.name,
+                c.LABEL_SESSION: session_id,
+                c.LABEL_ROLE: str(role),
+            },
+            "annotations": annotations,
+            "ownerReferences": owners,
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_sandbox_pod(
+    sandbox: Sandbox, *, runtime_class_name: str | None, function: Function | None = None
+) -> Manifest:
+    """The one pod of a Sandbox; image, command, env and port come from ``functionRef`` when set."""
+    meta = sandbox.metadata
+    if not meta.name or not meta.namespace or not meta.uid:
+        raise SpecError("the Sandbox needs metadata.name, namespace and uid to own its pod")
+    spec = sandbox.spec
+    if spec.function_ref is not None and function is None:
+        raise SpecError(f"Sandbox {meta.name}: functionRef {spec.function_ref} was not resolved")
+    base = function.spec if function is not None else None
+    image = spec.image or (base.image if base else "")
+    command = spec.command or (base.command if base else None)
+    args = spec.args or (base.args if base else None)
+    port = spec.port if spec.port is not None else (base.port if base else None)
+    env_vars = [*(base.env if base else []), *spec.env]
+    extra = {"VOLTGRID_SANDBOX": meta.name}
+    if spec.session_ref:
+        extra["VOLTGRID_SESSION_ID"] = spec.session_ref
+    labels = {
+        c.LABEL_MANAGED: MANAGED,
+        c.LABEL_SANDBOX: meta.name,
+        c.LABEL_ROLE: str(Role.SANDBOX),
+    }
+    if spec.session_ref:
+        labels[c.LABEL_SESSION] = spec.session_ref
+    if spec.function_ref:
+        labels[c.LABEL_FUNCTION] = spec.function_ref
+    pod_spec: Manifest = {
+        "containers": [_container(image, command, args, _env(env_vars, extra), port=port, resources=spec.resources)],
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if runtime_class_name:
+        pod_spec["runtimeClassName"] = runtime_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": sandbox_pod_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference("Sandbox", meta.name, meta.uid)],
+        },
+        "spec": pod_spec,
+    }
