@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VOLTGRID_CLUSTER_DIR ?= /tmp/voltgrid-cluster
 
-.PHONY: install run dev test unit e2e lint crds crds-check cluster-up cluster-down k8s-binaries images bench clean
+.PHONY: install run test unit e2e lint crds chart cluster-up cluster-down k8s-binaries helm bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ test: install  ## Everything CI runs: lint, unit tests, end-to-end tests on a re
 unit: install  ## Fast tests: no cluster
 	$(VENV)/bin/pytest -m 'not e2e' -p no:cacheprovider
 
-e2e: install k8s-binaries  ## End-to-end tests against a real Kubernetes (the local one unless VOLTGRID_KUBECONFIG is set)
+e2e: install k8s-binaries helm  ## End-to-end tests against a real Kubernetes (the local one unless VOLTGRID_KUBECONFIG is set)
 	$(VENV)/bin/pytest -m e2e -p no:cacheprovider e2e
 	bash e2e/cluster/check-clean.sh
 
@@ -37,8 +37,16 @@ lint: install  ## ruff, mypy --strict, import-linter contracts, CRD drift
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/voltgrid crds --check
 
-crds: install  ## Regenerate crds/ from the API models
+crds: install  ## Regenerate crds/ from the API models (and the chart's copy, and deploy/voltgrid.yaml)
 	$(VENV)/bin/voltgrid crds
+	$(MAKE) chart
+
+chart: helm  ## Sync crds/ and runtimeclasses/ into the chart and re-render deploy/voltgrid.yaml
+	bash scripts/sync-chart.sh
+	bash scripts/render-manifest.sh
+
+helm:  ## Build helm from its Go module (cached in ~/.cache/voltgrid)
+	bash e2e/cluster/build-helm.sh
 
 k8s-binaries:  ## Build the pinned Kubernetes components from Go modules (cached in ~/.cache/voltgrid)
 	bash e2e/cluster/build-k8s.sh

@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     _kubectl(bin_dir, kubeconfig, "apply", "-n", "default", "-f", str(REPO_ROOT / "examples" / "echo-function.yaml"))
     print(
         "\nVoltgrid is running. Call the example Function (a session is minted and returned in the header):\n"
-        f"  curl -i http://127.0.0.1:{args.port}/default/echo/\n"
-        f"  curl -i -H 'X-Voltgrid-Session: demo-1' http://127.0.0.1:{args.port}/default/echo/\n"
+        f"  curl -i http://127.0.0.1:{args.port}/fn/default/echo/\n"
+        f"  curl -i -H 'X-Voltgrid-Session: demo-1' http://127.0.0.1:{args.port}/fn/default/echo/\n"
         "Ctrl-C stops the operator and the gateway; `make cluster-down` stops the local cluster.\n"
     )
     stopping = False
