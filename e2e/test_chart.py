@@ -1,0 +1,285 @@
+"""The chart and the rendered manifest on a real cluster, with real helm and kubectl.
+
+Order matters (one module, tests in file order): helm install -> NOTES work as written -> helm upgrade ->
+helm uninstall leaves only the documented leftovers -> deploy/voltgrid.yaml applies, serves, and
+re-applying it (client-side, then server-side) changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = "voltgrid"
+HELM_NS = "voltgrid-e2e"
+MANIFEST_NS = "voltgrid-system"
+IMAGE = {"image.repository": "localhost/voltgrid/voltgrid", "image.tag": "dev", "image.pullPolicy": "Never"}
+#: What `helm uninstall` leaves (docs/operations.md, "Uninstall"): the session claim (resource-policy
+#: keep), the webhook's CA Secret (written at runtime, not part of the release), the CRDs, the namespace.
+LEFTOVERS = {("persistentvolumeclaim", "voltgrid-sessions"), ("secret", "voltgrid-webhook-tls")}
+#: The release's NOTES, kept for the manifest's smoke test.
+NOTES: list[str] = []
+
+
+def env(cluster: Any) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "PATH": f"{cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+def run(cluster: Any, *argv: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        env=env(cluster),
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ok(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 0, f"{out.args}: {out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    out = subprocess.run(["bash", str(ROOT / "e2e/cluster/build-helm.sh")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def image(cluster: Any) -> str:
+    """localhost/voltgrid/voltgrid:dev in the node's containerd, also tagged as the chart's default image."""
+    if cluster.state_dir is None:
+        pytest.skip("a user's cluster: load localhost/voltgrid/voltgrid:dev (e2e/images/build-voltgrid-image.sh) first")
+    script_env = {**os.environ, "VOLTGRID_CLUSTER_DIR": str(cluster.state_dir)}
+    out = subprocess.run(
+        ["bash", str(ROOT / "e2e/images/build-voltgrid-image.sh"), "--import"],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    default = "docker.io/voltgrid/voltgrid:" + chart_app_version()
+    sock = str(cluster.state_dir / "containerd" / "containerd.sock")
+    subprocess.run(["ctr", "-a", sock, "-n", "k8s.io", "images", "rm", default], capture_output=True, check=False)
+    tagged = subprocess.run(
+        ["ctr", "-a", sock, "-n", "k8s.io", "images", "tag", "localhost/voltgrid/voltgrid:dev", default],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    return default
+
+
+def chart_app_version() -> str:
+    match = re.search(r'^appVersion: "?([^"\n]+)"?$', (ROOT / "charts/voltgrid/Chart.yaml").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+def session_volume(cluster: Any, namespace: str) -> None:
+    """A hostPath PV pre-bound to the chart's claim (the local cluster has no dynamic provisioner)."""
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"voltgrid-sessions-{namespace}"},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": "voltgrid-sessions"},
+            "hostPath": {"path": f"/tmp/voltgrid-e2e-sessions/{namespace}", "type": "DirectoryOrCreate"},
+        },
+    }
+    ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pv)))
+
+
+def all_ready(cluster: Any, namespace: str) -> None:
+    ok(
+        run(
+            cluster,
+            "kubectl", "-n", namespace, "wait", "deploy", "--all", "--for=condition=Available", "--timeout=240s",
+            timeout=300,
+        )
+    )  # fmt: skip
+    pods = json.loads(ok(run(cluster, "kubectl", "-n", namespace, "get", "pods", "-o", "json")))["items"]
+    for pod in pods:
+        if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "janitor":
+            continue
+        ready = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}.get("Ready")
+        assert ready == "True", f"{pod['metadata']['name']} not ready: {pod['status']}"
+    claim = json.loads(ok(run(cluster, "kubectl", "-n", namespace, "get", "pvc", "voltgrid-sessions", "-o", "json")))
+    assert claim["status"]["phase"] == "Bound"
+
+
+def notes_script(notes: str) -> str:
+    """The NOTES commands (lines starting with `$ `), as one bash script."""
+    commands = [line.strip()[2:] for line in notes.splitlines() if line.strip().startswith("$ ")]
+    assert commands, notes
+    return "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + "\n".join(commands) + "\n"
+
+
+def follow_notes(cluster: Any, notes: str) -> str:
+    out = run(cluster, "bash", "-c", notes_script(notes), timeout=400)
+    assert out.returncode == 0, f"NOTES commands failed:\n{out.stdout}\n{out.stderr}"
+    assert re.search(r"^HTTP/1\.1 200", out.stdout, re.M), out.stdout
+    assert re.search(r"^x-voltgrid-session: \S+", out.stdout, re.M | re.I), out.stdout
+    return out.stdout
+
+
+def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, image: str) -> None:
+    session_volume(cluster, HELM_NS)
+    sets = [f"--set={k}={v}" for k, v in IMAGE.items()]
+    ok(
+        run(
+            cluster,
+            helm, "install", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--create-namespace", *sets,
+            "--wait", "--timeout", "5m",
+            timeout=400,
+        )
+    )  # fmt: skip
+    all_ready(cluster, HELM_NS)
+    conf = json.loads(
+        ok(run(cluster, "kubectl", "get", "mutatingwebhookconfiguration", "voltgrid-session-storage", "-o", "json"))
+    )
+    deadline = time.monotonic() + 60
+    while not conf["webhooks"][0]["clientConfig"].get("caBundle") and time.monotonic() < deadline:
+        time.sleep(2)
+        conf = json.loads(
+            ok(run(cluster, "kubectl", "get", "mutatingwebhookconfiguration", "voltgrid-session-storage", "-o", "json"))
+        )
+    assert conf["webhooks"][0]["clientConfig"].get("caBundle"), "the webhook never patched its caBundle"
+
+
+def test_notes_instructions_work_as_written(cluster: Any, helm: str) -> None:
+    notes = ok(run(cluster, helm, "get", "notes", RELEASE, "-n", HELM_NS))
+    follow_notes(cluster, notes)
+    NOTES.append(notes)
+
+
+def test_helm_upgrade_with_changed_values(cluster: Any, helm: str) -> None:
+    ok(
+        run(
+            cluster,
+            helm, "upgrade", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--reuse-values",
+            "--set", "gateway.replicas=2", "--set", "operator.replicas=2", "--set", "logLevel=debug",
+            "--wait", "--timeout", "5m",
+            timeout=400,
+        )
+    )  # fmt: skip
+    all_ready(cluster, HELM_NS)
+    gateway = json.loads(ok(run(cluster, "kubectl", "-n", HELM_NS, "get", "deploy", "voltgrid-gateway", "-o", "json")))
+    assert gateway["status"]["readyReplicas"] == 2
+    ok(run(cluster, "kubectl", "get", "clusterkopfpeering", "voltgrid"))
+    # The echo Function from the NOTES still answers through the upgraded gateway.
+    notes = ok(run(cluster, helm, "get", "notes", RELEASE, "-n", HELM_NS))
+    follow_notes(cluster, notes)
+
+
+def test_helm_uninstall_leaves_only_documented_leftovers(cluster: Any, helm: str) -> None:
+    ok(run(cluster, "kubectl", "delete", "-n", "default", "function", "echo", "--ignore-not-found", "--wait=true"))
+    ok(run(cluster, helm, "uninstall", RELEASE, "-n", HELM_NS, "--wait", "--timeout", "3m", timeout=240))
+    deadline = time.monotonic() + 120
+    while True:
+        listed = ok(
+            run(
+                cluster,
+                "kubectl",
+                "-n",
+                HELM_NS,
+                "get",
+                "all,cm,secret,pvc,sa,role,rolebinding,pdb,cronjob,ingress",
+                "-o",
+                "name",
+            )
+        )
+        left = {tuple(n.split("/", 1)) for n in listed.split()}
+        left = {(kind.split(".")[0], name) for kind, name in left if not name.startswith("kube-root-ca.crt")}
+        left -= {("serviceaccount", "default")}
+        if left <= LEFTOVERS or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert left <= LEFTOVERS, f"left behind in {HELM_NS}: {sorted(left - LEFTOVERS)}"
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    cluster_wide = (
+        "clusterrole,clusterrolebinding,mutatingwebhookconfiguration,validatingwebhookconfiguration,clusterkopfpeering"
+    )
+    assert ok(run(cluster, "kubectl", "get", cluster_wide, "-l", selector, "-o", "name")).strip() == ""
+    for crd in ("functions.voltgrid.dev", "sessions.voltgrid.dev", "sandboxes.voltgrid.dev"):
+        ok(run(cluster, "kubectl", "get", "crd", crd))  # documented: CRDs stay (they hold user data)
+    ok(run(cluster, "kubectl", "delete", "namespace", HELM_NS, "--wait=true", timeout=300))
+    ok(run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{HELM_NS}", "--ignore-not-found"))
+
+
+def resource_versions(cluster: Any) -> dict[str, str]:
+    items = json.loads(ok(run(cluster, "kubectl", "get", "-f", "deploy/voltgrid.yaml", "-o", "json")))["items"]
+    return {
+        f"{i['kind']}/{i['metadata'].get('namespace', '')}/{i['metadata']['name']}": i["metadata"]["resourceVersion"]
+        for i in items
+    }
+
+
+def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster: Any, image: str) -> None:
+    manifest = "deploy/voltgrid.yaml"
+    session_volume(cluster, MANIFEST_NS)
+    run(cluster, "kubectl", "create", "namespace", MANIFEST_NS)
+    token = run(cluster, "kubectl", "-n", MANIFEST_NS, "create", "secret", "generic", "voltgrid-gateway-internal",
+                "--from-literal=token=e2e-" + os.urandom(16).hex())  # fmt: skip
+    assert token.returncode == 0 or "AlreadyExists" in token.stderr, token.stderr
+    try:
+        ok(run(cluster, "kubectl", "apply", "-f", manifest, timeout=180))
+        all_ready(cluster, MANIFEST_NS)
+        # The same smoke test as the release's: its NOTES, pointed at the manifest's namespace.
+        assert NOTES, "the helm tests did not run first"
+        notes = NOTES[0].replace(HELM_NS, MANIFEST_NS)
+        follow_notes(cluster, notes)
+        second = ok(run(cluster, "kubectl", "apply", "-f", manifest, timeout=180))
+        changed = [line for line in second.splitlines() if not line.endswith(" unchanged")]
+        assert not changed, f"a second apply changed: {changed}"
+        diff = run(cluster, "kubectl", "diff", "-f", manifest, timeout=180)
+        assert diff.returncode == 0, f"client-side diff after apply:\n{diff.stdout}{diff.stderr}"
+        ok(run(cluster, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", manifest, timeout=180))
+        diff = run(cluster, "kubectl", "diff", "--server-side", "-f", manifest, timeout=180)
+        assert diff.returncode == 0, f"server-side diff after server-side apply:\n{diff.stdout}{diff.stderr}"
+        before = resource_versions(cluster)
+        ok(run(cluster, "kubectl", "apply", "--server-side", "-f", manifest, timeout=180))
+        after = resource_versions(cluster)
+        assert {k for k in after if after[k] != before.get(k)} == set(), "a second server-side apply changed objects"
+    finally:
+        run(cluster, "kubectl", "delete", "-n", "default", "function", "echo", "--ignore-not-found", "--wait=true")
+        objects = [
+            d for d in (ROOT / manifest).read_text().split("\n---\n") if "kind: CustomResourceDefinition" not in d
+        ]
+        run(
+            cluster,
+            "kubectl",
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "-f",
+            "-",
+            stdin="\n---\n".join(objects),
+            timeout=300,
+        )
+        run(cluster, "kubectl", "delete", "namespace", MANIFEST_NS, "--ignore-not-found", "--wait=true", timeout=300)
+        run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{MANIFEST_NS}", "--ignore-not-found")
