@@ -1,0 +1,92 @@
+"""What the janitor asks the cluster: which sessions are live, and each Function's retention.
+
+Why a Protocol with a snapshot: the janitor's decisions are pure (directories + snapshot + clock in,
+decisions out) and are tested with a fake; the Kubernetes implementation is a handful of paged LISTs
+per run — never one request per directory, whatever the number of sessions.
+
+Live means: a pod labelled ``voltgrid.dev/session`` exists in the namespace (running, pending or
+terminating — any pod may still write), or a ``Session`` object for it exists whose phase is not
+``Expired`` (a declared always-on session keeps its memory while it has no pod). Liveness is keyed by
+``(namespace, session id)`` without the function: if in doubt, keep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final, Protocol
+
+from kubernetes_asyncio import client
+
+from voltgrid.api import constants as c
+from voltgrid.api.common import parse_duration
+
+log = logging.getLogger(__name__)
+
+#: Objects per LIST page.
+PAGE_SIZE: Final = 500
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A snapshot: live ``(namespace, session)`` pairs and ``(namespace, function) → retention``."""
+
+    live: frozenset[tuple[str, str]] = frozenset()
+    retention: dict[tuple[str, str], timedelta] = field(default_factory=dict)
+
+
+class SessionCatalog(Protocol):
+    async def snapshot(self) -> Catalog: ...
+
+
+async def _pages(list_call: Callable[..., Awaitable[Any]], **kwargs: Any) -> AsyncIterator[Any]:
+    token = None
+    while True:
+        page = await list_call(limit=PAGE_SIZE, _continue=token, **kwargs)
+        metadata = page["metadata"] if isinstance(page, dict) else page.metadata
+        yield page
+        token = metadata.get("continue") if isinstance(metadata, dict) else metadata._continue
+        if not token:
+            return
+
+
+class KubernetesCatalog:
+    """:class:`SessionCatalog` from pods, Session and Function objects (kubernetes_asyncio)."""
+
+    def __init__(self, api: Any) -> None:
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+
+    async def _custom_objects(self, plural: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        try:
+            async for page in _pages(
+                self._custom.list_cluster_custom_object, group=c.GROUP, version=c.VERSION, plural=plural
+            ):
+                items.extend(page.get("items") or [])
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            log.warning("%s.%s is not installed; no %s taken into account", plural, c.GROUP, plural)
+        return items
+
+    async def snapshot(self) -> Catalog:
+        live: set[tuple[str, str]] = set()
+        async for page in _pages(self._core.list_pod_for_all_namespaces, label_selector=c.LABEL_SESSION):
+            for pod in page.items:
+                live.add((pod.metadata.namespace, pod.metadata.labels[c.LABEL_SESSION]))
+        for obj in await self._custom_objects("sessions"):
+            if (obj.get("status") or {}).get("phase") != "Expired":
+                meta = obj.get("metadata") or {}
+                live.add((meta.get("namespace", ""), (obj.get("spec") or {}).get("sessionId") or meta.get("name", "")))
+        retention: dict[tuple[str, str], timedelta] = {}
+        for obj in await self._custom_objects("functions"):
+            meta, storage = obj.get("metadata") or {}, (obj.get("spec") or {}).get("storage") or {}
+            if storage.get("retention"):
+                try:
+                    retention[(meta.get("namespace", ""), meta.get("name", ""))] = parse_duration(storage["retention"])
+                except ValueError as exc:
+                    log.warning("Function %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+        return Catalog(live=frozenset(live), retention=retention)

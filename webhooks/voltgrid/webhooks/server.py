@@ -1,0 +1,286 @@
+"""The admission webhook server: ``/mutate``, ``/validate`` and ``/healthz`` over TLS (aiohttp).
+
+Why aiohttp and not kopf's admission support: the webhooks layer must not import kopf (import-linter
+contract) — the webhook has to keep answering while the operator restarts, and failurePolicy Fail
+makes it critical for every pod in a Voltgrid namespace; kopf would also tie the webhook's lifetime and
+TLS to an operator process and to kopf's own certificate handling, whereas here the same small aiohttp
+process serves both webhooks, reloads its certificate files when they change (an operator-generated CA
+rotating, cert-manager renewing, or the kubelet refreshing a mounted Secret — no restart), and can
+keep its own CA (``--manage-certs``, :mod:`voltgrid.webhooks.certs`). The decisions are pure functions
+(:mod:`voltgrid.webhooks.mutate`, :mod:`voltgrid.webhooks.validate`); this module is transport only.
+
+Entry point: :func:`main` (``voltgrid webhook`` in the CLI). Settings: flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from voltgrid.errors import VoltgridError
+from voltgrid.webhooks import certs, mutate, validate
+from voltgrid.webhooks import contract as k
+from voltgrid.webhooks.kube import api_client
+from voltgrid.webhooks.review import AdmissionRequest, ReviewError, Verdict, parse_review, review_response
+
+log = logging.getLogger(__name__)
+
+#: How often the certificate files are checked for changes.
+CERT_POLL_INTERVAL: Final = 2.0
+#: An AdmissionReview carries one pod (at most ~1.5 MiB in etcd) twice at most.
+MAX_REVIEW_BYTES: Final = 4 * 1024 * 1024
+#: After a failed certificate round, try again after this long (seconds).
+CERT_RETRY_DELAY: Final = 60.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the webhook server runs (``voltgrid webhook --help`` lists flags and env names)."""
+
+    tls_cert: Path
+    tls_key: Path
+    host: str = "0.0.0.0"
+    port: int = k.DEFAULT_PORT
+    #: Claims that hold session directories in every namespace, besides a pod's own annotation.
+    session_claims: frozenset[str] = field(default_factory=frozenset)
+    #: Keep our own CA in a Secret and write tls_cert/tls_key from it (no cert-manager).
+    manage_certs: bool = False
+    #: Where the own CA lives and which configurations get its bundle (with ``manage_certs``).
+    cert_settings: certs.CertSettings = field(default_factory=lambda: certs.CertSettings(namespace="voltgrid-system"))
+    kubeconfig: str | None = None
+    cert_poll_interval: float = CERT_POLL_INTERVAL
+
+
+def _env_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerSettings:
+    """Flags over ``VOLTGRID_WEBHOOK_*`` environment variables over defaults."""
+    p = argparse.ArgumentParser(prog="voltgrid webhook", description="Voltgrid admission webhooks over TLS")
+    p.add_argument("--host", default=env.get("VOLTGRID_WEBHOOK_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env.get("VOLTGRID_WEBHOOK_PORT", k.DEFAULT_PORT)))
+    default_dir = env.get("VOLTGRID_WEBHOOK_CERT_DIR", "/etc/voltgrid/webhook-tls")
+    p.add_argument("--tls-cert", default=env.get("VOLTGRID_WEBHOOK_TLS_CERT", f"{default_dir}/tls.crt"))
+    p.add_argument("--tls-key", default=env.get("VOLTGRID_WEBHOOK_TLS_KEY", f"{default_dir}/tls.key"))
+    p.add_argument(
+        "--session-claim",
+        action="append",
+        help="a claim holding session directories (repeatable; env VOLTGRID_WEBHOOK_SESSION_CLAIMS, comma-separated)",
+    )
+    p.add_argument(
+        "--manage-certs",
+        action="store_true",
+        default=env.get("VOLTGRID_WEBHOOK_MANAGE_CERTS", "").lower() in ("1", "true", "yes"),
+        help="generate and rotate our own CA (Secret) and patch caBundle; off with cert-manager",
+    )
+    p.add_argument("--namespace", default=env.get("VOLTGRID_NAMESPACE", env.get("POD_NAMESPACE", "voltgrid-system")))
+    p.add_argument("--service", default=env.get("VOLTGRID_WEBHOOK_SERVICE", "voltgrid-webhook"))
+    p.add_argument("--secret", default=env.get("VOLTGRID_WEBHOOK_SECRET", "voltgrid-webhook-tls"))
+    p.add_argument("--configuration-prefix", default=env.get("VOLTGRID_WEBHOOK_CONFIGURATION_PREFIX", "voltgrid"))
+    p.add_argument(
+        "--extra-name",
+        action="append",
+        help="another DNS name or IP for the serving certificate (env VOLTGRID_WEBHOOK_EXTRA_NAMES)",
+    )
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
+    args = p.parse_args(argv)
+    prefix = args.configuration_prefix
+    return ServerSettings(
+        tls_cert=Path(args.tls_cert),
+        tls_key=Path(args.tls_key),
+        host=args.host,
+        port=args.port,
+        session_claims=frozenset(args.session_claim or _env_list(env.get("VOLTGRID_WEBHOOK_SESSION_CLAIMS"))),
+        manage_certs=args.manage_certs,
+        cert_settings=certs.CertSettings(
+            namespace=args.namespace,
+            service=args.service,
+            secret=args.secret,
+            mutating_configuration=f"{prefix}-session-storage",
+            validating_configuration=f"{prefix}-session-isolation",
+            extra_names=tuple(args.extra_name or _env_list(env.get("VOLTGRID_WEBHOOK_EXTRA_NAMES"))),
+        ),
+        kubeconfig=args.kubeconfig,
+    )
+
+
+class CertReloader:
+    """One SSLContext whose certificate follows the files on disk.
+
+    A change is loaded into a scratch context first (from a private copy, so a half-written pair is
+    never used); only a pair that loads cleanly replaces the live certificate. The live context is
+    changed in place: new handshakes use the new certificate, open connections keep theirs.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp: tuple[int, ...] | None = None
+        if not self.reload():
+            raise ssl.SSLError(f"cannot load the TLS certificate {cert} and key {key}")
+
+    def _current_stamp(self) -> tuple[int, ...]:
+        a, b = os.stat(self.cert), os.stat(self.key)
+        return (a.st_mtime_ns, a.st_size, a.st_ino, b.st_mtime_ns, b.st_size, b.st_ino)
+
+    def reload(self) -> bool:
+        """Load the files if they changed since the last load; True when a new pair is in use."""
+        try:
+            stamp = self._current_stamp()
+            if stamp == self._stamp:
+                return False
+            with tempfile.TemporaryDirectory(prefix="voltgrid-tls-") as tmp:
+                cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+                shutil.copyfile(self.cert, cert)
+                shutil.copyfile(self.key, key)
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+                self.context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS files %s, %s not (re)loaded, keeping the current pair: %s", self.cert, self.key, exc)
+            return False
+        self._stamp = stamp
+        log.info("TLS certificate loaded from %s", self.cert)
+        return True
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload()
+
+
+Decide = Callable[[AdmissionRequest], Verdict]
+
+
+def _handler(decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            try:
+                body = json.loads(await request.read())
+            except ValueError as exc:
+                raise ReviewError(f"body is not JSON: {exc}") from exc
+            review = parse_review(body)
+            verdict = decide(review)
+        except ReviewError as exc:
+            return web.json_response({"code": "BadRequest", "message": str(exc)}, status=400)
+        except (AttributeError, TypeError, KeyError) as exc:
+            return web.json_response({"code": "BadRequest", "message": f"malformed pod object: {exc}"}, status=400)
+        if not verdict.allowed:
+            log.info("%s denied %s in %s: %s", request.path, review.operation, review.namespace, verdict.message)
+        return web.json_response(review_response(review.uid, verdict))
+
+    return handle
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(policy: validate.ValidationPolicy) -> web.Application:
+    """The aiohttp application (no TLS, no cert management): routes to the pure decisions."""
+    app = web.Application(client_max_size=MAX_REVIEW_BYTES)
+    app.router.add_post(k.MUTATE_PATH, _handler(mutate.review))
+    app.router.add_post(k.VALIDATE_PATH, _handler(lambda review: validate.review(review, policy)))
+    app.router.add_get(k.HEALTHZ_PATH, _healthz)
+    return app
+
+
+async def _cert_loop(settings: ServerSettings, store: certs.CertStore, reloader: CertReloader) -> None:
+    delay = certs.CERT_CHECK_INTERVAL.total_seconds()
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await certs.reconcile(
+                store, settings.cert_settings, datetime.now(UTC), (settings.tls_cert, settings.tls_key)
+            )
+            reloader.reload()
+            delay = certs.CERT_CHECK_INTERVAL.total_seconds()
+        except Exception:  # the next round retries; a failing round must not stop serving
+            log.exception("certificate round failed; retrying in %ss", CERT_RETRY_DELAY)
+            delay = CERT_RETRY_DELAY
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port, and what :meth:`close` stops."""
+
+    port: int
+    reloader: CertReloader
+    runner: web.AppRunner
+    tasks: list[asyncio.Task[None]]
+    closers: list[Callable[[], Awaitable[Any]]]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.runner.cleanup()
+        for closer in self.closers:
+            await closer()
+
+
+async def start(settings: ServerSettings) -> RunningServer:
+    """Bootstrap certificates (with ``manage_certs``), then listen; ``port=0`` picks a free port."""
+    tasks: list[asyncio.Task[None]] = []
+    closers: list[Callable[[], Awaitable[Any]]] = []
+    store: certs.CertStore | None = None
+    if settings.manage_certs:
+        client = await api_client(settings.kubeconfig)
+        closers.append(client.close)
+        store = certs.KubernetesCertStore(client, settings.cert_settings)
+        await certs.reconcile(store, settings.cert_settings, datetime.now(UTC), (settings.tls_cert, settings.tls_key))
+    reloader = CertReloader(settings.tls_cert, settings.tls_key)
+    runner = web.AppRunner(make_app(validate.ValidationPolicy(settings.session_claims)))
+    await runner.setup()
+    sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+    port: int = sock.getsockname()[1]
+    await web.SockSite(runner, sock, ssl_context=reloader.context).start()
+    tasks.append(asyncio.create_task(reloader.watch(settings.cert_poll_interval)))
+    if store is not None:
+        tasks.append(asyncio.create_task(_cert_loop(settings, store, reloader)))
+    log.info("webhook listening on https://%s:%s", settings.host, port)
+    return RunningServer(port=port, reloader=reloader, runner=runner, tasks=tasks, closers=closers)
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(settings)
+    try:
+        await stop.wait()
+    finally:
+        await running.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``voltgrid webhook``: serve the admission webhooks until terminated; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_settings(argv, os.environ)
+    try:
+        asyncio.run(serve(settings))
+    except (OSError, ssl.SSLError, VoltgridError) as exc:
+        log.error("voltgrid webhook: %s", exc)
+        return 1
+    return 0
