@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from the
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl and kube-proxy from the
 # Go module k8s.io/kubernetes at the pin in versions.env, through the wrapper module in k8sbuild/
 # (k8s.io/kubernetes cannot be `go install`ed directly: its go.mod replaces the staging modules).
 # Binaries are cached outside the repo, keyed by the pin; a second run with the same pin is a no-op.
@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 cache=${VOLTGRID_CACHE:-$HOME/.cache/voltgrid}
 bin="$cache/k8s-$K8S_VERSION/bin"
-components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 
 missing=0
 for c in "${components[@]}"; do [ -x "$bin/$c" ] || missing=1; done
