@@ -7,12 +7,14 @@ and a component's missing optional dependency breaks only its own subcommand.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from voltgrid.api import crdgen
-from voltgrid.cli import run
+from voltgrid.cli import dev, gateway, run, sessions
 
 DEFAULT_CRD_DIR = Path("crds")
 
@@ -33,6 +35,26 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from voltgrid.controllers.main import run_operator  # noqa: PLC0415 (lazy: kopf only here)
+    from voltgrid.controllers.settings import OperatorSettings  # noqa: PLC0415
+
+    settings = OperatorSettings.from_env()
+    if args.namespace:
+        settings = dataclasses.replace(settings, namespaces=tuple(args.namespace))
+    if args.peering:
+        settings = dataclasses.replace(settings, peering=args.peering)
+    run_operator(settings)
+    return 0
+
+
+DELEGATED = {
+    "webhook": ("voltgrid.webhooks.server", "admission webhooks: session storage and isolation policy (TLS)"),
+    "janitor": ("voltgrid.webhooks.janitor", "remove session directories past their retention"),
+    "gpu-slicer": ("voltgrid.gpu_slicer.main", "kubelet device plugin for fractional GPUs"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voltgrid", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,10 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if the directory differs from the models")
     crds.set_defaults(handler=_crds)
     run.add_parser(sub)
+    dev.add_parser(sub)
+    gateway.add_parser(sub)
+    sessions.add_parser(sub)
+    operator = sub.add_parser("operator", help="run the kopf controllers for Function, Session, Sandbox")
+    operator.add_argument("--namespace", action="append", help="serve only this namespace (repeatable)")
+    operator.add_argument("--peering", default=None, help="kopf peering name for HA (default: standalone)")
+    operator.set_defaults(handler=_operator)
+    for name, (_module, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (own flags: voltgrid {name} --help)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        # These components parse their own flags; hand them the rest of the command line.
+        component: Callable[[Sequence[str]], int] = importlib.import_module(DELEGATED[argv[0]][0]).main
+        return component(argv[1:])
     args = build_parser().parse_args(argv)
     code: int = args.handler(args)
     return code

@@ -1,0 +1,92 @@
+"""Helper processes of the gateway benchmarks: a tiny upstream, and a gateway whose instance is it.
+
+    python bench/_gateway_server.py upstream PORT
+    python bench/_gateway_server.py gateway PORT UPSTREAM_URL [AFFINITY [WARM_POOL]]
+    python bench/_gateway_server.py bare PORT UPSTREAM_URL
+
+``bare`` is the floor for any aiohttp-based proxy on the machine: one handler, one pooled client
+call, no routing, sessions, metrics or tracing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from aiohttp import web
+
+from voltgrid.api.function import Function
+from voltgrid.backends.base import Instance, function_key
+from voltgrid.gateway.app import run_gateway
+from voltgrid.gateway.settings import GatewaySettings
+
+
+class StaticBackend:
+    """Every instance is the one upstream (the benchmark measures the gateway, not process starts)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.n = 0
+
+    async def create(self, function: Function, session_id: str, *, warm: bool = False) -> Instance:
+        self.n += 1
+        return Instance(id=f"static-{self.n}", function=function_key(function), url=self.url, session=session_id,
+                        warm=warm)
+
+    async def delete(self, instance: Instance) -> None:
+        pass
+
+    async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+def upstream(port: int) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def bare(port: int, upstream_url: str) -> None:
+    import aiohttp  # noqa: PLC0415
+
+    async def relay(request: web.Request) -> web.Response:
+        async with request.app[CLIENT].get(upstream_url + request.path) as r:
+            return web.Response(body=await r.read(), status=r.status)
+
+    async def client(app: web.Application):  # type: ignore[no-untyped-def]
+        app[CLIENT] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[CLIENT].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(client)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+CLIENT: web.AppKey = web.AppKey("client")
+
+
+def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None:
+    fn = Function.model_validate({"metadata": {"name": "bench", "namespace": "default"},
+                                  "spec": {"image": "x", "sessions": {"affinity": affinity},
+                                           "scaling": {"warmPool": warm_pool, "maxInstances": 10000,
+                                                       "concurrency": 10000}}})
+    settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench")
+    asyncio.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "upstream":
+        upstream(int(sys.argv[2]))
+    elif sys.argv[1] == "bare":
+        bare(int(sys.argv[2]), sys.argv[3])
+    else:
+        gateway(int(sys.argv[2]), sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "Header",
+                int(sys.argv[5]) if len(sys.argv) > 5 else 0)

@@ -1,0 +1,93 @@
+"""``voltgrid gateway``: the data-plane entry point (in a cluster, or on a host next to one).
+
+With ``--backend kubernetes`` instances are pods (in-cluster config, else ``$KUBECONFIG``) and the
+served Functions follow the cluster's Function objects; with ``--backend local`` instances are local
+processes (not isolated) for the Function files given. Settings: flags > ``VOLTGRID_GATEWAY_*`` env >
+``--config`` YAML (see :mod:`voltgrid.gateway.settings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("kubernetes", "local")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("gateway", help="run the gateway (session affinity, cold start, Session API)")
+    p.add_argument("--backend", choices=BACKENDS, default="kubernetes", help="where instances run")
+    p.add_argument("--functions", nargs="*", type=Path, default=[], help="Function YAML files to serve as well")
+    p.add_argument("--namespace", default=None, help="serve only this namespace's Functions (default: all)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
+    p.add_argument("--config", type=Path, default=None, help="gateway settings YAML")
+    p.add_argument("--state-dir", type=Path, default=Path(".voltgrid/state"), help="local backend: instance state")
+    p.add_argument("--storage-dir", type=Path, default=Path(".voltgrid/storage"), help="local backend: sessions")
+    p.set_defaults(handler=run)
+
+
+async def _kube_client() -> Any:
+    from kubernetes_asyncio import client, config  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+def run(args: argparse.Namespace) -> int:
+    from voltgrid.backends.local import NOT_ISOLATED_WARNING, LocalProcessBackend  # noqa: PLC0415
+    from voltgrid.errors import VoltgridError  # noqa: PLC0415
+    from voltgrid.gateway.app import run_gateway  # noqa: PLC0415
+    from voltgrid.gateway.functions import load_functions  # noqa: PLC0415
+    from voltgrid.gateway.settings import load_settings  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        functions = load_functions(args.functions) if args.functions else []
+        settings = load_settings(args.config, os.environ, {"port": args.port, "host": args.host})
+    except VoltgridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.backend == "local" and not functions:
+        print("error: --backend local needs --functions FILE...", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        from voltgrid.backends.kubernetes import KubernetesBackend  # noqa: PLC0415 (cluster only)
+
+        api = await _kube_client() if args.backend == "kubernetes" else None
+        if api is not None:
+            backend: Any = KubernetesBackend(api, namespace=args.namespace)
+        else:
+            print(NOT_ISOLATED_WARNING, file=sys.stderr)
+            backend = LocalProcessBackend(args.state_dir.resolve(), args.storage_dir.resolve())
+        serving = asyncio.ensure_future(
+            run_gateway(
+                settings, backend, functions, watcher_api=api, functions_api=api, functions_namespace=args.namespace
+            )
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, serving.cancel)
+        try:
+            await serving
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if isinstance(backend, LocalProcessBackend):
+                await backend.stop_all()
+            if api is not None:
+                await api.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0

@@ -1,0 +1,94 @@
+"""Keep the gateway's function catalog in sync with the cluster's Function objects.
+
+One LIST, then one WATCH from its resourceVersion, for all Functions the gateway serves (cluster
+wide, or one namespace): O(1) work per Function change, none per request. A Function the models
+reject (it passed the CRD but not a rule only Python checks) is logged and left out, never a crash;
+an expired watch (410 Gone) or a dropped connection relists after a short backoff, and Functions
+deleted meanwhile are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from voltgrid.api import constants as c
+from voltgrid.api.function import Function
+from voltgrid.gateway.functions import FunctionCatalog
+
+logger = logging.getLogger(__name__)
+
+PLURAL: Final = "functions"
+WATCH_TIMEOUT_S: Final = 300
+RETRY_BACKOFF_S: Final = 2.0
+
+
+class FunctionWatcher:
+    """LIST+WATCH of Function objects into a :class:`FunctionCatalog`."""
+
+    def __init__(self, api: client.ApiClient, catalog: FunctionCatalog, namespace: str | None = None) -> None:
+        self._objects = client.CustomObjectsApi(api)
+        self._catalog = catalog
+        self._namespace = namespace
+        self.synced = asyncio.Event()
+
+    def _list_call(self) -> tuple[Any, tuple[Any, ...]]:
+        if self._namespace:
+            return self._objects.list_namespaced_custom_object, (c.GROUP, c.VERSION, self._namespace, PLURAL)
+        return self._objects.list_cluster_custom_object, (c.GROUP, c.VERSION, PLURAL)
+
+    def apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        """Apply one watch event (or a listed object as ADDED) to the catalog."""
+        meta = obj.get("metadata", {})
+        key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+        if event_type == "DELETED":
+            self._catalog.remove(key)
+            return
+        try:
+            function = Function.model_validate({k: v for k, v in obj.items() if k in ("metadata", "spec")})
+        except ValidationError as e:
+            logger.warning("Function %s is not served: %s", key, e.errors()[0].get("msg", e))
+            self._catalog.remove(key)
+            return
+        self._catalog.put(function)
+
+    async def _relist(self) -> str:
+        call, args = self._list_call()
+        listing = await call(*args)
+        seen = set()
+        for obj in listing.get("items", []):
+            self.apply("ADDED", obj)
+            meta = obj.get("metadata", {})
+            seen.add(f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
+        for entry in list(self._catalog):
+            if entry.key not in seen and (not self._namespace or entry.key.startswith(f"{self._namespace}/")):
+                self._catalog.remove(entry.key)
+        self.synced.set()
+        return str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        while True:
+            try:
+                version = await self._relist()
+                call, args = self._list_call()
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        call, *args, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S
+                    ):
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            self.apply(event["type"], event["object"])
+            except asyncio.CancelledError:
+                raise
+            except ApiException as e:
+                if e.status != 410:
+                    logger.warning("watching Functions failed (%s %s); relisting", e.status, e.reason)
+                    await asyncio.sleep(RETRY_BACKOFF_S)
+            except Exception:
+                logger.exception("watching Functions failed; relisting")
+                await asyncio.sleep(RETRY_BACKOFF_S)

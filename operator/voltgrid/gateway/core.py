@@ -1,0 +1,112 @@
+"""The gateway's components wired together, and their start and stop.
+
+:class:`Gateway` owns the HTTP client pool, the session manager and lifecycle, membership and the
+background jobs (timers, resync, EndpointSlice watch). Middlewares and handlers reach it through
+``request.app[GATEWAY]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from voltgrid.api.function import Function
+from voltgrid.backends.base import InstanceBackend
+from voltgrid.gateway.auth import JwtVerifier
+from voltgrid.gateway.functions import FunctionCatalog
+from voltgrid.gateway.lifecycle import Lifecycle
+from voltgrid.gateway.manager import SessionManager
+from voltgrid.gateway.metrics import GatewayMetrics
+from voltgrid.gateway.peers import Peers
+from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.registry.ownership import Membership
+
+logger = logging.getLogger(__name__)
+
+#: Connections kept per upstream host (instances and peers).
+UPSTREAM_CONNECTIONS_PER_HOST: Final = 1000
+KEEPALIVE_TIMEOUT: Final = 30.0
+
+
+class Gateway:
+    """One gateway replica."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: InstanceBackend,
+        functions: list[Function],
+        membership: Membership | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.catalog = FunctionCatalog(settings, functions)
+        self.membership = membership or Membership(settings.self_url, settings.peers)
+        self.metrics = GatewayMetrics()
+        self.api_verifier = JwtVerifier(settings.api_jwt) if settings.api_jwt else None
+        self.manager = SessionManager(settings, backend, self.catalog, self.membership, self.metrics)
+        self.http: aiohttp.ClientSession | None = None
+        self.lifecycle: Lifecycle | None = None
+        self.peers: Peers | None = None
+        self._jobs: list[asyncio.Task[Any]] = []
+        self._membership_changed = asyncio.Event()
+
+    async def start(self, watcher_api: Any = None) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=UPSTREAM_CONNECTIONS_PER_HOST, keepalive_timeout=KEEPALIVE_TIMEOUT,
+            enable_cleanup_closed=False, ttl_dns_cache=60,
+        )
+        self.http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
+        )
+        self.peers = Peers(self.http, self.membership, self.settings.internal_token)
+        self.lifecycle = Lifecycle(self.manager, self.http, self.peers)
+        self.lifecycle.scheduler.start()
+        self.membership.on_change(self._membership_changed.set)
+        loop = asyncio.get_running_loop()
+        self._jobs.append(loop.create_task(self._resync_loop(), name="voltgrid-resync"))
+        if watcher_api is not None and self.settings.membership_service:
+            from voltgrid.registry.endpointslices import EndpointSliceWatcher  # noqa: PLC0415 (cluster only)
+
+            watcher = EndpointSliceWatcher(
+                self.membership, watcher_api, namespace=self.settings.membership_namespace,
+                service=self.settings.membership_service, port_name=self.settings.membership_port_name,
+            )
+            self._jobs.append(loop.create_task(watcher.run(), name="voltgrid-endpointslices"))
+        for fn in self.catalog:
+            self.manager.warm.refill(fn)
+
+    async def _resync_loop(self) -> None:
+        assert self.lifecycle is not None
+        await self.lifecycle.resync()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._membership_changed.wait(), self.settings.resync_interval)
+            changed = self._membership_changed.is_set()
+            self._membership_changed.clear()
+            try:
+                await (self.lifecycle.rebalance() if changed else self.lifecycle.resync())
+            except Exception:
+                logger.exception("resync failed")
+
+    async def stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        self._jobs.clear()
+        if self.lifecycle is not None:
+            await self.lifecycle.scheduler.stop()
+        await self.manager.close()
+        if self.settings.manage_warm_pool:
+            await self.manager.warm.drain()
+        if self.http is not None:
+            await self.http.close()
+
+
+GATEWAY: Final = web.AppKey("voltgrid.gateway", Gateway)

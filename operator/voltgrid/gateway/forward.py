@@ -1,0 +1,62 @@
+"""One internal hop to the replica that owns a session.
+
+The forwarded request carries :data:`~voltgrid.gateway.peers.FORWARDED_HEADER` with the shared
+internal token, and a replica never forwards a request that carries it: so there is at most one hop
+even while two replicas briefly disagree about membership. If the owner cannot be reached it is
+suspected (dropped from membership for a while) and ownership is recomputed: the request is then
+served here, or sent to the new owner.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from voltgrid.gateway import tracing
+from voltgrid.gateway.core import GATEWAY
+from voltgrid.gateway.peers import FORWARDED_HEADER
+from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
+from voltgrid.gateway.websocket import is_websocket, relay_websocket
+
+
+def is_forwarded(request: web.Request, token: str) -> bool:
+    value = request.headers.get(FORWARDED_HEADER)
+    return value is not None and hmac.compare_digest(value.encode(), token.encode())
+
+
+async def forward(request: web.Request, key: str, handler: Handler) -> web.StreamResponse:
+    """Send the request to the owner of ``key`` (or serve it here if the owner is unreachable)."""
+    gw = request.app[GATEWAY]
+    assert gw.http is not None
+    for _ in range(len(gw.membership.members)):
+        owner = gw.membership.owner(key)
+        if owner == gw.membership.self_id:
+            break
+        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token})
+        headers.popall("X-Forwarded-For", None)
+        if "X-Forwarded-For" in request.headers:
+            headers["X-Forwarded-For"] = request.headers["X-Forwarded-For"]
+        tracing.inject(headers)
+        url = owner + request.raw_path
+        traffic = Traffic()
+        try:
+            if is_websocket(request):
+                response: web.StreamResponse = await relay_websocket(
+                    gw.http, request, url, headers, traffic,
+                    header_timeout=gw.settings.upstream_timeout, max_stream=gw.settings.max_stream_duration,
+                )
+            else:
+                response = await relay(
+                    gw.http, request, url, headers, traffic, max_body=gw.settings.max_body_bytes,
+                    header_timeout=gw.settings.upstream_timeout + gw.settings.cold_start_timeout,
+                    max_stream=gw.settings.max_stream_duration,
+                )
+        except UpstreamConnectError:
+            gw.metrics.forwarded.labels("owner_unreachable").inc()
+            gw.membership.suspect(owner)
+            continue
+        gw.metrics.forwarded.labels("ok").inc()
+        return response
+    return await handler(request)

@@ -1,0 +1,83 @@
+"""Endpoints for replicas and operators: bindings hand-off, touch, session listing, health, metrics.
+
+The ``/_voltgrid/internal/`` endpoints answer only requests that carry the shared internal token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voltgrid.gateway.core import GATEWAY
+from voltgrid.gateway.errors import GatewayError, bad_request
+from voltgrid.gateway.peers import INTERNAL_PREFIX, INTERNAL_TOKEN_HEADER
+from voltgrid.gateway.session_api import local_sessions
+
+
+def _internal(request: web.Request) -> None:
+    token = request.headers.get(INTERNAL_TOKEN_HEADER, "")
+    if not hmac.compare_digest(token.encode(), request.app[GATEWAY].settings.internal_token.encode()):
+        raise GatewayError(403, "forbidden", "internal endpoint")
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+async def bindings(request: web.Request) -> web.StreamResponse:
+    _internal(request)
+    gw = request.app[GATEWAY]
+    assert gw.lifecycle is not None
+    try:
+        gw.lifecycle.accept_binding(await _json(request))
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad_request(f"bad binding: {e}") from None
+    return web.json_response({"ok": True})
+
+
+async def touch(request: web.Request) -> web.StreamResponse:
+    _internal(request)
+    gw = request.app[GATEWAY]
+    assert gw.lifecycle is not None
+    key = (await _json(request)).get("key")
+    found = isinstance(key, str) and gw.lifecycle.touch(key)
+    return web.json_response({"ok": found}, status=200 if found else 404)
+
+
+async def sessions(request: web.Request) -> web.StreamResponse:
+    _internal(request)
+    gw = request.app[GATEWAY]
+    return web.json_response({"items": local_sessions(gw, request.query.get("function", ""))})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    return web.json_response({
+        "ok": True, "replica": gw.membership.self_id, "members": list(gw.membership.members),
+        "sessions": len(gw.manager.registry), "instances": len(gw.manager.instances),
+    })
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    for fn in gw.catalog:
+        gw.metrics.sessions.labels(fn.key, "known").set(gw.manager.registry.count(fn.key))
+    return web.Response(body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(INTERNAL_PREFIX + "/bindings", bindings)
+    app.router.add_post(INTERNAL_PREFIX + "/touch", touch)
+    app.router.add_get(INTERNAL_PREFIX + "/sessions", sessions)
+    app.router.add_get("/_voltgrid/healthz", healthz)
+    app.router.add_get("/_voltgrid/metrics", metrics)

@@ -1,0 +1,172 @@
+"""The invoke handler: place the request on an instance, relay it, learn what the instance minted.
+
+For a new MCP session the ``Mcp-Session-Id`` of the response (Streamable HTTP) or the session in
+the first ``endpoint`` event (legacy HTTP+SSE, whose path is also rewritten under the function's
+prefix) becomes the session's key. A minted Header/Cookie id is returned to the client. If the
+instance cannot be reached at all, it is forgotten and the session is woken elsewhere, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import trace
+
+from voltgrid.api.function import Affinity
+from voltgrid.backends.base import Instance
+from voltgrid.gateway import tracing
+from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
+from voltgrid.gateway.core import GATEWAY, Gateway
+from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.gateway.middlewares import FUNCTION, KEY, PREFIX, TAIL
+from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
+from voltgrid.gateway.websocket import is_websocket, relay_websocket
+from voltgrid.registry.ids import is_learned_key
+from voltgrid.registry.records import SessionRecord
+
+SESSION_ID_HEADER: Final = "X-Voltgrid-Session-Id"
+HTTP_OK_MAX: Final = 299
+
+
+class Exchange:
+    """The mutable state of one invocation (its session may be re-keyed mid-way)."""
+
+    __slots__ = ("heartbeat", "minted", "record", "traffic")
+
+    def __init__(self, record: SessionRecord | None, minted: bool) -> None:
+        self.record = record
+        self.minted = minted
+        self.traffic = Traffic()
+        self.heartbeat: asyncio.Task[None] | None = None
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    fn = request[FUNCTION]
+    key = request.get(KEY)
+    manager = gw.manager
+    t0 = time.perf_counter()
+    span = trace.get_current_span()
+    span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
+    if fn.affinity is Affinity.NONE:
+        return await _invoke_shared(gw, request, fn)
+    if key is None:
+        exchange = Exchange(manager.new_session(fn), minted=True)
+    else:
+        exchange = Exchange(manager.session_for(fn, key), minted=False)
+    for attempt in range(2):
+        record = exchange.record
+        assert record is not None
+        started = time.perf_counter()
+        instance, cold = await manager.instance_for(fn, record)
+        span.set_attribute(tracing.ATTR_SESSION, record.storage_id)
+        span.set_attribute(tracing.ATTR_COLD_START, cold)
+        span.set_attribute(tracing.ATTR_QUEUE_WAIT_MS, (time.perf_counter() - started) * 1000)
+        manager.begin(record)
+        try:
+            return await _relay(gw, request, fn, instance, exchange)
+        except UpstreamConnectError:
+            if attempt:
+                raise
+            gone = manager.forget_instance(instance.id)
+            if gone is not None:
+                manager.spawn(gw.backend.delete(gone))
+        finally:
+            if exchange.heartbeat is not None:
+                exchange.heartbeat.cancel()
+            manager.end(exchange.record or record, exchange.traffic)
+            _done(gw, fn, exchange.traffic, t0)
+    raise AssertionError("unreachable")
+
+
+async def _relay(
+    gw: Gateway, request: web.Request, fn: FunctionEntry, instance: Instance, exchange: Exchange
+) -> web.StreamResponse:
+    assert gw.http is not None and gw.lifecycle is not None
+    lifecycle = gw.lifecycle
+    record = exchange.record
+    assert record is not None
+    headers = upstream_headers(request, {SESSION_ID_HEADER: record.storage_id})
+    tracing.inject(headers)
+    url = instance.url + request[TAIL]
+    settings = gw.settings
+    if is_websocket(request):
+        return await relay_websocket(gw.http, request, url, headers, exchange.traffic,
+                                     header_timeout=settings.upstream_timeout, max_stream=settings.max_stream_duration)
+    ending = False
+
+    async def on_response(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+        nonlocal ending
+        assert exchange.record is not None
+        if fn.affinity is Affinity.MCP:
+            learned = upstream.headers.get(MCP_SESSION_HEADER)
+            if exchange.minted and learned and is_learned_key(learned):
+                exchange.record = await lifecycle.learn(exchange.record, learned)
+            ending = request.method == "DELETE" and not exchange.minted and upstream.status <= HTTP_OK_MAX
+            return []
+        return minted_headers(fn, exchange.record.key) if exchange.minted else []
+
+    async def on_sse_endpoint(data: str) -> str:
+        assert exchange.record is not None
+        query = parse_qs(urlsplit(data).query)
+        learned = next((query[p][0] for p in LEGACY_SSE_PARAMS if query.get(p)), None)
+        if learned and is_learned_key(learned):
+            exchange.record = await lifecycle.learn(exchange.record, learned)
+            if not gw.membership.is_owner(learned):
+                exchange.heartbeat = asyncio.get_running_loop().create_task(lifecycle.heartbeat(exchange.record))
+        return request[PREFIX] + data if data.startswith("/") else data
+
+    learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
+    response = await relay(
+        gw.http, request, url, headers, exchange.traffic, max_body=settings.max_body_bytes,
+        header_timeout=settings.upstream_timeout, max_stream=settings.max_stream_duration,
+        on_response=on_response, on_sse_endpoint=on_sse_endpoint if learn_sse else None,
+    )
+    if ending and exchange.record is not None:
+        lifecycle.end_session(exchange.record, "deleted")
+    return response
+
+
+async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -> web.StreamResponse:
+    """Affinity None: least-in-flight instance, no session."""
+    assert gw.http is not None
+    manager = gw.manager
+    t0 = time.perf_counter()
+    for attempt in range(2):
+        instance, _ = await manager.least_loaded(fn)
+        traffic = Traffic()
+        manager.instance_inflight[instance.id] = manager.instance_inflight.get(instance.id, 0) + 1
+        headers = upstream_headers(request)
+        tracing.inject(headers)
+        url = instance.url + request[TAIL]
+        try:
+            if is_websocket(request):
+                return await relay_websocket(gw.http, request, url, headers, traffic,
+                                             header_timeout=gw.settings.upstream_timeout,
+                                             max_stream=gw.settings.max_stream_duration)
+            return await relay(gw.http, request, url, headers, traffic, max_body=gw.settings.max_body_bytes,
+                               header_timeout=gw.settings.upstream_timeout,
+                               max_stream=gw.settings.max_stream_duration)
+        except UpstreamConnectError:
+            if attempt:
+                raise
+            gone = manager.forget_instance(instance.id)
+            if gone is not None:
+                manager.spawn(gw.backend.delete(gone))
+        finally:
+            with contextlib.suppress(KeyError):
+                manager.instance_inflight[instance.id] -= 1
+            if instance.id in manager.instances:
+                manager.instance_last_active[instance.id] = manager.now()
+            _done(gw, fn, traffic, t0)
+    raise AssertionError("unreachable")
+
+
+def _done(gw: Gateway, fn: FunctionEntry, traffic: Traffic, t0: float) -> None:
+    gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, traffic.bytes_in, traffic.bytes_out)

@@ -1,0 +1,269 @@
+"""Session lifecycle: idle release with preStop, expiry, learned bindings, and takeover.
+
+One :class:`~voltgrid.registry.scheduler.DeadlineScheduler` drives every timer. When a session has
+been idle for its ``idleTimeout`` (nothing in flight), the instance's preStop is called once
+(``POST {"sessionId", "reason"}``, bounded by its timeout), the binding is dropped and the instance
+is deleted if no other session is bound to it; the session id stays valid and wakes on the next
+request. At ``maxLifetime`` the same happens and the session is forgotten. When membership changes,
+this replica adopts what it now owns from a LIST of instances (labels), and hands learned bindings
+(MCP ids) to their new owner; nothing is ever written to the apiserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Final
+
+import aiohttp
+
+from voltgrid.api.function import Affinity
+from voltgrid.backends.base import Instance
+from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.gateway.manager import INSTANCE_TIMER_PREFIX, SessionManager
+from voltgrid.gateway.peers import Peers
+from voltgrid.registry.records import RELEASING, UNBOUND, SessionRecord
+from voltgrid.registry.scheduler import DeadlineScheduler
+from voltgrid.registry.store import SessionExistsError
+
+logger = logging.getLogger(__name__)
+
+#: How soon an expired session that still has requests in flight is looked at again.
+EXPIRY_RECHECK: Final = 1.0
+#: Longest pause between heartbeats of a stream held on a non-owner replica.
+MAX_HEARTBEAT_INTERVAL: Final = 30.0
+
+
+class Lifecycle:
+    def __init__(self, manager: SessionManager, http: aiohttp.ClientSession, peers: Peers) -> None:
+        self.m = manager
+        self._http = http
+        self._peers = peers
+        self.scheduler = DeadlineScheduler(self._on_due)
+        manager.scheduler = self.scheduler
+        self.prestop_calls = 0
+
+    # -- timers ---------------------------------------------------------------------------
+    def _on_due(self, key: str, now: float) -> float | None:
+        if key.startswith(INSTANCE_TIMER_PREFIX):
+            return self._instance_due(key[len(INSTANCE_TIMER_PREFIX):], now)
+        record = self.m.registry.get(key)
+        if record is None or record.state == RELEASING:
+            return None
+        busy = record.inflight > 0 or self.m.is_waking(key)
+        if now >= record.expires_at:
+            if busy:  # expire once the requests in flight (bounded by the stream limit) are done
+                return now + EXPIRY_RECHECK
+            self.release(record, "expired", forget=True)
+            return None
+        if record.passive:
+            if not self.m.membership.is_owner(key):
+                return now + record.idle_timeout
+            record.passive = False
+            record.last_active = now
+        if busy:
+            return now + record.idle_timeout
+        if record.instance is not None and now >= record.last_active + record.idle_timeout:
+            self.release(record, "idle", forget=False)
+            return record.expires_at
+        return record.due()
+
+    def _instance_due(self, instance_id: str, now: float) -> float | None:
+        instance = self.m.instances.get(instance_id)
+        fn = self.m.catalog.get(instance.function) if instance else None
+        if instance is None or fn is None:
+            return None
+        last = self.m.instance_last_active.get(instance_id, now)
+        if self.m.instance_inflight.get(instance_id, 0) or now < last + fn.idle_timeout:
+            return max(last, now) + fn.idle_timeout
+        self.m.forget_instance(instance_id)
+        self.m.spawn(self._delete(instance))
+        return None
+
+    # -- release --------------------------------------------------------------------------
+    def release(self, record: SessionRecord, reason: str, *, forget: bool) -> asyncio.Task[None]:
+        """Start releasing ``record`` (preStop once, unbind, delete a now-empty instance)."""
+        existing = self.m.releasing.get(record.key)
+        if existing is not None:
+            return existing
+        record.state = RELEASING
+        task = asyncio.get_running_loop().create_task(self._release(record, reason, forget))
+        self.m.releasing[record.key] = task
+        return task
+
+    async def _release(self, record: SessionRecord, reason: str, forget: bool) -> None:
+        try:
+            fn = self.m.catalog.get(record.function)
+            instance = self.m.instances.get(record.instance) if record.instance else None
+            if instance is not None and fn is not None and fn.prestop_path:
+                await self._prestop(fn, instance, record, reason)
+            instance_id = self.m.unbind(record)
+            self.m.metrics.releases.labels(record.function, reason).inc()
+            if instance_id is not None and not self.m.registry.sessions_on(instance_id):
+                gone = self.m.forget_instance(instance_id)
+                if gone is not None:
+                    await self._delete(gone)
+        finally:
+            record.state = UNBOUND
+            self.m.releasing.pop(record.key, None)
+            if forget:
+                self.m.registry.remove(record.key)
+                self.scheduler.cancel(record.key)
+            else:
+                self.scheduler.schedule(record.key, record.due())
+
+    async def _prestop(self, fn: FunctionEntry, instance: Instance, record: SessionRecord, reason: str) -> None:
+        assert fn.prestop_path is not None
+        body: dict[str, Any] = {"sessionId": record.storage_id, "reason": reason}
+        if record.key != record.storage_id:
+            body["affinityKey"] = record.key
+        self.prestop_calls += 1
+        try:
+            async with asyncio.timeout(fn.prestop_timeout), self._http.post(
+                instance.url + fn.prestop_path, json=body
+            ) as resp:
+                await resp.read()
+                result = "ok" if resp.status < 400 else f"http_{resp.status}"
+        except TimeoutError:
+            result = "timeout"
+        except (aiohttp.ClientError, OSError):
+            result = "error"
+        self.m.metrics.prestop.labels(fn.key, result).inc()
+        if result != "ok":
+            logger.warning("preStop of session %s on %s: %s", record.storage_id, instance.id, result)
+
+    async def _delete(self, instance: Instance) -> None:
+        try:
+            await self.m.backend.delete(instance)
+        except Exception:
+            logger.exception("deleting instance %s failed", instance.id)
+
+    def end_session(self, record: SessionRecord, reason: str) -> asyncio.Task[None]:
+        """Session ended by its client (Session API or MCP DELETE): release and forget it."""
+        return self.release(record, reason, forget=True)
+
+    # -- learned bindings (MCP) -----------------------------------------------------------
+    def binding_payload(self, record: SessionRecord, instance: Instance, *, passive: bool) -> dict[str, Any]:
+        now = self.m.now()
+        return {
+            "key": record.key, "function": record.function, "storageId": record.storage_id,
+            "instance": {"id": instance.id, "url": instance.url, "session": instance.session,
+                         "created": instance.created},
+            "idleTimeout": record.idle_timeout, "expiresIn": max(0.0, record.expires_at - now),
+            "passive": passive,
+        }
+
+    async def learn(self, record: SessionRecord, key: str) -> SessionRecord:
+        """The instance minted ``key`` for the session of ``record``: re-key it and hand it over."""
+        m = self.m
+        if key == record.key or record.instance is None:
+            return record
+        instance = m.instances[record.instance]
+        learned = m.registry.get(key)
+        if learned is None:
+            now = m.now()
+            learned = m.registry.create(key, record.function, now=now, storage_id=record.storage_id,
+                                        idle_timeout=record.idle_timeout, max_lifetime=record.expires_at - now)
+            learned.inflight, learned.active_since, learned.requests = record.inflight, record.active_since, 1
+            m.unbind(record)
+            m.bind(learned, instance)
+            m.registry.remove(record.key)
+            self.scheduler.cancel(record.key)
+            self.scheduler.schedule(key, learned.due())
+        owners = m.membership.owners(key, 2)
+        for rank, peer in enumerate(owners):
+            if peer != m.membership.self_id:
+                payload = self.binding_payload(learned, instance, passive=rank > 0)
+                delivered = await self._peers.push_binding(peer, payload)
+                if rank == 0 and delivered:
+                    learned.passive = m.membership.self_id not in owners
+        return learned
+
+    def accept_binding(self, payload: dict[str, Any]) -> None:
+        """A peer hands this replica a learned binding (as its owner, or as its backup)."""
+        m = self.m
+        inst = payload["instance"]
+        instance = Instance(id=str(inst["id"]), function=str(payload["function"]), url=str(inst["url"]),
+                            session=str(inst["session"]), created=float(inst.get("created", 0.0)))
+        record = m.registry.get(payload["key"])
+        if record is None:
+            now = m.now()
+            record = m.registry.create(
+                str(payload["key"]), instance.function, now=now, storage_id=str(payload["storageId"]),
+                idle_timeout=float(payload["idleTimeout"]), max_lifetime=float(payload["expiresIn"]),
+            )
+        m.bind(record, instance)
+        record.passive = bool(payload.get("passive"))
+        self.scheduler.schedule(record.key, record.due())
+
+    def touch(self, key: str) -> bool:
+        record = self.m.registry.get(key)
+        if record is None:
+            return False
+        record.last_active = self.m.now()
+        return True
+
+    async def heartbeat(self, record: SessionRecord) -> None:
+        """While a stream of ``record`` stays open here on a non-owner, keep the owner's timer fresh."""
+        interval = min(record.idle_timeout / 3, MAX_HEARTBEAT_INTERVAL)
+        while True:
+            await asyncio.sleep(interval)
+            owner = self.m.membership.owner(record.key)
+            if owner != self.m.membership.self_id:
+                await self._peers.touch(owner, record.key)
+
+    # -- takeover ---------------------------------------------------------------------------
+    async def resync(self) -> None:
+        """Adopt, from ONE list of instances, the sessions this replica owns but does not know."""
+        m = self.m
+        try:
+            instances = await m.backend.list()
+        except Exception:
+            logger.exception("listing instances for resync failed")
+            return
+        warm_ids = {i.id for i in m.warm.instances()}
+        for instance in instances:
+            fn = m.catalog.get(instance.function)
+            if fn is None or instance.id in warm_ids:
+                continue
+            if fn.affinity is Affinity.NONE:
+                m.adopt_instance(instance)
+                if m.membership.is_owner(instance.session):
+                    m.instance_last_active.setdefault(instance.id, m.now())
+                    m.schedule(INSTANCE_TIMER_PREFIX + instance.id, m.now() + fn.idle_timeout)
+                continue
+            if not m.membership.is_owner(instance.session) or m.registry.sessions_on(instance.id):
+                continue
+            if fn.affinity is Affinity.MCP:
+                # MCP ids live only in gateways; an instance no binding names is an orphan.
+                too_old = instance.created and instance.created + fn.max_lifetime < time.time()
+                if instance.id not in m.instances and too_old:
+                    m.spawn(self._delete(instance))
+                continue
+            if m.registry.get(instance.session) is None:
+                try:
+                    record = m.create_session(fn, instance.session)
+                except SessionExistsError:
+                    continue
+                m.bind(record, instance)
+
+    async def rebalance(self) -> None:
+        """After a membership change: give away what others own now, then adopt what we own."""
+        m = self.m
+        m.warm.drop_unowned()
+        for shard in m.registry.shards():
+            for record in list(shard.values()):
+                owners = m.membership.owners(record.key, 2)
+                if m.membership.self_id in owners or record.inflight or record.state == RELEASING:
+                    continue
+                instance = m.instances.get(record.instance) if record.instance else None
+                if instance is not None and record.key != record.storage_id:
+                    for rank, peer in enumerate(owners):
+                        await self._peers.push_binding(peer, self.binding_payload(record, instance, passive=rank > 0))
+                m.unbind(record)
+                m.registry.remove(record.key)
+                self.scheduler.cancel(record.key)
+            await asyncio.sleep(0)
+        await self.resync()
+

@@ -1,0 +1,310 @@
+"""Placement: which instance serves a request, starting or waking one when needed.
+
+A session is found by its key (header, cookie, MCP id) in the registry; an unknown but well-formed
+id is a *returning* session (its replica died, or it expired): its instance is looked up with one
+LIST by session label, and started for that id if none exists, so it gets its storage back.
+New sessions take a warm instance this replica owns, or get an id minted here and a cold start.
+Cold starts wait in a bounded per-function queue; concurrent wakes of one session share one start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from voltgrid.api.function import Affinity
+from voltgrid.backends.base import Instance, InstanceBackend, InstanceStartError
+from voltgrid.gateway.errors import GatewayError, bad_request, not_found, unavailable
+from voltgrid.gateway.functions import FunctionCatalog, FunctionEntry
+from voltgrid.gateway.metrics import GatewayMetrics
+from voltgrid.gateway.proxy import Traffic
+from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.gateway.warm import WarmPools, mint_owned_id
+from voltgrid.registry.ids import is_learned_key, is_session_id
+from voltgrid.registry.ownership import Membership
+from voltgrid.registry.records import SessionRecord
+from voltgrid.registry.scheduler import DeadlineScheduler
+from voltgrid.registry.store import SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Scheduler keys of session-less instances start with this (session keys cannot contain NUL).
+INSTANCE_TIMER_PREFIX = "\x00i:"
+
+
+class SessionManager:
+    """Sessions, instances and placement for one gateway replica."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: InstanceBackend,
+        catalog: FunctionCatalog,
+        membership: Membership,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.catalog = catalog
+        self.membership = membership
+        self.metrics = metrics
+        self.registry = SessionRegistry(settings.shards)
+        self.instances: dict[str, Instance] = {}
+        self.instance_inflight: dict[str, int] = {}
+        self.instance_last_active: dict[str, float] = {}
+        self._waking: dict[str, asyncio.Future[Instance]] = {}
+        self._queued: dict[str, int] = {}
+        self.releasing: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.warm = WarmPools(backend, membership, self.spawn, manage=settings.manage_warm_pool)
+        # Set by the lifecycle, which owns the timers (it needs the manager, hence late binding).
+        self.scheduler: DeadlineScheduler | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background job owned by the manager (cancelled on close, never leaked)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks) + list(self.releasing.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self.releasing.values(), return_exceptions=True)
+        for fut in self._waking.values():
+            fut.cancel()
+
+    def is_waking(self, key: str) -> bool:
+        """Whether an instance is being found or started for the session ``key``."""
+        return key in self._waking
+
+    def schedule(self, key: str, deadline: float) -> None:
+        if self.scheduler is not None:
+            self.scheduler.schedule(key, deadline)
+
+    def fn(self, key: str) -> FunctionEntry:
+        entry = self.catalog.get(key)
+        if entry is None:
+            raise not_found(f"function {key} is not served here", "function_not_found")
+        return entry
+
+    # -- sessions -----------------------------------------------------------------------------
+    def create_session(
+        self, fn: FunctionEntry, key: str, *, storage_id: str | None = None,
+        idle_timeout: float | None = None, max_lifetime: float | None = None,
+    ) -> SessionRecord:
+        now = self.now()
+        record = self.registry.create(
+            key, fn.key, now=now, storage_id=storage_id,
+            idle_timeout=idle_timeout if idle_timeout is not None else fn.idle_timeout,
+            max_lifetime=max_lifetime if max_lifetime is not None else fn.max_lifetime,
+        )
+        self.schedule(key, record.due())
+        return record
+
+    def session_for(self, fn: FunctionEntry, key: str) -> SessionRecord:
+        """The session a request's key names; a well-formed unknown id is a returning session."""
+        record = self.registry.get(key)
+        if record is not None:
+            if record.function != fn.key:
+                raise not_found(f"session {key!r} belongs to another function", "session_not_found")
+            if record.passive:  # this replica has become the owner of a copy it kept as backup
+                record.passive = False
+                record.last_active = self.now()
+            return record
+        if fn.affinity is Affinity.MCP:
+            if not is_learned_key(key):
+                raise bad_request("malformed MCP session id", "bad_session_id")
+            # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
+            raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
+        if not is_session_id(key):
+            raise bad_request(
+                "session ids are lowercase letters, digits and '-', at most 63 characters", "bad_session_id"
+            )
+        return self.create_session(fn, key)
+
+    def new_session(self, fn: FunctionEntry) -> SessionRecord:
+        """A brand-new session: on a warm instance this replica owns, else with an id minted here."""
+        warm = self.warm.claim(fn) if fn.sessions_per_instance == 1 else None
+        if warm is not None:
+            record = self.create_session(fn, warm.session)
+            self.bind(record, warm)
+            self.metrics.warm_claims.labels(fn.key).inc()
+            return record
+        return self.create_session(fn, mint_owned_id(self.membership))
+
+    def bind(self, record: SessionRecord, instance: Instance) -> None:
+        self.adopt_instance(instance)
+        if record.instance is not None:
+            self.unbind(record)
+        self.registry.bind(record, instance.id, self.now())
+        self.metrics.function_usage(record.function).held.start(record.bound_since)
+        self.schedule(record.key, record.due())
+
+    def unbind(self, record: SessionRecord) -> str | None:
+        since = record.bound_since
+        instance = self.registry.unbind(record, self.now())
+        if instance is not None:
+            self.metrics.function_usage(record.function).held.stop(since, self.now())
+        return instance
+
+    def begin(self, record: SessionRecord) -> None:
+        """A request of the session starts (metered as active time from the first in flight)."""
+        now = self.now()
+        if record.inflight == 0:
+            self.metrics.function_usage(record.function).active.start(now)
+        self.registry.begin(record, now)
+
+    def end(self, record: SessionRecord, traffic: Traffic) -> None:
+        now = self.now()
+        since = record.active_since
+        self.registry.end(record, now, traffic.bytes_in, traffic.bytes_out)
+        if record.inflight == 0:
+            self.metrics.function_usage(record.function).active.stop(since, now)
+
+    def adopt_instance(self, instance: Instance) -> None:
+        if instance.id not in self.instances:
+            self.instances[instance.id] = instance
+            self.instance_inflight.setdefault(instance.id, 0)
+            self.metrics.instances.labels(instance.function).inc()
+
+    def forget_instance(self, instance_id: str) -> Instance | None:
+        """Drop an instance (deleted, or found dead) and unbind its sessions."""
+        instance = self.instances.pop(instance_id, None)
+        self.instance_inflight.pop(instance_id, None)
+        self.instance_last_active.pop(instance_id, None)
+        for key in list(self.registry.sessions_on(instance_id)):
+            record = self.registry.get(key)
+            if record is not None:
+                self.unbind(record)
+        if instance is not None:
+            self.metrics.instances.labels(instance.function).dec()
+        return instance
+
+    # -- instances ----------------------------------------------------------------------------
+    async def instance_for(self, fn: FunctionEntry, record: SessionRecord) -> tuple[Instance, bool]:
+        """The session's instance, woken if needed; the flag says whether it had to be started."""
+        release = self.releasing.get(record.key)
+        if release is not None:
+            await asyncio.shield(release)
+        if record.instance is not None:
+            instance = self.instances.get(record.instance)
+            if instance is not None:
+                return instance, False
+            self.unbind(record)
+        waking = self._waking.get(record.key)
+        if waking is None:
+            waking = asyncio.get_running_loop().create_future()
+            self._waking[record.key] = waking
+            self.spawn(self._wake(fn, record, waking))
+        instance = await self._queue(fn, waking)
+        if record.instance != instance.id and self.registry.get(record.key) is record:
+            self.bind(record, instance)
+        return instance, True
+
+    async def _wake(self, fn: FunctionEntry, record: SessionRecord, done: asyncio.Future[Instance]) -> None:
+        try:
+            instance = await self._find_or_start(fn, record)
+            self.bind(record, instance)
+            if not done.done():
+                done.set_result(instance)
+        except BaseException as e:
+            if not done.done():
+                done.set_exception(e if isinstance(e, Exception) else GatewayError(503, "cancelled", "shutting down"))
+                done.exception()  # retrieved: waiters that timed out must not leave it unobserved
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._waking.pop(record.key, None)
+
+    async def _find_or_start(self, fn: FunctionEntry, record: SessionRecord) -> Instance:
+        if fn.sessions_per_instance > 1:
+            shared = self._with_capacity(fn)
+            if shared is not None:
+                return shared
+        existing = await self.backend.list(fn.key, session=record.storage_id)
+        if existing:
+            return existing[0]
+        return await self.cold_start(fn, record.storage_id)
+
+    def _with_capacity(self, fn: FunctionEntry) -> Instance | None:
+        for instance in self.instances.values():
+            if instance.function == fn.key and len(self.registry.sessions_on(instance.id)) < fn.sessions_per_instance:
+                return instance
+        return None
+
+    async def cold_start(self, fn: FunctionEntry, session_id: str) -> Instance:
+        running = sum(1 for i in self.instances.values() if i.function == fn.key)
+        if running >= fn.max_instances:
+            raise unavailable(f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after,
+                              "max_instances")
+        started = self.now()
+        try:
+            instance = await self.backend.create(fn.model, session_id)
+        except InstanceStartError as e:
+            self.metrics.cold_starts.labels(fn.key, "error").inc()
+            raise GatewayError(502, "instance_start_failed", str(e)) from e
+        self.metrics.cold_starts.labels(fn.key, "ok").inc()
+        self.metrics.cold_start_seconds.labels(fn.key).observe(self.now() - started)
+        self.adopt_instance(instance)
+        return instance
+
+    async def _queue(self, fn: FunctionEntry, waking: asyncio.Future[Instance]) -> Instance:
+        """Wait (bounded queue, bounded time) for an instance being started."""
+        depth = self._queued.get(fn.key, 0)
+        if depth >= self.settings.max_queue:
+            self.metrics.queue_rejected.labels(fn.key).inc()
+            raise unavailable(f"too many requests waiting for {fn.key} to start", self.settings.retry_after,
+                              "queue_full")
+        self._queued[fn.key] = depth + 1
+        self.metrics.queue_depth.labels(fn.key).inc()
+        try:
+            async with asyncio.timeout(self.settings.cold_start_timeout):
+                return await asyncio.shield(waking)
+        except TimeoutError:
+            limit = self.settings.cold_start_timeout
+            message = f"no instance of {fn.key} became ready within {limit}s"
+            raise GatewayError(504, "cold_start_timeout", message) from None
+        finally:
+            self._queued[fn.key] -= 1
+            self.metrics.queue_depth.labels(fn.key).dec()
+
+    async def least_loaded(self, fn: FunctionEntry) -> tuple[Instance, bool]:
+        """Affinity None: the instance with the fewest requests in flight, started when all are full."""
+        best: Instance | None = None
+        best_load = 0
+        for instance in self.instances.values():
+            if instance.function == fn.key:
+                load = self.instance_inflight.get(instance.id, 0)
+                if best is None or load < best_load:
+                    best, best_load = instance, load
+        if best is not None and best_load < fn.concurrency:
+            return best, False
+        key = INSTANCE_TIMER_PREFIX + fn.key
+        waking = self._waking.get(key)
+        if waking is None:
+            running = sum(1 for i in self.instances.values() if i.function == fn.key)
+            if best is not None and running >= fn.max_instances:
+                return best, False
+            waking = asyncio.get_running_loop().create_future()
+            self._waking[key] = waking
+            self.spawn(self._start_shared(fn, key, waking))
+        instance = await self._queue(fn, waking)
+        return instance, True
+
+    async def _start_shared(self, fn: FunctionEntry, key: str, done: asyncio.Future[Instance]) -> None:
+        try:
+            instance = await self.cold_start(fn, mint_owned_id(self.membership))
+            self.instance_last_active[instance.id] = self.now()
+            self.schedule(INSTANCE_TIMER_PREFIX + instance.id, self.now() + fn.idle_timeout)
+            done.set_result(instance)
+        except Exception as e:
+            done.set_exception(e)
+            done.exception()
+        finally:
+            self._waking.pop(key, None)

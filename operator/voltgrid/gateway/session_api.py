@@ -1,0 +1,188 @@
+"""The Session API: REST/JSON sessions of a function, with their metered usage.
+
+``/_voltgrid/v1/functions/{namespace}/{name}/sessions``: POST creates (optionally with
+``sessionId``, ``idleTimeout``, ``maxLifetime``), GET lists (every replica's sessions);
+``.../sessions/{id}``: GET shows, DELETE ends (preStop, release, forget); ``.../{id}/renew``: POST
+resets the idle timer and extends the lifetime by ``maxLifetime`` from now. Requests for one session
+are served by its owning replica (one internal hop). Protected by the API's or the function's JWT.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from voltgrid.api.common import parse_duration
+from voltgrid.api.constants import MAX_LIFETIME_CEILING
+from voltgrid.gateway.core import GATEWAY, Gateway
+from voltgrid.gateway.errors import GatewayError, bad_request, not_found
+from voltgrid.gateway.forward import forward, is_forwarded
+from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.registry.ids import is_session_id
+from voltgrid.registry.records import STATE_NAMES, SessionRecord, usage
+from voltgrid.registry.store import SessionExistsError
+
+API_PREFIX: Final = "/_voltgrid/v1/functions/{namespace}/{name}/sessions"
+MAX_API_BODY: Final = 64 * 1024
+
+
+def session_json(gw: Gateway, record: SessionRecord) -> dict[str, Any]:
+    now = gw.manager.now()
+    wall = time.time() - now
+
+    def ts(t: float) -> str:
+        return datetime.fromtimestamp(wall + t, UTC).isoformat().replace("+00:00", "Z")
+
+    return {
+        "sessionId": record.key,
+        "storageId": record.storage_id,
+        "function": record.function,
+        "state": STATE_NAMES[record.state],
+        "instance": record.instance,
+        "inFlight": record.inflight,
+        "createdAt": ts(record.created),
+        "lastActivity": ts(record.last_active),
+        "expiresAt": ts(record.expires_at),
+        "idleTimeoutSeconds": record.idle_timeout,
+        "usage": usage(record, now),
+    }
+
+
+def _function(request: web.Request) -> tuple[Gateway, FunctionEntry]:
+    gw = request.app[GATEWAY]
+    fn = gw.catalog.get(f"{request.match_info['namespace']}/{request.match_info['name']}")
+    if fn is None:
+        raise not_found("no such function is served here", "function_not_found")
+    verifier = gw.api_verifier or fn.verifier
+    if verifier is not None:
+        verifier.verify(request.headers.get("Authorization"))
+    return gw, fn
+
+
+def _session(gw: Gateway, fn: FunctionEntry, session_id: str) -> SessionRecord:
+    record = gw.manager.registry.get(session_id)
+    if record is None or record.function != fn.key:
+        raise not_found(f"session {session_id!r} not found", "session_not_found")
+    return record
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    if (request.content_length or 0) > MAX_API_BODY:
+        raise GatewayError(413, "body_too_large", f"Session API bodies are at most {MAX_API_BODY} bytes")
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _seconds(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value).total_seconds() if isinstance(value, str) else float(value)
+    except (TypeError, ValueError) as e:
+        raise bad_request(f"{name}: {e}") from None
+    if not 0 < seconds <= parse_duration(MAX_LIFETIME_CEILING).total_seconds():
+        raise bad_request(f"{name} must be positive and at most {MAX_LIFETIME_CEILING}")
+    return seconds
+
+
+async def _owned(request: web.Request, session_id: str, handler: Any) -> web.StreamResponse | None:
+    """Forward to the owner of ``session_id`` unless this replica owns it (or it was forwarded)."""
+    gw = request.app[GATEWAY]
+    if is_forwarded(request, gw.settings.internal_token) or gw.membership.is_owner(session_id):
+        return None
+    return await forward(request, session_id, handler)
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    gw, fn = _function(request)
+    body = await _body(request)
+    session_id = body.get("sessionId")
+    if session_id is not None:
+        if not isinstance(session_id, str) or not is_session_id(session_id):
+            raise bad_request("sessionId must be a DNS label (lowercase letters, digits, '-', at most 63)",
+                              "bad_session_id")
+        forwarded = await _owned(request, session_id, create)
+        if forwarded is not None:
+            return forwarded
+    idle, lifetime = _seconds(body, "idleTimeout"), _seconds(body, "maxLifetime")
+    try:
+        if session_id is None:
+            record = gw.manager.new_session(fn)
+            if idle is not None or lifetime is not None:
+                now = gw.manager.now()
+                record.idle_timeout = idle or record.idle_timeout
+                record.expires_at = now + (lifetime or fn.max_lifetime)
+        else:
+            record = gw.manager.create_session(fn, session_id, idle_timeout=idle, max_lifetime=lifetime)
+    except SessionExistsError:
+        raise GatewayError(409, "session_exists", f"session {session_id!r} already exists") from None
+    return web.json_response(session_json(gw, record), status=201)
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    gw, fn = _function(request)
+    session_id = request.match_info["session_id"]
+    forwarded = await _owned(request, session_id, get)
+    if forwarded is not None:
+        return forwarded
+    return web.json_response(session_json(gw, _session(gw, fn, session_id)))
+
+
+async def renew(request: web.Request) -> web.StreamResponse:
+    gw, fn = _function(request)
+    session_id = request.match_info["session_id"]
+    forwarded = await _owned(request, session_id, renew)
+    if forwarded is not None:
+        return forwarded
+    record = _session(gw, fn, session_id)
+    body = await _body(request)
+    now = gw.manager.now()
+    record.last_active = now
+    record.expires_at = now + (_seconds(body, "maxLifetime") or fn.max_lifetime)
+    gw.manager.schedule(record.key, record.due())
+    return web.json_response(session_json(gw, record))
+
+
+async def delete(request: web.Request) -> web.StreamResponse:
+    gw, fn = _function(request)
+    session_id = request.match_info["session_id"]
+    forwarded = await _owned(request, session_id, delete)
+    if forwarded is not None:
+        return forwarded
+    record = _session(gw, fn, session_id)
+    assert gw.lifecycle is not None
+    await gw.lifecycle.end_session(record, "deleted")
+    return web.json_response(session_json(gw, record))
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    gw, fn = _function(request)
+    assert gw.peers is not None
+    items = local_sessions(gw, fn.key)
+    items += await gw.peers.list_sessions(fn.key)
+    return web.json_response({"function": fn.key, "items": sorted(items, key=lambda i: i["sessionId"])})
+
+
+def local_sessions(gw: Gateway, function: str) -> list[dict[str, Any]]:
+    """Sessions of ``function`` that this replica owns (passive copies left out)."""
+    return [session_json(gw, r) for r in gw.manager.registry.by_function(function) if not r.passive]
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(API_PREFIX, create)
+    app.router.add_get(API_PREFIX, list_sessions)
+    app.router.add_get(API_PREFIX + "/{session_id}", get)
+    app.router.add_delete(API_PREFIX + "/{session_id}", delete)
+    app.router.add_post(API_PREFIX + "/{session_id}/renew", renew)

@@ -1,0 +1,179 @@
+"""Gateway settings: one documented dataclass, filled from a YAML file, then env, then flags.
+
+Precedence is flag > environment (``VOLTGRID_GATEWAY_<FIELD>``, upper case) > file > default. Every
+limit and timeout of the gateway is a field here, with its default a named constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from voltgrid.errors import VoltgridError
+
+ENV_PREFIX: Final = "VOLTGRID_GATEWAY_"
+DEFAULT_PORT: Final = 8080
+DEFAULT_MAX_QUEUE: Final = 100
+DEFAULT_COLD_START_TIMEOUT: Final = 60.0
+DEFAULT_UPSTREAM_TIMEOUT: Final = 60.0
+DEFAULT_MAX_STREAM_DURATION: Final = 3600.0
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_FIELD_BYTES: Final = 8190
+DEFAULT_MAX_HEADERS: Final = 100
+DEFAULT_FORWARD_CONNECT_TIMEOUT: Final = 2.0
+DEFAULT_RETRY_AFTER: Final = 1
+DEFAULT_RESYNC_INTERVAL: Final = 60.0
+DEFAULT_SHARDS: Final = 64
+DEFAULT_INBOUND_BUFFER: Final = 64 * 1024
+
+
+class SettingsError(VoltgridError):
+    """A setting has a value the gateway cannot use."""
+
+
+@dataclass
+class JwtPolicy:
+    """Bearer-token validation for a function (or the Session API).
+
+    ``keys`` are PEM public keys (RS*/ES*/PS*/EdDSA) or shared secrets (HS*); ``key_files`` are read
+    at startup, e.g. a Kubernetes Secret mounted as files. A valid token without ``required_scope``
+    in its ``scope`` claim gets 403; a missing or invalid token gets 401.
+    """
+
+    issuer: str | None = None
+    audience: str | None = None
+    keys: list[str] = field(default_factory=list)
+    key_files: list[str] = field(default_factory=list)
+    required_scope: str | None = None
+    leeway: float = 30.0
+
+    def all_keys(self) -> list[str]:
+        return [*self.keys, *(Path(p).read_text() for p in self.key_files)]
+
+
+@dataclass
+class GatewaySettings:
+    """Everything the gateway can be told. Durations are seconds, sizes bytes."""
+
+    #: Address and port to listen on.
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    #: This replica's base URL as peers reach it (default ``http://127.0.0.1:<port>``).
+    replica_url: str | None = None
+    #: Static list of all gateway replicas' base URLs (local/multi-process); empty = alone.
+    peers: list[str] = field(default_factory=list)
+    #: Gateway Service whose EndpointSlices list the replicas (in a cluster; overrides ``peers``).
+    membership_service: str | None = None
+    membership_namespace: str = "voltgrid-system"
+    membership_port_name: str | None = "http"
+    #: Shared secret that marks internal hops between replicas (required with peers).
+    internal_token: str = ""
+    #: Requests that may wait per function while an instance starts; beyond it, 503 + Retry-After.
+    max_queue: int = DEFAULT_MAX_QUEUE
+    #: How long a request waits for an instance to start before 504.
+    cold_start_timeout: float = DEFAULT_COLD_START_TIMEOUT
+    #: How long an instance may take to send response headers before 504.
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: Longest a stream (SSE, chunked, WebSocket) stays open; it counts as in flight until then.
+    max_stream_duration: float = DEFAULT_MAX_STREAM_DURATION
+    #: Largest request body streamed through; larger gets 413.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Largest request line / header field, and most header fields; beyond them, 400/431.
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    #: Connect timeout of an internal hop to the owning replica.
+    forward_connect_timeout: float = DEFAULT_FORWARD_CONNECT_TIMEOUT
+    #: Retry-After seconds sent with 503.
+    retry_after: int = DEFAULT_RETRY_AFTER
+    #: Seconds between LISTs of instances that adopt sessions this replica now owns.
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL
+    #: Shards of the in-process registry (a power of two).
+    shards: int = DEFAULT_SHARDS
+    #: Let the gateway create warm-pool instances itself (local backend); in a cluster the operator does.
+    manage_warm_pool: bool = True
+    #: Function (``namespace/name``) served at ``/`` in addition to ``/fn/<namespace>/<name>/``.
+    default_function: str | None = None
+    #: JWT policies by function (``namespace/name``, or ``*`` for every function).
+    jwt: dict[str, JwtPolicy] = field(default_factory=dict)
+    #: JWT policy of the Session API (falls back to the function's policy).
+    api_jwt: JwtPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.replica_url is None:
+            self.replica_url = f"http://127.0.0.1:{self.port}"
+        if not self.internal_token:
+            if self.peers or self.membership_service:
+                raise SettingsError("internal_token is required when there are several gateway replicas")
+            self.internal_token = secrets.token_hex(16)
+        if self.max_queue < 0 or self.max_body_bytes <= 0 or self.shards < 1:
+            raise SettingsError("max_queue, max_body_bytes and shards must be positive")
+        self.jwt = {k: _policy(v) for k, v in self.jwt.items()}
+        if self.api_jwt is not None:
+            self.api_jwt = _policy(self.api_jwt)
+
+    @property
+    def self_url(self) -> str:
+        assert self.replica_url is not None
+        return self.replica_url.rstrip("/")
+
+
+def _policy(value: JwtPolicy | Mapping[str, Any]) -> JwtPolicy:
+    if isinstance(value, JwtPolicy):
+        return value
+    try:
+        return JwtPolicy(**{k.replace("-", "_"): v for k, v in value.items()})
+    except TypeError as e:
+        raise SettingsError(f"bad JWT policy: {e}") from e
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind_text = str(kind)
+    try:
+        if kind_text.startswith("int"):
+            return int(raw)
+        if kind_text.startswith("float"):
+            return float(raw)
+        if kind_text.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind_text.startswith("list"):
+            return [p.strip() for p in raw.split(",") if p.strip()]
+    except ValueError as e:
+        raise SettingsError(f"setting {name}: {raw!r} is not a valid {kind_text}") from e
+    return raw or None if "None" in kind_text else raw
+
+
+def load_settings(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> GatewaySettings:
+    """Settings from a YAML ``file``, overridden by ``env``, overridden by ``flags`` (None = unset)."""
+    fields = {f.name: f.type for f in dataclasses.fields(GatewaySettings)}
+    merged: dict[str, Any] = {}
+    if file is not None:
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"{file}: expected a mapping of settings")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in fields:
+                raise SettingsError(f"{file}: unknown setting {key!r}")
+            merged[name] = value
+    for key, value in (env or {}).items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name in fields and name not in ("jwt", "api_jwt"):
+                merged[name] = value
+    for key, value in (flags or {}).items():
+        if value is not None:
+            merged[key] = value
+    coerced = {name: _coerce(name, fields[name], value) for name, value in merged.items()}
+    return GatewaySettings(**coerced)

@@ -1,0 +1,74 @@
+"""Helpers of the gateway tests: Function factories, a fake backend, replica handles."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from voltgrid.api.function import Function
+from voltgrid.backends.base import Instance, InstanceBackend, function_key
+from voltgrid.gateway.core import Gateway
+
+APPS = Path(__file__).parent / "apps"
+TOKEN = "test-internal-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def function(name: str, app: str = "echo_function.py", env: dict[str, str] | None = None, **sessions: Any) -> Function:
+    spec: dict[str, Any] = {
+        "image": "local",
+        "command": [sys.executable, str(APPS / app)],
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+        "sessions": sessions,
+    }
+    return Function.model_validate({"metadata": {"name": name, "namespace": "default"}, "spec": spec})
+
+
+@dataclass
+class Replica:
+    url: str
+    gateway: Gateway
+    runner: web.AppRunner
+    backend: InstanceBackend
+
+    async def kill(self) -> None:
+        """Stop serving at once (its instances stay, like pods when a gateway pod dies)."""
+        await self.runner.cleanup()
+
+
+class FakeBackend:
+    """Instances that all point at one in-process upstream (no processes: fast tests)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.created: list[Instance] = []
+        self.deleted: list[str] = []
+
+    async def create(self, fn: Function, session_id: str, *, warm: bool = False) -> Instance:
+        instance = Instance(id=f"fake-{len(self.created)}", function=function_key(fn), url=self.url,
+                            session=session_id, warm=warm)
+        self.created.append(instance)
+        return instance
+
+    async def delete(self, instance: Instance) -> None:
+        self.deleted.append(instance.id)
+
+    async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
+        return [i for i in self.created if i.id not in self.deleted
+                and (function is None or i.function == function) and (session is None or i.session == session)]
+
+    async def close(self) -> None:
+        pass
+
+

@@ -1,0 +1,48 @@
+"""The official MCP SDK through the gateway: Streamable HTTP across two replicas, and legacy SSE."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gwhelpers import function
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+
+async def _session_run(url: str, tag: str, calls: int) -> list[str]:
+    seen = []
+    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await session.call_tool("remember", {"key": "tag", "value": tag})
+        for _ in range(calls):
+            who = await session.call_tool("whoami", {})
+            seen.append(who.structured_content["instance"])
+            recalled = await session.call_tool("recall", {"key": "tag"})
+            assert recalled.structured_content == {"result": tag}  # same MCP server session every time
+    return seen
+
+
+async def test_streamable_http_sessions_stick_across_two_replicas(replicas) -> None:
+    a, b = await replicas([function("tools", "mcp_function.py", affinity="MCP")], n=2)
+    urls = [f"{gw.url}/fn/default/tools/mcp" for gw in (a, b)]
+    runs = await asyncio.gather(*(_session_run(urls[i % 2], f"tag{i}", 3) for i in range(4)))
+    instances = [set(seen) for seen in runs]
+    assert all(len(s) == 1 for s in instances)  # each session: one instance, every time
+    assert len(set.union(*instances)) == 4  # and its own instance
+    forwarded = sum(gw.gateway.metrics.forwarded.labels("ok")._value.get() for gw in (a, b))
+    assert forwarded > 0  # some calls landed on the non-owner and took one hop
+    await asyncio.sleep(0.2)
+    assert await a.backend.list(function="default/tools") == []  # DELETE ended each session
+
+
+async def test_legacy_sse_transport_learns_the_session_from_the_endpoint_event(replicas) -> None:
+    (gw,) = await replicas([function("legacy", "mcp_function.py", env={"MCP_TRANSPORT": "sse"}, affinity="MCP")])
+    seen = set()
+    async with sse_client(f"{gw.url}/fn/default/legacy/sse") as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        for _ in range(3):
+            seen.add((await session.call_tool("whoami", {})).structured_content["instance"])
+        keys = [r.key for shard in gw.gateway.manager.registry.shards() for r in shard.values()]
+    assert len(seen) == 1
+    assert len(keys) == 1 and len(keys[0]) == 32  # bound by the server's session id (uuid hex)
