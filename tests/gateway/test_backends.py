@@ -13,7 +13,7 @@ from voltgrid.backends.kubernetes import instance_pod
 from voltgrid.backends.local import LocalProcessBackend
 
 
-@pytest.mark.parametrize(("warm", "role"), [(False, "session"), (True, "warm")])
+@pytest.mark.parametrize(("warm", "role"), [(False, "instance"), (True, "warm")])
 def test_instance_pod_labels_env_and_owner(warm: bool, role: str) -> None:
     fn = function("agent")
     fn.metadata.uid = "uid-1"

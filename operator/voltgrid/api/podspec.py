@@ -13,12 +13,12 @@ create retried after a crash or by a second actor answers 409 instead of startin
 from __future__ import annotations
 
 import hashlib
-import importlib
 import secrets
 from enum import StrEnum
 from typing import Any, Final
 
 from voltgrid.api import constants as c
+from voltgrid.api import gpu as gpu_map
 from voltgrid.api.common import EnvVar, Resources
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox
@@ -42,10 +42,6 @@ CONTAINER_NAME: Final = "main"
 #: Suffix of the hash that shortens names beyond the 63-character DNS-label limit.
 _HASH_LENGTH: Final = 8
 _NAME_LIMIT: Final = 63
-#: The fraction -> extended-resource mapping of the GPU slicer (another module owns it): the hook
-#: ``resources_for(gpu: float) -> dict[str, str]`` is called for fractional requests.
-GPU_MAPPING_MODULE: Final = "voltgrid.api.gpu"
-GPU_MAPPING_HOOK: Final = "resources_for"
 #: Prefix of session ids minted for warm pods ("w" keeps them valid DNS labels, easy to spot).
 _WARM_ID_PREFIX: Final = "w"
 
@@ -94,17 +90,12 @@ def owner_reference(kind: str, name: str, uid: str, *, controller: bool = True) 
 
 def gpu_resources(gpu: float) -> dict[str, str]:
     """Extended resources for a GPU request: whole cards as ``nvidia.com/gpu``, fractions as the
-    slicer's resource from :mod:`voltgrid.api.gpu` (the hook; the mapping lives there)."""
-    if not gpu:
-        return {}
-    if float(gpu).is_integer():
-        return {"nvidia.com/gpu": str(int(gpu))}
+    slicer's slice resource (the mapping lives in :mod:`voltgrid.api.gpu`)."""
     try:
-        gpu_map = importlib.import_module(GPU_MAPPING_MODULE)
-    except ImportError as exc:
-        raise SpecError(f"resources.gpu {gpu}: fractional GPUs need {GPU_MAPPING_MODULE}") from exc
-    mapped: dict[str, str] = getattr(gpu_map, GPU_MAPPING_HOOK)(gpu)
-    return mapped
+        found = gpu_map.slice_resource_for(gpu)
+    except ValueError as exc:
+        raise SpecError(f"resources.gpu: {exc}") from exc
+    return {} if found is None else {found[0]: str(found[1])}
 
 
 def container_resources(resources: Resources) -> Manifest:

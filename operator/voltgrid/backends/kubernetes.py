@@ -1,96 +1,78 @@
 """Kubernetes backend: instances are pods, found and reached through the apiserver.
 
-Interface (shared with the operator's controllers):
+Interface (the pod contract is in :mod:`voltgrid.controllers`' docstring):
 
 * ``KubernetesBackend(api, pod_builder=instance_pod, ready_timeout=...)`` with a
   ``kubernetes_asyncio.client.ApiClient``; implements :class:`voltgrid.backends.base.InstanceBackend`.
 * ``create(function, session_id, warm=False)`` POSTs the pod that ``pod_builder(function, session_id,
-  warm)`` returns (default :func:`instance_pod`), watches it until Ready and returns an ``Instance``
-  whose ``url`` is ``http://<podIP>:<port>`` and whose ``id`` is the pod name.
+  warm)`` returns, waits until it is Ready and returns an ``Instance`` whose ``url`` is
+  ``http://<podIP>:<port>`` and whose ``id`` is the pod name. The default builder is the operator's
+  own, :func:`voltgrid.api.podspec.build_instance_pod`, so labels, owner references and the runtime
+  class cannot drift between the gateway and the operator. Pod names are deterministic
+  (``<function>-<session-id>``): a create that answers 409 means another actor (a second gateway
+  replica, a retry) already started this session's pod, and it is waited for instead; one still
+  terminating (a release just before a wake) is waited out and created anew.
 * ``delete(instance)`` deletes the pod (absent is fine); ``list(function="ns/name", session=id)`` is
-  ONE pod LIST by label selector and returns the Ready pods.
-
-Pods carry the labels of :mod:`voltgrid.api.constants`, written once at creation and never updated:
-``voltgrid.dev/managed=true``, ``voltgrid.dev/function=<name>``, ``voltgrid.dev/session=<id>`` and
-``voltgrid.dev/role=warm|session``. These labels are how a gateway replica that just took over a
-session finds its instance (a LIST, no per-session object) and how the storage webhook picks the
-session's sub-path. A warm pod is one created with a pre-minted session id that no client has yet.
+  ONE pod LIST by label selector and returns the Ready, non-terminating instance pods.
+* ``checkpoint(instance, when)`` patches the pod's ``voltgrid.dev/last-active`` annotation (one
+  PATCH; the gateway calls it coarsely, never per request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from voltgrid.api import constants as c
+from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.backends.base import BackendError, Instance, InstanceStartError, function_key
+from voltgrid.errors import SpecError
 
 DEFAULT_READY_TIMEOUT: Final = 120.0
+#: Seconds one watch of a starting pod runs before it is re-listed.
+WATCH_TIMEOUT_S: Final = 30
 HTTP_NOT_FOUND: Final = 404
-ROLE_WARM: Final = "warm"
-ROLE_SESSION: Final = "session"
+HTTP_CONFLICT: Final = 409
+TERMINAL_PHASES: Final = ("Failed", "Succeeded")
+#: Every pod of an instance (sandbox pods are Voltgrid pods too, but never instances).
+INSTANCE_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE}!={podspec.Role.SANDBOX}"
 
 PodBuilder = Callable[[Function, str, bool], dict[str, Any]]
 
 
 def instance_pod(function: Function, session_id: str, warm: bool) -> dict[str, Any]:
-    """The pod manifest of one instance of ``function`` for ``session_id`` (pure: spec in, pod out)."""
-    meta, spec = function.metadata, function.spec
-    labels = {
-        c.LABEL_MANAGED: "true",
-        c.LABEL_FUNCTION: str(meta.name),
-        c.LABEL_SESSION: session_id,
-        c.LABEL_ROLE: ROLE_WARM if warm else ROLE_SESSION,
-    }
-    env = [{"name": e.name, "value": e.value} for e in spec.env]
-    env += [{"name": "PORT", "value": str(spec.port)}, {"name": "VOLTGRID_SESSION_ID", "value": session_id}]
-    container: dict[str, Any] = {
-        "name": "function",
-        "image": spec.image,
-        "env": env,
-        "ports": [{"name": "http", "containerPort": spec.port}],
-        "readinessProbe": {"tcpSocket": {"port": spec.port}, "periodSeconds": 1},
-        "resources": {
-            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-            "limits": {"memory": spec.resources.memory},
-        },
-    }
-    if spec.command:
-        container["command"] = list(spec.command)
-    if spec.args:
-        container["args"] = list(spec.args)
-    pod: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{meta.name}-{secrets.token_hex(4)}"[:63],
-            "namespace": meta.namespace or "default",
-            "labels": labels,
-        },
-        "spec": {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False},
-    }
-    if meta.uid:
-        pod["metadata"]["ownerReferences"] = [
-            {"apiVersion": c.API_VERSION, "kind": "Function", "name": meta.name, "uid": meta.uid,
-             "controller": True, "blockOwnerDeletion": True}
-        ]
-    if spec.isolation.runtime_class_name:
-        pod["spec"]["runtimeClassName"] = spec.isolation.runtime_class_name
-    return pod
+    """The pod of an instance as the operator builds it, with the runtime the operator chose."""
+    role = podspec.Role.WARM if warm else podspec.Role.INSTANCE
+    return podspec.build_instance_pod(function, session_id, role=role, runtime_class_name=podspec.runtime_for(function))
+
+
+def rfc3339(when: float) -> str:
+    """Wall-clock seconds as the RFC 3339 UTC text of the ``last-active`` annotation."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ready(pod: Any) -> bool:
     status = pod.status
-    if status is None or not status.pod_ip:
+    if status is None or not status.pod_ip or pod.metadata.deletion_timestamp is not None:
         return False
     return any(cond.type == "Ready" and cond.status == "True" for cond in status.conditions or [])
+
+
+def _last_active(pod: Any) -> float | None:
+    text = (pod.metadata.annotations or {}).get(podspec.ANNOTATION_LAST_ACTIVE)
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _to_instance(pod: Any, port: int | None = None) -> Instance:
@@ -104,9 +86,10 @@ def _to_instance(pod: Any, port: int | None = None) -> Instance:
         function=f"{pod.metadata.namespace}/{labels.get(c.LABEL_FUNCTION, '')}",
         url=f"http://{pod.status.pod_ip}:{port}",
         session=labels.get(c.LABEL_SESSION, ""),
-        warm=labels.get(c.LABEL_ROLE) == ROLE_WARM,
+        warm=labels.get(c.LABEL_ROLE) == podspec.Role.WARM,
         created=created.timestamp() if created else 0.0,
         labels=dict(labels),
+        last_active=_last_active(pod),
     )
 
 
@@ -128,40 +111,67 @@ class KubernetesBackend:
         self._ready_timeout = ready_timeout
 
     async def create(self, function: Function, session_id: str, *, warm: bool = False) -> Instance:
-        manifest = self._build(function, session_id, warm)
+        try:
+            manifest = self._build(function, session_id, warm)
+        except SpecError as e:
+            raise InstanceStartError(f"cannot start {function_key(function)}: {e}") from e
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
+        created = False
+        try:
+            async with asyncio.timeout(self._ready_timeout):
+                while True:
+                    created = await self._post(namespace, manifest) or created
+                    instance = await self._wait_ready(namespace, name, function.spec.port)
+                    if instance is not None:
+                        return instance
+        except TimeoutError:
+            if created:
+                with contextlib.suppress(ApiException):
+                    await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+            raise InstanceStartError(f"pod {namespace}/{name} not ready after {self._ready_timeout}s") from None
+
+    async def _post(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create the pod; False when it exists already (409: wait for that one)."""
         try:
             await self._core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]
         except ApiException as e:
-            raise InstanceStartError(f"cannot create pod for {function_key(function)}: {e.reason}") from e
-        try:
-            async with asyncio.timeout(self._ready_timeout):
-                return await self._wait_ready(namespace, name, function.spec.port)
-        except TimeoutError:
-            with contextlib.suppress(ApiException):
-                await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
-            raise InstanceStartError(f"pod {namespace}/{name} not ready after {self._ready_timeout}s") from None
+            if e.status == HTTP_CONFLICT:
+                return False
+            name = manifest["metadata"]["name"]
+            raise InstanceStartError(f"cannot create pod {namespace}/{name}: {e.status} {e.reason}") from e
+        return True
 
-    async def _wait_ready(self, namespace: str, name: str, port: int) -> Instance:
+    async def _wait_ready(self, namespace: str, name: str, port: int) -> Instance | None:
+        """The pod once Ready; None once it is gone (it was terminating, or got deleted): create again."""
         selector = f"metadata.name={name}"
         while True:
             listing = await self._core.list_namespaced_pod(namespace, field_selector=selector)
-            for pod in listing.items:
+            if not listing.items:
+                return None
+            pod = listing.items[0]
+            if pod.metadata.deletion_timestamp is None:
                 if _ready(pod):
                     return _to_instance(pod, port)
-                if pod.status and pod.status.phase in ("Failed", "Succeeded"):
+                if pod.status and pod.status.phase in TERMINAL_PHASES:
+                    with contextlib.suppress(ApiException):
+                        await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
                     raise InstanceStartError(f"pod {namespace}/{name} ended ({pod.status.phase}) before ready")
             async with watch.Watch() as w:
                 async for event in w.stream(
-                    self._core.list_namespaced_pod, namespace, field_selector=selector,
-                    resource_version=listing.metadata.resource_version, timeout_seconds=30,
+                    self._core.list_namespaced_pod,
+                    namespace,
+                    field_selector=selector,
+                    resource_version=listing.metadata.resource_version,
+                    timeout_seconds=WATCH_TIMEOUT_S,
                 ):
                     pod = event["object"]
                     if event["type"] == "DELETED":
-                        raise InstanceStartError(f"pod {namespace}/{name} was deleted before it was ready")
+                        return None
                     if _ready(pod):
                         return _to_instance(pod, port)
+                    if pod.metadata.deletion_timestamp is None and pod.status and pod.status.phase in TERMINAL_PHASES:
+                        break  # re-listed above: deleted and reported
 
     async def delete(self, instance: Instance) -> None:
         namespace = instance.function.split("/", 1)[0]
@@ -172,7 +182,7 @@ class KubernetesBackend:
                 raise BackendError(f"cannot delete pod {namespace}/{instance.id}: {e.reason}") from e
 
     async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
-        selector = [f"{c.LABEL_MANAGED}=true"]
+        selector = [INSTANCE_SELECTOR]
         if function:
             selector.append(f"{c.LABEL_FUNCTION}={function.split('/', 1)[1]}")
         if session:
@@ -185,7 +195,17 @@ class KubernetesBackend:
                 listing = await self._core.list_pod_for_all_namespaces(label_selector=",".join(selector))
         except ApiException as e:
             raise BackendError(f"cannot list instance pods: {e.reason}") from e
-        return [_to_instance(pod) for pod in listing.items if _ready(pod) and pod.metadata.deletion_timestamp is None]
+        return [_to_instance(pod) for pod in listing.items if _ready(pod)]
+
+    async def checkpoint(self, instance: Instance, when: float) -> None:
+        namespace = instance.function.split("/", 1)[0]
+        patch = {"metadata": {"annotations": {podspec.ANNOTATION_LAST_ACTIVE: rfc3339(when)}}}
+        try:
+            await self._core.patch_namespaced_pod(instance.id, namespace, patch)
+        except ApiException as e:
+            if e.status != HTTP_NOT_FOUND:
+                raise BackendError(f"cannot checkpoint pod {namespace}/{instance.id}: {e.reason}") from e
+        instance.last_active = when
 
     async def close(self) -> None:
         await self._api.close()

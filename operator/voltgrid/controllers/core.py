@@ -1,0 +1,194 @@
+"""The operator's engine: the three controllers, the pod index, ONE scheduler and ONE sweep.
+
+kopf delivers watch events; this module turns pod events into index updates, idle deadlines and
+"dirty" marks, and runs the two background tasks every operator replica has (never one per
+object): the deadline scheduler and the sweep that batches status refreshes of the Functions and
+Sessions whose pods changed. With kopf peering, only the active replica acts: the sweep checks the
+peering object and a replica that becomes active re-lists the pods first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Final
+
+from voltgrid.api import constants as c
+from voltgrid.api import podspec
+from voltgrid.controllers.builders.pods import PodInfo, parse_time, reapable
+from voltgrid.controllers.events import NORMAL
+from voltgrid.controllers.functions import FunctionController
+from voltgrid.controllers.kube import core_path, group_path
+from voltgrid.controllers.sandboxes import SandboxController
+from voltgrid.controllers.scheduler import Deadline
+from voltgrid.controllers.sessions import SessionController
+from voltgrid.controllers.state import Context
+
+logger = logging.getLogger(__name__)
+
+MANAGED_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED}"
+PEERING_API: Final = "kopf.dev/v1"
+
+
+class Controllers:
+    def __init__(self, ctx: Context, *, identity: str | None = None, priority: int = 0) -> None:
+        self.ctx = ctx
+        self.functions = FunctionController(ctx)
+        self.sandboxes = SandboxController(ctx)
+        self.sessions = SessionController(ctx)
+        self.identity = identity
+        self.priority = priority
+        self._was_active = True
+
+    # -- startup / adoption --------------------------------------------------------------------
+
+    async def resync(self) -> None:
+        """LIST what exists (runtime classes, nodes, Voltgrid pods) into the indexes: adoption
+        after a restart starts here, before kopf delivers the first object event."""
+        client = self.ctx.client
+        for rc in await client.list(group_path("node.k8s.io/v1", "runtimeclasses")):
+            self.ctx.runtimes.set_class(rc["metadata"]["name"], rc)
+        for node in await client.list(core_path("nodes")):
+            self.ctx.runtimes.set_node(node["metadata"]["name"], node["metadata"].get("labels") or {})
+        pods = [PodInfo.from_pod(p) for p in await client.list(core_path("pods"), MANAGED_SELECTOR)]
+        pods = [p for p in pods if self._in_scope(p.namespace)]
+        self.ctx.pods.replace_all(pods)
+        for pod in pods:
+            self._schedule_reap(pod)
+            if pod.function:
+                self.ctx.dirty_functions.add((pod.namespace, pod.function))
+        logger.info("adopted %d pods; %d runtime classes, %d nodes", len(pods),
+                    len(self.ctx.runtimes.classes), len(self.ctx.runtimes.nodes))
+
+    def _in_scope(self, namespace: str) -> bool:
+        names = self.ctx.settings.namespaces
+        return not names or namespace in names or any(ch in n for n in names for ch in "*?[!")
+
+    # -- watch events ---------------------------------------------------------------------------
+
+    async def on_pod(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        pod = PodInfo.from_pod(body)
+        if event_type == "DELETED":
+            self.ctx.pods.remove(pod.namespace, pod.name)
+            self.ctx.scheduler.cancel(("pod", pod.namespace, pod.name))
+            pod = dataclasses.replace(pod, deleting=True)
+        else:
+            self.ctx.pods.upsert(pod)
+            self._schedule_reap(pod)
+        if pod.sandbox:
+            await self.sandboxes.on_pod(pod)
+            return
+        if pod.function:
+            self.ctx.dirty_functions.add((pod.namespace, pod.function))
+            await self.sessions.on_pod(pod)
+
+    async def on_runtime_class(self, name: str, body: Mapping[str, Any] | None) -> None:
+        before = self.ctx.runtimes.available()
+        self.ctx.runtimes.set_class(name, body)
+        await self._runtimes_changed(before)
+
+    async def on_node(self, name: str, labels: Mapping[str, str] | None) -> None:
+        before = self.ctx.runtimes.available()
+        if self.ctx.runtimes.set_node(name, labels):
+            await self._runtimes_changed(before)
+
+    async def _runtimes_changed(self, before: frozenset[str]) -> None:
+        if self.ctx.runtimes.available() == before:
+            return
+        logger.info("available runtime classes now %s", sorted(self.ctx.runtimes.available()))
+        await self.sandboxes.retry_not_started()
+        await self.functions.recheck_runtimes()
+
+    # -- deadlines ------------------------------------------------------------------------------
+
+    def _schedule_reap(self, pod: PodInfo) -> None:
+        key = ("pod", pod.namespace, pod.name)
+        since = pod.last_active or pod.created
+        if not pod.alive or not pod.claimed or pod.keep_warm or pod.idle_timeout is None or since is None:
+            self.ctx.scheduler.cancel(key)
+            return
+        grace = self.ctx.settings.reap_grace
+        self.ctx.scheduler.schedule(key, since + timedelta(seconds=pod.idle_timeout + grace, microseconds=1))
+
+    async def on_deadline(self, key: Deadline) -> None:
+        kind, namespace, name = key
+        if kind in ("sandbox", "sandbox-delete"):
+            await self.sandboxes.on_deadline(kind, (namespace, name))
+        elif kind == "session":
+            await self.sessions.on_deadline((namespace, name))
+        elif kind == "pod":
+            await self._reap(namespace, name)
+
+    async def _reap(self, namespace: str, name: str) -> None:
+        pod = self.ctx.pods.get(namespace, name)
+        if pod is None:
+            return
+        if not reapable(pod, self.ctx.clock(), self.ctx.settings.reap_grace):
+            self._schedule_reap(pod)
+            return
+        logger.info("releasing idle instance %s/%s (session %s)", namespace, name, pod.session)
+        await self.ctx.client.delete(core_path("pods", namespace, name))
+        self.ctx.pods.remove(namespace, name)
+        if pod.function:
+            self.ctx.dirty_functions.add((namespace, pod.function))
+            await self.ctx.events.post(
+                {"apiVersion": c.API_VERSION, "kind": "Function", "name": pod.function, "namespace": namespace},
+                NORMAL, "InstanceReleased", f"instance {name} of session {pod.session} idle; released")
+
+    # -- the shared sweep ---------------------------------------------------------------------
+
+    async def is_active(self) -> bool:
+        """Standalone: always. With peering: no live peer of equal or higher priority (kopf pauses
+        every replica on a priority tie, so replicas must get distinct priorities)."""
+        name = self.ctx.settings.peering
+        if not name:
+            return True
+        ns = self.ctx.settings.namespaces[0] if self.ctx.settings.namespaces else None
+        plural = "kopfpeerings" if ns else "clusterkopfpeerings"
+        body = await self.ctx.client.get(group_path(PEERING_API, plural, ns, name))
+        now = self.ctx.clock()
+        for peer_id, info in ((body or {}).get("status") or {}).items():
+            if peer_id == self.identity or not isinstance(info, dict):
+                continue
+            seen = parse_time(info.get("lastseen"))
+            alive = seen is not None and (now - seen.replace(tzinfo=seen.tzinfo or now.tzinfo)
+                                          ).total_seconds() < float(info.get("lifetime", 60))
+            if alive and int(info.get("priority", 0)) >= self.priority:
+                return False
+        return True
+
+    async def sweep_once(self) -> None:
+        active = await self.is_active()
+        if active and not self._was_active:
+            await self.resync()
+        self._was_active = active
+        if not active:
+            return
+        functions, self.ctx.dirty_functions = self.ctx.dirty_functions, set()
+        for key in functions:
+            await self.functions.refresh(key)
+        sessions, self.ctx.dirty_sessions = self.ctx.dirty_sessions, set()
+        for key in sessions:
+            await self.sessions.refresh(key)
+
+    async def run_sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.sweep_interval)
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("sweep failed; next pass in %ss", self.ctx.settings.sweep_interval)
+
+    async def run_scheduler(self) -> None:
+        await self.ctx.scheduler.run(self._deadline_when_active)
+
+    async def _deadline_when_active(self, key: Deadline) -> None:
+        if await self.is_active():
+            await self.on_deadline(key)
+        else:
+            self.ctx.scheduler.schedule(key, self.ctx.clock() + timedelta(seconds=self.ctx.settings.sweep_interval))

@@ -1,0 +1,36 @@
+"""Fixtures: a kmock Kubernetes emulator and the controllers wired to it, in virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import kmock
+import kopf
+import pytest
+from ctlfakes import EVENTS, FUNCTIONS, NETPOLS, NODES, NS, PODS, RUNTIMECLASSES, SANDBOXES, SESSIONS, virtual_now
+
+from voltgrid.controllers.core import Controllers
+from voltgrid.controllers.main import build_controllers
+from voltgrid.controllers.settings import OperatorSettings
+
+
+@pytest.fixture
+def api(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
+    verbs = {"list", "watch", "get", "create", "patch", "delete"}
+    for resource, kind in ((FUNCTIONS, "Function"), (SANDBOXES, "Sandbox"), (SESSIONS, "Session"), (PODS, "Pod"),
+                           (NETPOLS, "NetworkPolicy"), (EVENTS, "Event")):
+        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs,
+                                                       subresources={"status"})
+    for resource, kind in ((RUNTIMECLASSES, "RuntimeClass"), (NODES, "Node"), ("v1/namespaces", "Namespace"),
+                           ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition")):
+        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=False, verbs=verbs)
+    return kmock
+
+
+@pytest.fixture
+async def ctl(api: kmock.KubernetesEmulator) -> AsyncIterator[Controllers]:
+    settings = OperatorSettings(namespaces=(NS,), sweep_interval=5, reap_grace=60, sandbox_delete_grace=30)
+    controllers = build_controllers(settings, clock=virtual_now)
+    controllers.ctx.client.configure(kopf.ConnectionInfo(server=str(api.url)))
+    yield controllers
+    await controllers.ctx.client.close()

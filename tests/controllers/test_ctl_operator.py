@@ -1,0 +1,36 @@
+"""The whole operator (kopf + handlers) against kmock: wiring, startup adoption, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kmock
+import kopf
+from ctlfakes import FUNCTIONS, NS, PODS, add_node, function, names, stored, virtual_now
+
+from voltgrid.controllers.main import operate
+from voltgrid.controllers.settings import OperatorSettings
+
+
+async def test_operator_brings_a_function_to_ready(api: kmock.KubernetesEmulator) -> None:
+    add_node(api)
+    api.objects[FUNCTIONS, NS, "echo"] = function(isolation={"allowUnsandboxed": True}, scaling={"warmPool": 1})
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=str(api.url))
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    settings = OperatorSettings(namespaces=(NS,), liveness="")
+    task = asyncio.create_task(operate(settings, login=login, clock=virtual_now, stop_flag=stop, ready_flag=ready))
+    try:
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            if (stored(api, FUNCTIONS, "echo").get("status") or {}).get("warmInstances") == 1:
+                break
+        status = stored(api, FUNCTIONS, "echo")["status"]
+        assert status["conditions"][0]["status"] == "True"
+        assert len(names(api, PODS)) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
