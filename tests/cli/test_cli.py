@@ -1,0 +1,53 @@
+"""The `voltgrid` command: CRD generation and drift check, reachability probe, delegation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voltgrid.cli import main as cli
+from voltgrid.cli.run import kube_context_reachable
+
+
+def test_crds_writes_then_check_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["crds", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.yaml")) == [
+        "functions.voltgrid.dev.yaml",
+        "sandboxes.voltgrid.dev.yaml",
+        "sessions.voltgrid.dev.yaml",
+    ]
+    assert cli.main(["crds", "--out", str(tmp_path), "--check"]) == 0
+
+
+def test_crds_check_names_the_drifted_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["crds", "--out", str(tmp_path)])
+    (tmp_path / "sessions.voltgrid.dev.yaml").write_text("# edited by hand\n")
+    (tmp_path / "stale.yaml").write_text("{}\n")
+    assert cli.main(["crds", "--out", str(tmp_path), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "sessions.voltgrid.dev.yaml" in err and "stale.yaml" in err
+
+
+def test_unreachable_kubeconfig_is_not_reachable(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "contexts: [{name: x, context: {cluster: x, user: x}}]\nusers: [{name: x, user: {}}]\n"
+    )
+    assert kube_context_reachable(str(kubeconfig)) is False
+
+
+def test_delegated_component_parses_its_own_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["gpu-slicer", "--help"])
+    assert exit_info.value.code == 0
+    assert "--fake" in capsys.readouterr().out
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["launch"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
