@@ -54,10 +54,13 @@ class FakeBackend:
         self.url = url
         self.created: list[Instance] = []
         self.deleted: list[str] = []
+        self.checkpoints: list[tuple[str, float]] = []
+        self.lists = 0
 
     async def create(self, fn: Function, session_id: str, *, warm: bool = False) -> Instance:
-        instance = Instance(id=f"fake-{len(self.created)}", function=function_key(fn), url=self.url,
-                            session=session_id, warm=warm)
+        instance = Instance(
+            id=f"fake-{len(self.created)}", function=function_key(fn), url=self.url, session=session_id, warm=warm
+        )
         self.created.append(instance)
         return instance
 
@@ -65,10 +68,20 @@ class FakeBackend:
         self.deleted.append(instance.id)
 
     async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
-        return [i for i in self.created if i.id not in self.deleted
-                and (function is None or i.function == function) and (session is None or i.session == session)]
+        self.lists += 1
+        return [
+            i
+            for i in self.created
+            if i.id not in self.deleted
+            and (function is None or i.function == function)
+            and (session is None or i.session == session)
+        ]
+
+    async def checkpoint(self, instance: Instance, when: float) -> None:
+        self.checkpoints.append((instance.id, when))
+        for created in self.created:  # what a pod annotation does: later LISTs see it
+            if created.id == instance.id:
+                created.last_active = when
 
     async def close(self) -> None:
         pass
-
-

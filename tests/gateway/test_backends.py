@@ -1,31 +1,83 @@
-"""Instance backends: the pod builder (pure, table-style) and the local backend's shared state."""
+"""Instance backends: the Kubernetes backend's pods come from the operator's builder (pure,
+table-style), and the local backend's shared state."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gwhelpers import function
 
 from voltgrid.api import constants as c
+from voltgrid.api import podspec
+from voltgrid.api.function import FunctionStatus
 from voltgrid.backends.base import InstanceBackend
-from voltgrid.backends.kubernetes import instance_pod
+from voltgrid.backends.kubernetes import instance_pod, rfc3339
 from voltgrid.backends.local import LocalProcessBackend
+from voltgrid.errors import RuntimeUnavailableError
+from voltgrid.gateway.catalog_watch import runtime_status
 
 
 @pytest.mark.parametrize(("warm", "role"), [(False, "instance"), (True, "warm")])
-def test_instance_pod_labels_env_and_owner(warm: bool, role: str) -> None:
-    fn = function("agent")
+def test_instance_pod_is_the_operators_pod(warm: bool, role: str) -> None:
+    fn = function("agent", idleTimeout="10s")
     fn.metadata.uid = "uid-1"
     fn.spec.isolation.runtime_class_name = "kata-fc"
     pod = instance_pod(fn, "s-abc", warm)
-    assert pod["metadata"]["labels"] == {c.LABEL_MANAGED: "true", c.LABEL_FUNCTION: "agent",
-                                         c.LABEL_SESSION: "s-abc", c.LABEL_ROLE: role}
+    role_enum = podspec.Role.WARM if warm else podspec.Role.INSTANCE
+    assert pod == podspec.build_instance_pod(fn, "s-abc", role=role_enum, runtime_class_name="kata-fc")
+    assert pod["metadata"]["labels"] == {
+        c.LABEL_MANAGED: "true",
+        c.LABEL_FUNCTION: "agent",
+        c.LABEL_SESSION: "s-abc",
+        c.LABEL_ROLE: role,
+    }
+    assert pod["metadata"]["name"] == "agent-s-abc"  # deterministic: a repeated create answers 409
+    assert pod["metadata"]["annotations"][podspec.ANNOTATION_IDLE_TIMEOUT] == "10s"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     (container,) = pod["spec"]["containers"]
     assert {"name": "VOLTGRID_SESSION_ID", "value": "s-abc"} in container["env"]
-    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert pod["spec"]["runtimeClassName"] == "kata-fc" and pod["spec"]["automountServiceAccountToken"] is False
-    assert pod["metadata"]["name"].startswith("agent-") and len(pod["metadata"]["name"]) <= 63
+
+
+@pytest.mark.parametrize(
+    ("isolation", "status", "runtime"),
+    [
+        ({"runtimeClassName": "gvisor"}, None, "gvisor"),  # not reconciled yet: the explicit class
+        ({}, {"runtimeClassName": "kata-fc", "instances": 3}, "kata-fc"),  # the operator's choice
+        ({"allowUnsandboxed": True}, {"conditions": []}, None),  # opted in: the node's default runtime
+        ({"allowUnsandboxed": True}, None, None),
+    ],
+)
+def test_instance_pods_run_with_the_runtime_the_operator_chose(
+    isolation: dict[str, Any], status: dict[str, Any] | None, runtime: str | None
+) -> None:
+    fn = function("agent")
+    fn.metadata.uid = "uid-1"
+    fn.spec.isolation = fn.spec.isolation.model_validate(isolation)
+    fn.status = runtime_status(status)
+    assert instance_pod(fn, "s-1", False)["spec"].get("runtimeClassName") == runtime
+
+
+@pytest.mark.parametrize("status", [None, {"conditions": [{"type": "Ready", "status": "False"}]}])
+def test_no_pod_without_a_sandboxed_runtime_or_an_opt_in(status: dict[str, Any] | None) -> None:
+    fn = function("agent")
+    fn.metadata.uid = "uid-1"
+    fn.status = runtime_status(status)
+    with pytest.raises(RuntimeUnavailableError):
+        instance_pod(fn, "s-1", False)
+
+
+def test_runtime_status_keeps_only_the_runtime_choice() -> None:
+    assert runtime_status({"runtimeClassName": "gvisor", "kopf": {"x": 1}}) == FunctionStatus(
+        runtime_class_name="gvisor"
+    )
+    assert runtime_status({}) is None
+
+
+@pytest.mark.parametrize(("when", "text"), [(0.0, "1970-01-01T00:00:00Z"), (1_700_000_000.75, "2023-11-14T22:13:20Z")])
+def test_last_active_is_rfc3339_utc(when: float, text: str) -> None:
+    assert rfc3339(when) == text
 
 
 async def test_a_second_backend_object_lists_and_deletes_instances_it_did_not_start(tmp_path: Path) -> None:

@@ -49,9 +49,19 @@ async def test_dev_serves_a_function_yaml_with_a_loud_warning(tmp_path: Path) ->
         "dev.add_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, "dev", str(path), "--port", str(port),
-        "--state-dir", str(tmp_path / "state"), "--storage-dir", str(tmp_path / "storage"),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-c",
+        code,
+        "dev",
+        str(path),
+        "--port",
+        str(port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--storage-dir",
+        str(tmp_path / "storage"),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     assert proc.stderr is not None
     try:

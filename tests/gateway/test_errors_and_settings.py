@@ -80,8 +80,12 @@ def test_settings_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("nope: 1\n", "unknown setting"), ("- a\n", "mapping"), ("peers: [http://a:1]\n", "internal_token"),
-     ("max_queue: -1\n", "positive")],
+    [
+        ("nope: 1\n", "unknown setting"),
+        ("- a\n", "mapping"),
+        ("peers: [http://a:1]\n", "internal_token"),
+        ("max_queue: -1\n", "positive"),
+    ],
 )
 def test_bad_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
     file = tmp_path / "gw.yaml"

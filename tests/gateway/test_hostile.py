@@ -46,9 +46,14 @@ def gateway() -> Iterator[int]:
         up_port = free_port()
         await web.TCPSite(upstream, "127.0.0.1", up_port).start()
         gw_settings = GatewaySettings(
-            port=port, max_body_bytes=MAX_BODY, upstream_timeout=2,
-            jwt={"default/secured": JwtPolicy(issuer="tests", audience="voltgrid", keys=[SECRET],
-                                              required_scope="invoke")},
+            port=port,
+            max_body_bytes=MAX_BODY,
+            upstream_timeout=2,
+            jwt={
+                "default/secured": JwtPolicy(
+                    issuer="tests", audience="voltgrid", keys=[SECRET], required_scope="invoke"
+                )
+            },
         )
         backend = FakeBackend(f"http://127.0.0.1:{up_port}")
         app = build_app(gw_settings, backend, [function("open"), function("secured"), function("mcp", affinity="MCP")])
@@ -122,9 +127,15 @@ def test_path_tricks_never_reach_past_the_function(gateway: int, parts: list[str
 
 
 @EXAMPLES
-@given(token=st.one_of(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=400),
-                       st.builds(lambda p: jwt.encode(p, "wrong-key-0123456789-0123456789-01", algorithm="HS256"),
-                                 st.fixed_dictionaries({"iss": st.text(max_size=5), "exp": st.integers(0, 2**40)}))))
+@given(
+    token=st.one_of(
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=400),
+        st.builds(
+            lambda p: jwt.encode(p, "wrong-key-0123456789-0123456789-01", algorithm="HS256"),
+            st.fixed_dictionaries({"iss": st.text(max_size=5), "exp": st.integers(0, 2**40)}),
+        ),
+    )
+)
 def test_bad_tokens_get_401(gateway: int, token: str) -> None:
     assert get(gateway, "/fn/default/secured/x", {"Authorization": f"Bearer {token}"}) == 401
 
@@ -141,8 +152,7 @@ def test_jwt_valid_forbidden_and_missing(gateway: int) -> None:
     assert get(gateway, "/fn/default/secured/x", {"Authorization": f"Bearer {wrong_aud}"}) == 401
     assert get(gateway, "/fn/default/secured/x") == 401
     assert get(gateway, "/_voltgrid/v1/functions/default/secured/sessions") == 401  # Session API too
-    assert get(gateway, "/_voltgrid/v1/functions/default/secured/sessions",
-               {"Authorization": f"Bearer {good}"}) == 200
+    assert get(gateway, "/_voltgrid/v1/functions/default/secured/sessions", {"Authorization": f"Bearer {good}"}) == 200
 
 
 @pytest.mark.parametrize(
@@ -150,19 +160,32 @@ def test_jwt_valid_forbidden_and_missing(gateway: int) -> None:
     [
         (b"GET /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", (400, 431)),
         (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: gw\r\n\r\n", (400, 414)),
-        (b"GET /fn/default/open/x HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(300))
-         + b"\r\n", (400, 431)),
+        (
+            b"GET /fn/default/open/x HTTP/1.1\r\nHost: gw\r\n"
+            + b"".join(b"X-H%d: v\r\n" % i for i in range(300))
+            + b"\r\n",
+            (400, 431),
+        ),
         (b"POST /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), (413,)),
         (b"POST /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nContent-Length: -5\r\n\r\n", (400,)),
         (b"GARBAGE\r\n\r\n", (400,)),
-        (b"GET /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-         b"Content-Length: 3\r\n\r\n0\r\n\r\n", (400,)),
+        (
+            b"GET /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 3\r\n\r\n0\r\n\r\n",
+            (400,),
+        ),
         (b"GET /fn/Default/../open/x HTTP/1.1\r\nHost: gw\r\n\r\n", (400,)),
         (b"GET /fn/default/nope/x HTTP/1.1\r\nHost: gw\r\n\r\n", (404,)),
-        (b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n{{{{{",
-         (400,)),
-        (b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n\r\n"
-         b'{"sessionId": "BAD_ID!"}', (400,)),
+        (
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n"
+            b"{{{{{",
+            (400,),
+        ),
+        (
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n\r\n"
+            b'{"sessionId": "BAD_ID!"}',
+            (400,),
+        ),
         (b"POST /_voltgrid/internal/v1/bindings HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}", (403,)),
     ],
 )

@@ -24,8 +24,9 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
     replicas, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     log = tmp_path / "prestop.log"
-    fn = function("agent", env={"PRESTOP_LOG": str(log)}, idleTimeout="1s",
-                  preStop={"path": "/prestop", "timeout": "2s"})
+    fn = function(
+        "agent", env={"PRESTOP_LOG": str(log)}, idleTimeout="1s", preStop={"path": "/prestop", "timeout": "2s"}
+    )
     (gw,) = await replicas([fn])
     async with http.get(f"{gw.url}/fn/default/agent/whoami") as r:
         sid = r.headers[HDR]
@@ -55,8 +56,13 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
 
 async def test_max_lifetime_expires_the_session(replicas, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     log = tmp_path / "prestop.log"
-    fn = function("short", env={"PRESTOP_LOG": str(log)}, idleTimeout="1s", maxLifetime="1s",
-                  preStop={"path": "/prestop", "timeout": "2s"})
+    fn = function(
+        "short",
+        env={"PRESTOP_LOG": str(log)},
+        idleTimeout="1s",
+        maxLifetime="1s",
+        preStop={"path": "/prestop", "timeout": "2s"},
+    )
     (gw,) = await replicas([fn])
     async with http.get(f"{gw.url}/fn/default/short/whoami") as r:
         sid = r.headers[HDR]

@@ -40,6 +40,9 @@ class Instance:
     warm: bool = False
     created: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
+    #: Wall-clock time of the last activity checkpoint written on the instance (None: never, so a
+    #: warm instance without one is unclaimed).
+    last_active: float | None = None
 
 
 @runtime_checkable
@@ -59,6 +62,16 @@ class InstanceBackend(Protocol):
 
     async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
         """Live, ready instances, optionally only of one function (``ns/name``) and/or one session."""
+        ...
+
+    async def checkpoint(self, instance: Instance, when: float) -> None:
+        """Record, coarsely, that ``instance`` was active at wall-clock time ``when``.
+
+        The gateway calls it at most once per checkpoint interval per instance, and once when it
+        claims a warm instance, never per request. The Kubernetes backend writes the pod's
+        ``voltgrid.dev/last-active`` annotation, which the operator reads (pool accounting and its
+        scale-to-zero safety net); a backend nobody else watches makes it a no-op.
+        """
         ...
 
     async def close(self) -> None:

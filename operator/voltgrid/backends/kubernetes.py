@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,6 +35,8 @@ from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.backends.base import BackendError, Instance, InstanceStartError, function_key
 from voltgrid.errors import SpecError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_READY_TIMEOUT: Final = 120.0
 #: Seconds one watch of a starting pod runs before it is re-listed.
@@ -137,6 +140,7 @@ class KubernetesBackend:
             await self._core.create_namespaced_pod(namespace, manifest)  # type: ignore[arg-type]
         except ApiException as e:
             if e.status == HTTP_CONFLICT:
+                logger.info("pod %s/%s exists already: waiting for it", namespace, manifest["metadata"]["name"])
                 return False
             name = manifest["metadata"]["name"]
             raise InstanceStartError(f"cannot create pod {namespace}/{name}: {e.status} {e.reason}") from e

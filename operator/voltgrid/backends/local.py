@@ -112,16 +112,27 @@ class LocalProcessBackend:
             log.close()
         self._procs[instance_id] = proc
         instance = Instance(
-            id=instance_id, function=key, url=f"http://{self._host}:{port}", session=session_id,
-            warm=warm, created=time.time(),
+            id=instance_id,
+            function=key,
+            url=f"http://{self._host}:{port}",
+            session=session_id,
+            warm=warm,
+            created=time.time(),
         )
         try:
             await self._wait_ready(proc, port)
         except BaseException:
             await self._kill(instance_id, proc.pid)
             raise
-        state = {"id": instance_id, "function": key, "url": instance.url, "session": session_id,
-                 "warm": warm, "created": instance.created, "pid": proc.pid}
+        state = {
+            "id": instance_id,
+            "function": key,
+            "url": instance.url,
+            "session": session_id,
+            "warm": warm,
+            "created": instance.created,
+            "pid": proc.pid,
+        }
         tmp = self._instances_dir / f".{instance_id}.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self._instances_dir / f"{instance_id}.json")
@@ -189,9 +200,21 @@ class LocalProcessBackend:
             if not _alive(int(state["pid"])):
                 path.unlink(missing_ok=True)
                 continue
-            found.append(Instance(id=state["id"], function=state["function"], url=state["url"],
-                                  session=state["session"], warm=state["warm"], created=state["created"]))
+            found.append(
+                Instance(
+                    id=state["id"],
+                    function=state["function"],
+                    url=state["url"],
+                    session=state["session"],
+                    warm=state["warm"],
+                    created=state["created"],
+                )
+            )
         return found
+
+    async def checkpoint(self, instance: Instance, when: float) -> None:
+        """Nothing to record: no operator watches local instances, and this backend's gateway
+        manages their warm pools and idle release itself."""
 
     async def stop_all(self) -> None:
         """Kill every instance this backend object started (``voltgrid dev`` exit, test teardown)."""

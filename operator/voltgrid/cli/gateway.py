@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         functions = load_functions(args.functions) if args.functions else []
-        settings = load_settings(args.config, os.environ, {"port": args.port, "host": args.host})
+        # In a cluster the operator keeps the warm pools; the gateway claims what it created.
+        defaults = {"manage_warm_pool": False} if args.backend == "kubernetes" else {}
+        settings = load_settings(args.config, os.environ, {"port": args.port, "host": args.host}, defaults)
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

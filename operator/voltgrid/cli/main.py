@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,9 @@ def _operator(args: argparse.Namespace) -> int:
     from voltgrid.controllers.main import run_operator  # noqa: PLC0415 (lazy: kopf only here)
     from voltgrid.controllers.settings import OperatorSettings  # noqa: PLC0415
 
+    # kopf run as a library configures no logging; its per-object INFO lines would be one per event.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)
     settings = OperatorSettings.from_env()
     if args.namespace:
         settings = dataclasses.replace(settings, namespaces=tuple(args.namespace))

@@ -16,7 +16,16 @@ from voltgrid.gateway.errors import GatewayError
 from voltgrid.gateway.settings import JwtPolicy
 
 ASYMMETRIC_ALGORITHMS: Final = [
-    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA",
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
 ]
 HMAC_ALGORITHMS: Final = ["HS256", "HS384", "HS512"]
 #: Longest Authorization header value considered (a token beyond it is rejected unparsed).

@@ -4,7 +4,8 @@ One LIST, then one WATCH from its resourceVersion, for all Functions the gateway
 wide, or one namespace): O(1) work per Function change, none per request. A Function the models
 reject (it passed the CRD but not a rule only Python checks) is logged and left out, never a crash;
 an expired watch (410 Gone) or a dropped connection relists after a short backoff, and Functions
-deleted meanwhile are removed.
+deleted meanwhile are removed. Of the status only the operator's runtime choice is kept (status
+updates are the operator's coarse counts: they re-put the entry, nothing more).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from voltgrid.api import constants as c
-from voltgrid.api.function import Function
+from voltgrid.api.function import Function, FunctionStatus
 from voltgrid.gateway.functions import FunctionCatalog
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,15 @@ logger = logging.getLogger(__name__)
 PLURAL: Final = "functions"
 WATCH_TIMEOUT_S: Final = 300
 RETRY_BACKOFF_S: Final = 2.0
+
+
+def runtime_status(status: Any) -> FunctionStatus | None:
+    """What the data plane reads of a Function's status: the RuntimeClass the operator chose, so that
+    the pods the gateway creates run where the operator's do (counts and conditions are ignored)."""
+    if not isinstance(status, dict) or not status:
+        return None
+    chosen = status.get("runtimeClassName")
+    return FunctionStatus(runtime_class_name=chosen if isinstance(chosen, str) and chosen else None)
 
 
 class FunctionWatcher:
@@ -51,6 +61,7 @@ class FunctionWatcher:
             return
         try:
             function = Function.model_validate({k: v for k, v in obj.items() if k in ("metadata", "spec")})
+            function.status = runtime_status(obj.get("status"))
         except ValidationError as e:
             logger.warning("Function %s is not served: %s", key, e.errors()[0].get("msg", e))
             self._catalog.remove(key)

@@ -58,12 +58,18 @@ class Gateway:
 
     async def start(self, watcher_api: Any = None) -> None:
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=UPSTREAM_CONNECTIONS_PER_HOST, keepalive_timeout=KEEPALIVE_TIMEOUT,
-            enable_cleanup_closed=False, ttl_dns_cache=60,
+            limit=0,
+            limit_per_host=UPSTREAM_CONNECTIONS_PER_HOST,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            enable_cleanup_closed=False,
+            ttl_dns_cache=60,
         )
         self.http = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
         )
         self.peers = Peers(self.http, self.membership, self.settings.internal_token)
         self.lifecycle = Lifecycle(self.manager, self.http, self.peers)
@@ -75,8 +81,11 @@ class Gateway:
             from voltgrid.registry.endpointslices import EndpointSliceWatcher  # noqa: PLC0415 (cluster only)
 
             watcher = EndpointSliceWatcher(
-                self.membership, watcher_api, namespace=self.settings.membership_namespace,
-                service=self.settings.membership_service, port_name=self.settings.membership_port_name,
+                self.membership,
+                watcher_api,
+                namespace=self.settings.membership_namespace,
+                service=self.settings.membership_service,
+                port_name=self.settings.membership_port_name,
             )
             self._jobs.append(loop.create_task(watcher.run(), name="voltgrid-endpointslices"))
         for fn in self.catalog:
@@ -101,7 +110,7 @@ class Gateway:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         self._jobs.clear()
         if self.lifecycle is not None:
-            await self.lifecycle.scheduler.stop()
+            await self.lifecycle.stop()
         await self.manager.close()
         if self.settings.manage_warm_pool:
             await self.manager.warm.drain()

@@ -31,9 +31,7 @@ def error_body(code: str, message: str) -> bytes:
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=error_body(code, message), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=error_body(code, message), content_type="application/json", headers=headers)
 
 
 def bad_request(message: str, code: str = "bad_request") -> GatewayError:

@@ -44,12 +44,22 @@ async def forward(request: web.Request, key: str, handler: Handler) -> web.Strea
         try:
             if is_websocket(request):
                 response: web.StreamResponse = await relay_websocket(
-                    gw.http, request, url, headers, traffic,
-                    header_timeout=gw.settings.upstream_timeout, max_stream=gw.settings.max_stream_duration,
+                    gw.http,
+                    request,
+                    url,
+                    headers,
+                    traffic,
+                    header_timeout=gw.settings.upstream_timeout,
+                    max_stream=gw.settings.max_stream_duration,
                 )
             else:
                 response = await relay(
-                    gw.http, request, url, headers, traffic, max_body=gw.settings.max_body_bytes,
+                    gw.http,
+                    request,
+                    url,
+                    headers,
+                    traffic,
+                    max_body=gw.settings.max_body_bytes,
                     header_timeout=gw.settings.upstream_timeout + gw.settings.cold_start_timeout,
                     max_stream=gw.settings.max_stream_duration,
                 )

@@ -62,10 +62,15 @@ async def sessions(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    return web.json_response({
-        "ok": True, "replica": gw.membership.self_id, "members": list(gw.membership.members),
-        "sessions": len(gw.manager.registry), "instances": len(gw.manager.instances),
-    })
+    return web.json_response(
+        {
+            "ok": True,
+            "replica": gw.membership.self_id,
+            "members": list(gw.membership.members),
+            "sessions": len(gw.manager.registry),
+            "instances": len(gw.manager.instances),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -57,7 +57,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     if fn.affinity is Affinity.NONE:
         return await _invoke_shared(gw, request, fn)
     if key is None:
-        exchange = Exchange(manager.new_session(fn), minted=True)
+        exchange = Exchange(await manager.new_session(fn), minted=True)
     else:
         exchange = Exchange(manager.session_for(fn, key), minted=False)
     for attempt in range(2):
@@ -97,8 +97,15 @@ async def _relay(
     url = instance.url + request[TAIL]
     settings = gw.settings
     if is_websocket(request):
-        return await relay_websocket(gw.http, request, url, headers, exchange.traffic,
-                                     header_timeout=settings.upstream_timeout, max_stream=settings.max_stream_duration)
+        return await relay_websocket(
+            gw.http,
+            request,
+            url,
+            headers,
+            exchange.traffic,
+            header_timeout=settings.upstream_timeout,
+            max_stream=settings.max_stream_duration,
+        )
     ending = False
 
     async def on_response(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
@@ -124,9 +131,16 @@ async def _relay(
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
     response = await relay(
-        gw.http, request, url, headers, exchange.traffic, max_body=settings.max_body_bytes,
-        header_timeout=settings.upstream_timeout, max_stream=settings.max_stream_duration,
-        on_response=on_response, on_sse_endpoint=on_sse_endpoint if learn_sse else None,
+        gw.http,
+        request,
+        url,
+        headers,
+        exchange.traffic,
+        max_body=settings.max_body_bytes,
+        header_timeout=settings.upstream_timeout,
+        max_stream=settings.max_stream_duration,
+        on_response=on_response,
+        on_sse_endpoint=on_sse_endpoint if learn_sse else None,
     )
     if ending and exchange.record is not None:
         lifecycle.end_session(exchange.record, "deleted")
@@ -147,12 +161,25 @@ async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -
         url = instance.url + request[TAIL]
         try:
             if is_websocket(request):
-                return await relay_websocket(gw.http, request, url, headers, traffic,
-                                             header_timeout=gw.settings.upstream_timeout,
-                                             max_stream=gw.settings.max_stream_duration)
-            return await relay(gw.http, request, url, headers, traffic, max_body=gw.settings.max_body_bytes,
-                               header_timeout=gw.settings.upstream_timeout,
-                               max_stream=gw.settings.max_stream_duration)
+                return await relay_websocket(
+                    gw.http,
+                    request,
+                    url,
+                    headers,
+                    traffic,
+                    header_timeout=gw.settings.upstream_timeout,
+                    max_stream=gw.settings.max_stream_duration,
+                )
+            return await relay(
+                gw.http,
+                request,
+                url,
+                headers,
+                traffic,
+                max_body=gw.settings.max_body_bytes,
+                header_timeout=gw.settings.upstream_timeout,
+                max_stream=gw.settings.max_stream_duration,
+            )
         except UpstreamConnectError:
             if attempt:
                 raise

@@ -6,7 +6,13 @@ been idle for its ``idleTimeout`` (nothing in flight), the instance's preStop is
 is deleted if no other session is bound to it; the session id stays valid and wakes on the next
 request. At ``maxLifetime`` the same happens and the session is forgotten. When membership changes,
 this replica adopts what it now owns from a LIST of instances (labels), and hands learned bindings
-(MCP ids) to their new owner; nothing is ever written to the apiserver.
+(MCP ids) to their new owner.
+
+The only write is the coarse activity *checkpoint* (:meth:`InstanceBackend.checkpoint`: in a
+cluster the pod's ``voltgrid.dev/last-active`` annotation, which the operator's scale-to-zero
+safety net reads): one pass every ``checkpoint_interval``, driven by the same scheduler, writes it
+for each instance active since its last checkpoint -- at most once per interval per instance, never
+on the request path, and nothing at all for idle instances.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from voltgrid.backends.base import Instance
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.manager import INSTANCE_TIMER_PREFIX, SessionManager
 from voltgrid.gateway.peers import Peers
+from voltgrid.gateway.warm import unclaimed_warm
 from voltgrid.registry.records import RELEASING, UNBOUND, SessionRecord
 from voltgrid.registry.scheduler import DeadlineScheduler
 from voltgrid.registry.store import SessionExistsError
@@ -33,6 +40,8 @@ logger = logging.getLogger(__name__)
 EXPIRY_RECHECK: Final = 1.0
 #: Longest pause between heartbeats of a stream held on a non-owner replica.
 MAX_HEARTBEAT_INTERVAL: Final = 30.0
+#: Scheduler key of the checkpoint pass (session keys cannot contain NUL).
+CHECKPOINT_KEY: Final = "\x00checkpoint"
 
 
 class Lifecycle:
@@ -43,11 +52,17 @@ class Lifecycle:
         self.scheduler = DeadlineScheduler(self._on_due)
         manager.scheduler = self.scheduler
         self.prestop_calls = 0
+        self._checkpointing: asyncio.Task[int] | None = None
+        self.scheduler.schedule(CHECKPOINT_KEY, manager.now() + manager.settings.checkpoint_interval)
 
     # -- timers ---------------------------------------------------------------------------
     def _on_due(self, key: str, now: float) -> float | None:
+        if key == CHECKPOINT_KEY:
+            if self._checkpointing is None or self._checkpointing.done():  # a slow pass is not doubled
+                self._checkpointing = asyncio.get_running_loop().create_task(self.checkpoint_pass())
+            return now + self.m.settings.checkpoint_interval
         if key.startswith(INSTANCE_TIMER_PREFIX):
-            return self._instance_due(key[len(INSTANCE_TIMER_PREFIX):], now)
+            return self._instance_due(key[len(INSTANCE_TIMER_PREFIX) :], now)
         record = self.m.registry.get(key)
         if record is None or record.state == RELEASING:
             return None
@@ -80,6 +95,42 @@ class Lifecycle:
         self.m.forget_instance(instance_id)
         self.m.spawn(self._delete(instance))
         return None
+
+    # -- activity checkpoints ---------------------------------------------------------------
+    def last_activity(self, instance_id: str, now: float) -> float | None:
+        """Loop time of the latest activity on the instance (``now`` while a request is in flight)."""
+        m = self.m
+        latest = m.instance_last_active.get(instance_id)
+        if m.instance_inflight.get(instance_id, 0):
+            return now
+        for key in m.registry.sessions_on(instance_id):
+            record = m.registry.get(key)
+            if record is None or record.passive:
+                continue
+            if record.inflight:
+                return now
+            latest = record.last_active if latest is None else max(latest, record.last_active)
+        return latest
+
+    async def checkpoint_pass(self) -> int:
+        """Checkpoint every instance active since its last checkpoint; returns how many were written."""
+        m = self.m
+        now = m.now()
+        due = []
+        for instance_id, instance in list(m.instances.items()):
+            active = self.last_activity(instance_id, now)
+            if active is not None and active > m.instance_checkpoints.get(instance_id, float("-inf")):
+                due.append((instance, active))
+        for instance, active in due:  # one at a time: a steady trickle of PATCHes, never a burst
+            if instance.id in m.instances:
+                await m.checkpoint(instance, active)
+        return len(due)
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
 
     # -- release --------------------------------------------------------------------------
     def release(self, record: SessionRecord, reason: str, *, forget: bool) -> asyncio.Task[None]:
@@ -120,9 +171,10 @@ class Lifecycle:
             body["affinityKey"] = record.key
         self.prestop_calls += 1
         try:
-            async with asyncio.timeout(fn.prestop_timeout), self._http.post(
-                instance.url + fn.prestop_path, json=body
-            ) as resp:
+            async with (
+                asyncio.timeout(fn.prestop_timeout),
+                self._http.post(instance.url + fn.prestop_path, json=body) as resp,
+            ):
                 await resp.read()
                 result = "ok" if resp.status < 400 else f"http_{resp.status}"
         except TimeoutError:
@@ -147,10 +199,17 @@ class Lifecycle:
     def binding_payload(self, record: SessionRecord, instance: Instance, *, passive: bool) -> dict[str, Any]:
         now = self.m.now()
         return {
-            "key": record.key, "function": record.function, "storageId": record.storage_id,
-            "instance": {"id": instance.id, "url": instance.url, "session": instance.session,
-                         "created": instance.created},
-            "idleTimeout": record.idle_timeout, "expiresIn": max(0.0, record.expires_at - now),
+            "key": record.key,
+            "function": record.function,
+            "storageId": record.storage_id,
+            "instance": {
+                "id": instance.id,
+                "url": instance.url,
+                "session": instance.session,
+                "created": instance.created,
+            },
+            "idleTimeout": record.idle_timeout,
+            "expiresIn": max(0.0, record.expires_at - now),
             "passive": passive,
         }
 
@@ -163,8 +222,14 @@ class Lifecycle:
         learned = m.registry.get(key)
         if learned is None:
             now = m.now()
-            learned = m.registry.create(key, record.function, now=now, storage_id=record.storage_id,
-                                        idle_timeout=record.idle_timeout, max_lifetime=record.expires_at - now)
+            learned = m.registry.create(
+                key,
+                record.function,
+                now=now,
+                storage_id=record.storage_id,
+                idle_timeout=record.idle_timeout,
+                max_lifetime=record.expires_at - now,
+            )
             learned.inflight, learned.active_since, learned.requests = record.inflight, record.active_since, 1
             m.unbind(record)
             m.bind(learned, instance)
@@ -184,14 +249,23 @@ class Lifecycle:
         """A peer hands this replica a learned binding (as its owner, or as its backup)."""
         m = self.m
         inst = payload["instance"]
-        instance = Instance(id=str(inst["id"]), function=str(payload["function"]), url=str(inst["url"]),
-                            session=str(inst["session"]), created=float(inst.get("created", 0.0)))
+        instance = Instance(
+            id=str(inst["id"]),
+            function=str(payload["function"]),
+            url=str(inst["url"]),
+            session=str(inst["session"]),
+            created=float(inst.get("created", 0.0)),
+        )
         record = m.registry.get(payload["key"])
         if record is None:
             now = m.now()
             record = m.registry.create(
-                str(payload["key"]), instance.function, now=now, storage_id=str(payload["storageId"]),
-                idle_timeout=float(payload["idleTimeout"]), max_lifetime=float(payload["expiresIn"]),
+                str(payload["key"]),
+                instance.function,
+                now=now,
+                storage_id=str(payload["storageId"]),
+                idle_timeout=float(payload["idleTimeout"]),
+                max_lifetime=float(payload["expiresIn"]),
             )
         m.bind(record, instance)
         record.passive = bool(payload.get("passive"))
@@ -222,10 +296,17 @@ class Lifecycle:
         except Exception:
             logger.exception("listing instances for resync failed")
             return
+        if not m.warm.managed:  # the operator's warm pods, as this LIST found them
+            found: dict[str, list[Instance]] = {fn.key: [] for fn in m.catalog if fn.warm_pool}
+            for instance in instances:
+                if unclaimed_warm(instance) and instance.id not in m.instances and instance.function in found:
+                    found[instance.function].append(instance)
+            for function, pool in found.items():
+                m.warm.replace(function, pool)
         warm_ids = {i.id for i in m.warm.instances()}
         for instance in instances:
             fn = m.catalog.get(instance.function)
-            if fn is None or instance.id in warm_ids:
+            if fn is None or instance.id in warm_ids or (unclaimed_warm(instance) and not m.warm.managed):
                 continue
             if fn.affinity is Affinity.NONE:
                 m.adopt_instance(instance)
@@ -266,4 +347,3 @@ class Lifecycle:
                 self.scheduler.cancel(record.key)
             await asyncio.sleep(0)
         await self.resync()
-

@@ -5,12 +5,15 @@ id is a *returning* session (its replica died, or it expired): its instance is l
 LIST by session label, and started for that id if none exists, so it gets its storage back.
 New sessions take a warm instance this replica owns, or get an id minted here and a cold start.
 Cold starts wait in a bounded per-function queue; concurrent wakes of one session share one start.
+Claiming a warm instance writes its first activity checkpoint at once, in the background (the
+operator then counts it as in use and tops its pool up); later checkpoints are the lifecycle's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -54,11 +57,19 @@ class SessionManager:
         self.instances: dict[str, Instance] = {}
         self.instance_inflight: dict[str, int] = {}
         self.instance_last_active: dict[str, float] = {}
+        #: Loop time of the activity each instance's last checkpoint recorded.
+        self.instance_checkpoints: dict[str, float] = {}
         self._waking: dict[str, asyncio.Future[Instance]] = {}
         self._queued: dict[str, int] = {}
         self.releasing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.warm = WarmPools(backend, membership, self.spawn, manage=settings.manage_warm_pool)
+        self.warm = WarmPools(
+            backend,
+            membership,
+            self.spawn,
+            manage=settings.manage_warm_pool,
+            discovery_interval=settings.warm_discovery_interval,
+        )
         # Set by the lifecycle, which owns the timers (it needs the manager, hence late binding).
         self.scheduler: DeadlineScheduler | None = None
 
@@ -95,12 +106,20 @@ class SessionManager:
 
     # -- sessions -----------------------------------------------------------------------------
     def create_session(
-        self, fn: FunctionEntry, key: str, *, storage_id: str | None = None,
-        idle_timeout: float | None = None, max_lifetime: float | None = None,
+        self,
+        fn: FunctionEntry,
+        key: str,
+        *,
+        storage_id: str | None = None,
+        idle_timeout: float | None = None,
+        max_lifetime: float | None = None,
     ) -> SessionRecord:
         now = self.now()
         record = self.registry.create(
-            key, fn.key, now=now, storage_id=storage_id,
+            key,
+            fn.key,
+            now=now,
+            storage_id=storage_id,
             idle_timeout=idle_timeout if idle_timeout is not None else fn.idle_timeout,
             max_lifetime=max_lifetime if max_lifetime is not None else fn.max_lifetime,
         )
@@ -128,15 +147,38 @@ class SessionManager:
             )
         return self.create_session(fn, key)
 
-    def new_session(self, fn: FunctionEntry) -> SessionRecord:
+    async def new_session(self, fn: FunctionEntry) -> SessionRecord:
         """A brand-new session: on a warm instance this replica owns, else with an id minted here."""
-        warm = self.warm.claim(fn) if fn.sessions_per_instance == 1 else None
+        warm = await self.claim_warm(fn) if fn.sessions_per_instance == 1 else None
         if warm is not None:
             record = self.create_session(fn, warm.session)
             self.bind(record, warm)
-            self.metrics.warm_claims.labels(fn.key).inc()
             return record
         return self.create_session(fn, mint_owned_id(self.membership))
+
+    async def claim_warm(self, fn: FunctionEntry) -> Instance | None:
+        """A warm instance of ``fn`` this replica owns, now in use here: from the known pool, else
+        from one LIST of the operator's warm pods; its first checkpoint is written in the background."""
+        warm = self.warm.claim(fn)
+        if warm is None and fn.warm_pool and not self.warm.managed:
+            await self.warm.discover(fn, self.instances)
+            warm = self.warm.claim(fn)
+        if warm is not None:
+            self.adopt_instance(warm)
+            self.metrics.warm_claims.labels(fn.key).inc()
+            self.spawn(self.checkpoint(warm, self.now()))
+        return warm
+
+    async def checkpoint(self, instance: Instance, active: float) -> None:
+        """Record on the instance that it was active at loop time ``active`` (see the lifecycle)."""
+        wall = time.time() - (self.now() - active)
+        try:
+            await self.backend.checkpoint(instance, wall)
+        except Exception:
+            logger.exception("checkpointing instance %s failed", instance.id)
+            return
+        if instance.id in self.instances:
+            self.instance_checkpoints[instance.id] = max(active, self.instance_checkpoints.get(instance.id, active))
 
     def bind(self, record: SessionRecord, instance: Instance) -> None:
         self.adopt_instance(instance)
@@ -178,6 +220,7 @@ class SessionManager:
         instance = self.instances.pop(instance_id, None)
         self.instance_inflight.pop(instance_id, None)
         self.instance_last_active.pop(instance_id, None)
+        self.instance_checkpoints.pop(instance_id, None)
         for key in list(self.registry.sessions_on(instance_id)):
             record = self.registry.get(key)
             if record is not None:
@@ -241,8 +284,9 @@ class SessionManager:
     async def cold_start(self, fn: FunctionEntry, session_id: str) -> Instance:
         running = sum(1 for i in self.instances.values() if i.function == fn.key)
         if running >= fn.max_instances:
-            raise unavailable(f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after,
-                              "max_instances")
+            raise unavailable(
+                f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after, "max_instances"
+            )
         started = self.now()
         try:
             instance = await self.backend.create(fn.model, session_id)
@@ -259,8 +303,9 @@ class SessionManager:
         depth = self._queued.get(fn.key, 0)
         if depth >= self.settings.max_queue:
             self.metrics.queue_rejected.labels(fn.key).inc()
-            raise unavailable(f"too many requests waiting for {fn.key} to start", self.settings.retry_after,
-                              "queue_full")
+            raise unavailable(
+                f"too many requests waiting for {fn.key} to start", self.settings.retry_after, "queue_full"
+            )
         self._queued[fn.key] = depth + 1
         self.metrics.queue_depth.labels(fn.key).inc()
         try:
@@ -299,7 +344,7 @@ class SessionManager:
 
     async def _start_shared(self, fn: FunctionEntry, key: str, done: asyncio.Future[Instance]) -> None:
         try:
-            instance = await self.cold_start(fn, mint_owned_id(self.membership))
+            instance = await self.claim_warm(fn) or await self.cold_start(fn, mint_owned_id(self.membership))
             self.instance_last_active[instance.id] = self.now()
             self.schedule(INSTANCE_TIMER_PREFIX + instance.id, self.now() + fn.idle_timeout)
             done.set_result(instance)

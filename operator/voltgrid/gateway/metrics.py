@@ -82,8 +82,11 @@ class GatewayMetrics:
         r.register(_UsageCollector(self.usage, clock))
         self.requests = Counter("voltgrid_requests", "Requests proxied", ["function", "code"], registry=r)
         self.latency = Histogram(
-            "voltgrid_request_duration_seconds", "Time to response headers through the gateway",
-            ["function"], buckets=LATENCY_BUCKETS, registry=r,
+            "voltgrid_request_duration_seconds",
+            "Time to response headers through the gateway",
+            ["function"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.bytes = Counter("voltgrid_request_bytes", "Body bytes proxied", ["function", "direction"], registry=r)
         self.session_requests = Counter(

@@ -98,7 +98,7 @@ async def route(request: web.Request, handler: Handler) -> web.StreamResponse:
         namespace, name = parts[2], parts[3].split("?", 1)[0]
         if not SESSION_ID_RE.match(namespace) or not SESSION_ID_RE.match(name):
             raise not_found("invoke URLs are /fn/<namespace>/<name>/<path>", "function_not_found")
-        rest = raw[len(INVOKE_PREFIX) + len(namespace) + 1 + len(name):]
+        rest = raw[len(INVOKE_PREFIX) + len(namespace) + 1 + len(name) :]
         fn = gw.catalog.get(f"{namespace}/{name}")
         prefix = f"{INVOKE_PREFIX}{namespace}/{name}"
         tail = rest if rest.startswith("/") else "/" + rest

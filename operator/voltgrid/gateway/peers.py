@@ -33,9 +33,10 @@ class Peers:
 
     async def _post(self, peer: str, path: str, payload: dict[str, Any]) -> bool:
         try:
-            async with asyncio.timeout(INTERNAL_TIMEOUT), self._http.post(
-                f"{peer}{INTERNAL_PREFIX}{path}", json=payload, headers=self._headers
-            ) as resp:
+            async with (
+                asyncio.timeout(INTERNAL_TIMEOUT),
+                self._http.post(f"{peer}{INTERNAL_PREFIX}{path}", json=payload, headers=self._headers) as resp,
+            ):
                 await resp.read()
                 return resp.status < 300
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -54,9 +55,12 @@ class Peers:
 
         async def one(peer: str) -> list[dict[str, Any]]:
             try:
-                async with asyncio.timeout(INTERNAL_TIMEOUT), self._http.get(
-                    f"{peer}{INTERNAL_PREFIX}/sessions", params={"function": function}, headers=self._headers
-                ) as resp:
+                async with (
+                    asyncio.timeout(INTERNAL_TIMEOUT),
+                    self._http.get(
+                        f"{peer}{INTERNAL_PREFIX}/sessions", params={"function": function}, headers=self._headers
+                    ) as resp,
+                ):
                     if resp.status != 200:
                         return []
                     body = await resp.json()

@@ -21,9 +21,20 @@ from voltgrid.gateway.errors import GatewayError
 from voltgrid.gateway.peers import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
 
 HOP_BY_HOP: Final = frozenset(
-    istr(h) for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE",
-        "Trailer", "Transfer-Encoding", "Upgrade", "Host", FORWARDED_HEADER, INTERNAL_TOKEN_HEADER,
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        FORWARDED_HEADER,
+        INTERNAL_TOKEN_HEADER,
     )
 )
 #: Request bodies up to this size with a known length are read at once instead of streamed.
@@ -123,7 +134,12 @@ async def relay(
     try:
         async with asyncio.timeout(header_timeout):
             upstream = await http.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False, auto_decompress=False,
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
             )
     except TimeoutError:
         raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
@@ -149,8 +165,14 @@ async def relay(
         stream_headers.extend(extra)
         response = web.StreamResponse(status=upstream.status, headers=stream_headers)
         await response.prepare(request)
-        await _pump(upstream, response, traffic, max_stream=max_stream,
-                    on_sse_endpoint=on_sse_endpoint if is_sse else None, is_sse=is_sse)
+        await _pump(
+            upstream,
+            response,
+            traffic,
+            max_stream=max_stream,
+            on_sse_endpoint=on_sse_endpoint if is_sse else None,
+            is_sse=is_sse,
+        )
         return response
     finally:
         upstream.release()
@@ -215,6 +237,6 @@ async def _sse_prelude(upstream: aiohttp.ClientResponse, on_endpoint: OnSseEndpo
                 data = "\n".join(line[5:].lstrip(" ") for line in lines if line.startswith("data:"))
                 rewritten = await on_endpoint(data)
                 event = "event: endpoint\ndata: " + rewritten + "\n\n"
-                return normalized[:start] + event.encode() + normalized[end + 2:]
+                return normalized[:start] + event.encode() + normalized[end + 2 :]
             start = end + 2
     return buffer

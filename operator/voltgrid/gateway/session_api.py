@@ -111,15 +111,16 @@ async def create(request: web.Request) -> web.StreamResponse:
     session_id = body.get("sessionId")
     if session_id is not None:
         if not isinstance(session_id, str) or not is_session_id(session_id):
-            raise bad_request("sessionId must be a DNS label (lowercase letters, digits, '-', at most 63)",
-                              "bad_session_id")
+            raise bad_request(
+                "sessionId must be a DNS label (lowercase letters, digits, '-', at most 63)", "bad_session_id"
+            )
         forwarded = await _owned(request, session_id, create)
         if forwarded is not None:
             return forwarded
     idle, lifetime = _seconds(body, "idleTimeout"), _seconds(body, "maxLifetime")
     try:
         if session_id is None:
-            record = gw.manager.new_session(fn)
+            record = await gw.manager.new_session(fn)
             if idle is not None or lifetime is not None:
                 now = gw.manager.now()
                 record.idle_timeout = idle or record.idle_timeout

@@ -29,6 +29,10 @@ DEFAULT_MAX_HEADERS: Final = 100
 DEFAULT_FORWARD_CONNECT_TIMEOUT: Final = 2.0
 DEFAULT_RETRY_AFTER: Final = 1
 DEFAULT_RESYNC_INTERVAL: Final = 60.0
+#: Well under the operator's reap grace (300 s), so a pod in use is never mistaken for an idle one.
+DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
+#: Shortest pause between two LISTs for the operator's warm instances of one function.
+DEFAULT_WARM_DISCOVERY_INTERVAL: Final = 1.0
 DEFAULT_SHARDS: Final = 64
 DEFAULT_INBOUND_BUFFER: Final = 64 * 1024
 
@@ -95,8 +99,17 @@ class GatewaySettings:
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
     #: Shards of the in-process registry (a power of two).
     shards: int = DEFAULT_SHARDS
-    #: Let the gateway create warm-pool instances itself (local backend); in a cluster the operator does.
+    #: Seconds between activity checkpoints of an instance in use (the ``voltgrid.dev/last-active``
+    #: pod annotation the operator's scale-to-zero safety net reads); written at most this often per
+    #: instance, and only for instances active since their last one.
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    #: Let the gateway create warm-pool instances itself (local backend); in a cluster the operator
+    #: does (the CLI defaults this to false with ``--backend kubernetes``) and the gateway discovers
+    #: and claims them.
     manage_warm_pool: bool = True
+    #: Cluster warm pools: least seconds between two LISTs for one function's warm instances when a
+    #: new session finds none known (they are also found by every resync).
+    warm_discovery_interval: float = DEFAULT_WARM_DISCOVERY_INTERVAL
     #: Function (``namespace/name``) served at ``/`` in addition to ``/fn/<namespace>/<name>/``.
     default_function: str | None = None
     #: JWT policies by function (``namespace/name``, or ``*`` for every function).
@@ -113,6 +126,8 @@ class GatewaySettings:
             self.internal_token = secrets.token_hex(16)
         if self.max_queue < 0 or self.max_body_bytes <= 0 or self.shards < 1:
             raise SettingsError("max_queue, max_body_bytes and shards must be positive")
+        if self.checkpoint_interval <= 0:
+            raise SettingsError("checkpoint_interval must be positive")
         self.jwt = {k: _policy(v) for k, v in self.jwt.items()}
         if self.api_jwt is not None:
             self.api_jwt = _policy(self.api_jwt)
@@ -154,10 +169,12 @@ def load_settings(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> GatewaySettings:
-    """Settings from a YAML ``file``, overridden by ``env``, overridden by ``flags`` (None = unset)."""
+    """Settings from a YAML ``file``, overridden by ``env``, overridden by ``flags`` (None = unset);
+    ``defaults`` replace the dataclass defaults (e.g. those that depend on the backend)."""
     fields = {f.name: f.type for f in dataclasses.fields(GatewaySettings)}
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(defaults or {})
     if file is not None:
         data = yaml.safe_load(file.read_text()) or {}
         if not isinstance(data, dict):
@@ -169,7 +186,7 @@ def load_settings(
             merged[name] = value
     for key, value in (env or {}).items():
         if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX):].lower()
+            name = key[len(ENV_PREFIX) :].lower()
             if name in fields and name not in ("jwt", "api_jwt"):
                 merged[name] = value
     for key, value in (flags or {}).items():

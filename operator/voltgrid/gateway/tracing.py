@@ -33,8 +33,12 @@ def tracer() -> trace.Tracer:
 def start_server_span(method: str, path: str, headers: Mapping[str, str]) -> tuple[Span, object]:
     """Start the request's span as a child of the caller's context; returns it and a detach token."""
     parent = propagate.extract(headers)
-    span = tracer().start_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER,
-                               attributes={"http.request.method": method, "url.path": path})
+    span = tracer().start_span(
+        f"{method} {path}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "url.path": path},
+    )
     token = context.attach(trace.set_span_in_context(span, parent))
     return span, token
 

@@ -20,8 +20,14 @@ from voltgrid.gateway.proxy import Traffic
 
 #: Handshake headers aiohttp's client sets itself (copying them would break the upgrade).
 _HANDSHAKE: Final = frozenset(
-    istr(h) for h in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
-                      "Sec-WebSocket-Protocol", "Content-Length")
+    istr(h)
+    for h in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Protocol",
+        "Content-Length",
+    )
 )
 #: Close code sent to the client when the upstream fails or the stream limit is reached.
 CLOSE_GOING_AWAY: Final = 1001
@@ -58,8 +64,11 @@ async def relay_websocket(
     try:
         await client.prepare(request)
 
-        async def pump(source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-                       sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse, inbound: bool) -> None:
+        async def pump(
+            source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+            sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+            inbound: bool,
+        ) -> None:
             async for msg in source:
                 size = len(msg.data) if isinstance(msg.data, (bytes, str)) else 0
                 if inbound:
@@ -74,8 +83,10 @@ async def relay_websocket(
                     break
             await sink.close(code=source.close_code or CLOSE_GOING_AWAY)
 
-        tasks = [asyncio.ensure_future(pump(client, upstream, True)),
-                 asyncio.ensure_future(pump(upstream, client, False))]
+        tasks = [
+            asyncio.ensure_future(pump(client, upstream, True)),
+            asyncio.ensure_future(pump(upstream, client, False)),
+        ]
         try:
             async with asyncio.timeout(max_stream):
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

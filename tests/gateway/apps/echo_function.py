@@ -19,10 +19,16 @@ PRESTOP_LOG = os.environ.get("PRESTOP_LOG")
 
 
 async def whoami(request: web.Request) -> web.Response:
-    return web.json_response({
-        "instance": INSTANCE, "session": SESSION, "storage": str(STORAGE), "pid": os.getpid(),
-        "path": request.path_qs, "headers": dict(request.headers),
-    })
+    return web.json_response(
+        {
+            "instance": INSTANCE,
+            "session": SESSION,
+            "storage": str(STORAGE),
+            "pid": os.getpid(),
+            "path": request.path_qs,
+            "headers": dict(request.headers),
+        }
+    )
 
 
 async def write_file(request: web.Request) -> web.Response:
