@@ -30,8 +30,9 @@ class StaticBackend:
 
     async def create(self, function: Function, session_id: str, *, warm: bool = False) -> Instance:
         self.n += 1
-        return Instance(id=f"static-{self.n}", function=function_key(function), url=self.url, session=session_id,
-                        warm=warm)
+        return Instance(
+            id=f"static-{self.n}", function=function_key(function), url=self.url, session=session_id, warm=warm
+        )
 
     async def delete(self, instance: Instance) -> None:
         pass
@@ -74,10 +75,16 @@ CLIENT: web.AppKey = web.AppKey("client")
 
 
 def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None:
-    fn = Function.model_validate({"metadata": {"name": "bench", "namespace": "default"},
-                                  "spec": {"image": "x", "sessions": {"affinity": affinity},
-                                           "scaling": {"warmPool": warm_pool, "maxInstances": 10000,
-                                                       "concurrency": 10000}}})
+    fn = Function.model_validate(
+        {
+            "metadata": {"name": "bench", "namespace": "default"},
+            "spec": {
+                "image": "x",
+                "sessions": {"affinity": affinity},
+                "scaling": {"warmPool": warm_pool, "maxInstances": 10000, "concurrency": 10000},
+            },
+        }
+    )
     settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench")
     asyncio.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
 
@@ -88,5 +95,9 @@ if __name__ == "__main__":
     elif sys.argv[1] == "bare":
         bare(int(sys.argv[2]), sys.argv[3])
     else:
-        gateway(int(sys.argv[2]), sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "Header",
-                int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+        gateway(
+            int(sys.argv[2]),
+            sys.argv[3],
+            sys.argv[4] if len(sys.argv) > 4 else "Header",
+            int(sys.argv[5]) if len(sys.argv) > 5 else 0,
+        )

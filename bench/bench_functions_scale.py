@@ -32,8 +32,12 @@ OPERATOR_CMD: Final = "from voltgrid.controllers.main import run_operator; run_o
 
 
 def function(i: int) -> dict[str, Any]:
-    return {"apiVersion": "voltgrid.dev/v1alpha1", "kind": "Function", "metadata": {"name": f"fn-{i:06d}"},
-            "spec": {"image": "registry.local/echo:1", "isolation": {"allowUnsandboxed": True}}}
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": f"fn-{i:06d}"},
+        "spec": {"image": "localhost/voltgrid/echo:1", "isolation": {"allowUnsandboxed": True}},
+    }
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -68,22 +72,29 @@ async def bench(kubeconfig: str, n: int, ns: str, wait_s: float) -> int:
     assert info is not None, "no credentials in the kubeconfig"
     client = KubeClient(info)
     try:
-        await client.create(core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace",
-                                                       "metadata": {"name": ns}})
+        await client.create(
+            core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
         create_s = await create_all(client, ns, n)
         print(f"applied {n} Functions in {create_s:.1f} s ({n / create_s:.0f}/s): the anchor")
         env = {**os.environ, "VOLTGRID_OPERATOR_NAMESPACES": ns, "VOLTGRID_OPERATOR_LIVENESS": ""}
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-c", OPERATOR_CMD], env=env,  # noqa: ASYNC220  (a child to watch)
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", OPERATOR_CMD],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             ready, peak = 0, 0
             while time.monotonic() - start < wait_s:
                 await asyncio.sleep(POLL_INTERVAL)
                 peak = max(peak, rss_kib(proc.pid)[1])
                 ready = await count_ready(client, ns)
-                print(f"  t={time.monotonic() - start:6.1f} s ready={ready}/{n} rss_peak={peak / 1024:.0f} MiB",
-                      flush=True)
+                print(
+                    f"  t={time.monotonic() - start:6.1f} s ready={ready}/{n} rss_peak={peak / 1024:.0f} MiB",
+                    flush=True,
+                )
                 if ready == n:
                     break
             ready_s = time.monotonic() - start
@@ -92,9 +103,11 @@ async def bench(kubeconfig: str, n: int, ns: str, wait_s: float) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        print(f"RESULT n={n} ready={ready} time_to_all_ready={ready_s:.1f} s operator_rss={rss / 1024:.0f} MiB "
-              f"operator_rss_peak={peak / 1024:.0f} MiB pods_created={pods} "
-              f"ratio_ready_vs_apply={ready_s / create_s:.2f}")
+        print(
+            f"RESULT n={n} ready={ready} time_to_all_ready={ready_s:.1f} s operator_rss={rss / 1024:.0f} MiB "
+            f"operator_rss_peak={peak / 1024:.0f} MiB pods_created={pods} "
+            f"ratio_ready_vs_apply={ready_s / create_s:.2f}"
+        )
         return 0 if ready == n and pods == 0 else 1
     finally:
         await client.delete(core_path("namespaces", None, ns))

@@ -81,10 +81,12 @@ def main() -> None:
             floor = wrk(f"http://127.0.0.1:{bare_port}/x", connections, args.duration, args.threads, None)
             for name, r in (("direct", direct), ("gateway", via), ("bare", floor)):
                 print(f"{name:<9}{connections:>6}{r['rps']:>11,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>9.0f}")
-            print(f"  -> gateway/direct throughput {via['rps'] / direct['rps']:.2f}, "
-                  f"added p50 {via['p50'] - direct['p50']:.2f} ms, added p99 {via['p99'] - direct['p99']:.2f} ms "
-                  f"(goals: >= 5000 req/s, added p99 < 2 ms); "
-                  f"gateway/bare-aiohttp-relay {via['rps'] / floor['rps']:.2f}")
+            print(
+                f"  -> gateway/direct throughput {via['rps'] / direct['rps']:.2f}, "
+                f"added p50 {via['p50'] - direct['p50']:.2f} ms, added p99 {via['p99'] - direct['p99']:.2f} ms "
+                f"(goals: >= 5000 req/s, added p99 < 2 ms); "
+                f"gateway/bare-aiohttp-relay {via['rps'] / floor['rps']:.2f}"
+            )
     finally:
         for p in reversed(procs):  # proxies first, then the upstream
             p.terminate()

@@ -52,9 +52,13 @@ def bench_apiserver(kubeconfig: str, n: int) -> tuple[float, float, float]:
     start = time.perf_counter()
     for i in range(n):
         t0 = time.perf_counter()
-        core.create_namespaced_config_map(namespace, {"metadata": {"name": f"{prefix}-{i}",
-                                                                   "labels": {"voltgrid.dev/bench": prefix}},
-                                                      "data": {"instance": f"inst-{i}"}})
+        core.create_namespaced_config_map(
+            namespace,
+            {
+                "metadata": {"name": f"{prefix}-{i}", "labels": {"voltgrid.dev/bench": prefix}},
+                "data": {"instance": f"inst-{i}"},
+            },
+        )
         latencies.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     core.delete_collection_namespaced_config_map(namespace, label_selector=f"voltgrid.dev/bench={prefix}")
@@ -71,8 +75,10 @@ def main() -> None:
     print(f"registry create+bind+touch: {args.n} sessions, {ops:,.0f} ops/s, p50 {p50:.2f} µs, p99 {p99:.2f} µs")
     if args.kubeconfig:
         k_ops, k50, k99 = bench_apiserver(args.kubeconfig, args.objects)
-        print(f"apiserver ConfigMap create:  {args.objects} objects, {k_ops:,.0f} ops/s, "
-              f"p50 {k50:.0f} µs, p99 {k99:.0f} µs")
+        print(
+            f"apiserver ConfigMap create:  {args.objects} objects, {k_ops:,.0f} ops/s, "
+            f"p50 {k50:.0f} µs, p99 {k99:.0f} µs"
+        )
         print(f"ratio: throughput {ops / k_ops:,.0f}x, p99 latency {k99 / p99:,.0f}x (goal >= 100x)")
     else:
         print("(no --kubeconfig: apiserver comparison skipped)")

@@ -43,8 +43,10 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     gc.collect()
     grown = rss_bytes() - before
-    print(f"{args.n:,} idle sessions (records + ids + indexes + timer heap): {grown / 2**20:,.0f} MiB RSS growth, "
-          f"{grown / args.n:.0f} bytes/session, built in {elapsed:.1f}s")
+    print(
+        f"{args.n:,} idle sessions (records + ids + indexes + timer heap): {grown / 2**20:,.0f} MiB RSS growth, "
+        f"{grown / args.n:.0f} bytes/session, built in {elapsed:.1f}s"
+    )
     print(f"ratio to the 1 GiB budget: {grown / 2**30:.2f} (goal < 1.00); sessions={len(reg):,} timers={len(sched):,}")
 
 

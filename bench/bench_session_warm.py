@@ -42,11 +42,13 @@ def pct(samples: list[float], p: float) -> float:
 
 async def in_process(n: int) -> list[float]:
     settings = GatewaySettings(manage_warm_pool=False)
-    fn_model = Function.model_validate({"metadata": {"name": "warm", "namespace": "default"},
-                                        "spec": {"image": "x", "scaling": {"warmPool": 0}}})
+    fn_model = Function.model_validate(
+        {"metadata": {"name": "warm", "namespace": "default"}, "spec": {"image": "x", "scaling": {"warmPool": 0}}}
+    )
     catalog = FunctionCatalog(settings, [fn_model])
-    manager = SessionManager(settings, StaticBackend("http://127.0.0.1:1"), catalog, Membership(settings.self_url),
-                             GatewayMetrics())
+    manager = SessionManager(
+        settings, StaticBackend("http://127.0.0.1:1"), catalog, Membership(settings.self_url), GatewayMetrics()
+    )
     fn: FunctionEntry = catalog.get("default/warm")  # type: ignore[assignment]
     for i in range(n):
         manager.warm.offer(
@@ -67,8 +69,19 @@ async def over_http(n: int) -> tuple[list[float], list[float]]:
     helper = str(Path(__file__).parent / "_gateway_server.py")
     procs = [subprocess.Popen([sys.executable, helper, "upstream", str(up_port)])]  # noqa: ASYNC220
     wait_port(up_port)
-    procs.append(subprocess.Popen([sys.executable, helper, "gateway", str(gw_port),  # noqa: ASYNC220
-                                   f"http://127.0.0.1:{up_port}", "Header", str(n + 50)]))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                helper,
+                "gateway",
+                str(gw_port),
+                f"http://127.0.0.1:{up_port}",
+                "Header",
+                str(n + 50),
+            ]
+        )
+    )
     try:
         wait_port(gw_port)
         await asyncio.sleep(3)  # let the warm pool fill
@@ -96,14 +109,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     args = parser.parse_args()
     placement = asyncio.run(in_process(args.n))
-    print(f"placement of a new session on a warm instance (in process, n={args.n}): "
-          f"p50 {statistics.median(placement) * 1e6:.1f} µs, p99 {pct(placement, 0.99) * 1e6:.1f} µs")
+    print(
+        f"placement of a new session on a warm instance (in process, n={args.n}): "
+        f"p50 {statistics.median(placement) * 1e6:.1f} µs, p99 {pct(placement, 0.99) * 1e6:.1f} µs"
+    )
     direct, via = asyncio.run(over_http(min(args.n, 1000)))
     d50, d99, g50, g99 = (statistics.median(direct), pct(direct, 0.99), statistics.median(via), pct(via, 0.99))
-    print(f"new session over HTTP: direct p50 {d50 * 1e3:.2f} ms p99 {d99 * 1e3:.2f} ms; "
-          f"via gateway p50 {g50 * 1e3:.2f} ms p99 {g99 * 1e3:.2f} ms")
-    print(f"gateway time excluding upstream: p50 {(g50 - d50) * 1e3:.2f} ms, p99 {(g99 - d99) * 1e3:.2f} ms "
-          f"(goal p99 < 5 ms)")
+    print(
+        f"new session over HTTP: direct p50 {d50 * 1e3:.2f} ms p99 {d99 * 1e3:.2f} ms; "
+        f"via gateway p50 {g50 * 1e3:.2f} ms p99 {g99 * 1e3:.2f} ms"
+    )
+    print(
+        f"gateway time excluding upstream: p50 {(g50 - d50) * 1e3:.2f} ms, p99 {(g99 - d99) * 1e3:.2f} ms "
+        f"(goal p99 < 5 ms)"
+    )
 
 
 if __name__ == "__main__":

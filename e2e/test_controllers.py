@@ -46,8 +46,14 @@ class Env:
         return json.loads(done.stdout) if done.returncode == 0 else None
 
     def start_operator(self, **env: str) -> None:
-        variables = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "VOLTGRID_OPERATOR_NAMESPACES": self.ns,
-                     "VOLTGRID_OPERATOR_LIVENESS": "", "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2", **env}
+        variables = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "VOLTGRID_OPERATOR_NAMESPACES": self.ns,
+            "VOLTGRID_OPERATOR_LIVENESS": "",
+            "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2",
+            **env,
+        }
         self.proc = subprocess.Popen([sys.executable, "-c", OPERATOR], env=variables)
 
     def kill_operator(self, sig: int = signal.SIGKILL) -> None:
@@ -81,14 +87,21 @@ def env(cluster: Any) -> Iterator[Env]:
 
 
 def sandbox(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "voltgrid.dev/v1alpha1", "kind": "Sandbox", "metadata": {"name": name},
-            "spec": {"image": IMAGE, "command": SERVER, "port": 8888, **spec}}
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {"name": name},
+        "spec": {"image": IMAGE, "command": SERVER, "port": 8888, **spec},
+    }
 
 
 def function(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "voltgrid.dev/v1alpha1", "kind": "Function", "metadata": {"name": name},
-            "spec": {"image": IMAGE, "command": SERVER, "port": 8888, "isolation": {"allowUnsandboxed": True},
-                     **spec}}
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name},
+        "spec": {"image": IMAGE, "command": SERVER, "port": 8888, "isolation": {"allowUnsandboxed": True}, **spec},
+    }
 
 
 def status(env: Env, kind: str, name: str) -> dict[str, Any]:
@@ -98,8 +111,9 @@ def status(env: Env, kind: str, name: str) -> dict[str, Any]:
 
 def test_default_policy_runs_under_gvisor_or_says_why_not(env: Env) -> None:
     env.apply(sandbox("gv"))
-    st = wait_for("a decision", lambda: (s := status(env, "sandbox", "gv")).get("phase") in (
-        "Running", "NotStarted") and s)
+    st = wait_for(
+        "a decision", lambda: (s := status(env, "sandbox", "gv")).get("phase") in ("Running", "NotStarted") and s
+    )
     if st["phase"] == "NotStarted":
         assert st["conditions"][0]["reason"] == "NoSandboxRuntime"
         assert env.get("pods", selector="voltgrid.dev/sandbox=gv")["items"] == []

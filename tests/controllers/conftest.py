@@ -17,12 +17,21 @@ from voltgrid.controllers.settings import OperatorSettings
 @pytest.fixture
 def api(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     verbs = {"list", "watch", "get", "create", "patch", "delete"}
-    for resource, kind in ((FUNCTIONS, "Function"), (SANDBOXES, "Sandbox"), (SESSIONS, "Session"), (PODS, "Pod"),
-                           (NETPOLS, "NetworkPolicy"), (EVENTS, "Event")):
-        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs,
-                                                       subresources={"status"})
-    for resource, kind in ((RUNTIMECLASSES, "RuntimeClass"), (NODES, "Node"), ("v1/namespaces", "Namespace"),
-                           ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition")):
+    for resource, kind in (
+        (FUNCTIONS, "Function"),
+        (SANDBOXES, "Sandbox"),
+        (SESSIONS, "Session"),
+        (PODS, "Pod"),
+        (NETPOLS, "NetworkPolicy"),
+        (EVENTS, "Event"),
+    ):
+        kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs, subresources={"status"})
+    for resource, kind in (
+        (RUNTIMECLASSES, "RuntimeClass"),
+        (NODES, "Node"),
+        ("v1/namespaces", "Namespace"),
+        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
+    ):
         kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=False, verbs=verbs)
     return kmock
 

@@ -27,7 +27,8 @@ def virtual_now() -> datetime:
 
 def function(name: str = "echo", **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "voltgrid.dev/v1alpha1", "kind": "Function",
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Function",
         "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
         "spec": {"image": "echo:1", **spec},
     }
@@ -35,9 +36,15 @@ def function(name: str = "echo", **spec: Any) -> dict[str, Any]:
 
 def sandbox(name: str = "sbx", **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "voltgrid.dev/v1alpha1", "kind": "Sandbox",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1,
-                     "creationTimestamp": EPOCH.isoformat()},
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": EPOCH.isoformat(),
+        },
         "spec": {"image": "python:3.12", "port": 8888, **spec},
     }
 
@@ -58,5 +65,6 @@ def stored(api: kmock.KubernetesEmulator, resource: str, name: str, namespace: s
 
 
 def names(api: kmock.KubernetesEmulator, resource: str) -> list[str]:
-    return sorted(name for (res, _, name), obj in api.objects.items()
-                  if res == kmock.resource(resource) and not obj.deleted)
+    return sorted(
+        name for (res, _, name), obj in api.objects.items() if res == kmock.resource(resource) and not obj.deleted
+    )

@@ -18,8 +18,9 @@ def ready(api: kmock.KubernetesEmulator, name: str = "echo") -> dict[str, str]:
     return {"status": cond["status"], "reason": cond["reason"], "runtime": status.get("runtimeClassName")}
 
 
-async def test_function_without_pool_is_ready_with_zero_pods_and_forgotten(api: kmock.KubernetesEmulator,
-                                                                            ctl: Controllers) -> None:
+async def test_function_without_pool_is_ready_with_zero_pods_and_forgotten(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
     add_node(api, **GV)
     add_runtime_class(api, "gvisor", "runsc", **GV)
     api.objects[FUNCTIONS, NS, "echo"] = function()
@@ -36,8 +37,7 @@ async def test_function_without_pool_is_ready_with_zero_pods_and_forgotten(api: 
     assert len(api[kmock.method.PATCH]) == patches  # writes nothing new
 
 
-async def test_warm_pool_is_created_once_with_owner_references(api: kmock.KubernetesEmulator,
-                                                               ctl: Controllers) -> None:
+async def test_warm_pool_is_created_once_with_owner_references(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:
     add_node(api, **GV)
     add_runtime_class(api, "gvisor", "runsc", **GV)
     api.objects[FUNCTIONS, NS, "echo"] = function(scaling={"warmPool": 2})
@@ -55,8 +55,7 @@ async def test_warm_pool_is_created_once_with_owner_references(api: kmock.Kubern
     assert any(e.data.get("reason") == "WarmPool" for e in api[kmock.resource(EVENTS)][kmock.method.POST])
 
 
-async def test_restart_adopts_existing_pods_without_duplicates(api: kmock.KubernetesEmulator,
-                                                               ctl: Controllers) -> None:
+async def test_restart_adopts_existing_pods_without_duplicates(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:
     add_node(api, **GV)
     add_runtime_class(api, "gvisor", "runsc", **GV)
     api.objects[FUNCTIONS, NS, "echo"] = function(scaling={"warmPool": 2})
@@ -115,10 +114,22 @@ async def test_pod_changes_refresh_counts_in_one_sweep(api: kmock.KubernetesEmul
     await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), None)
     # The gateway created two session instances (cold starts); the operator hears of them by watch.
     for sid in ("s1", "s2"):
-        await ctl.on_pod({"metadata": {"name": f"echo-{sid}", "namespace": NS, "labels": {
-            "voltgrid.dev/managed": "true", "voltgrid.dev/function": "echo", "voltgrid.dev/session": sid,
-            "voltgrid.dev/role": "instance"}}, "status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}]}}, "ADDED")
+        await ctl.on_pod(
+            {
+                "metadata": {
+                    "name": f"echo-{sid}",
+                    "namespace": NS,
+                    "labels": {
+                        "voltgrid.dev/managed": "true",
+                        "voltgrid.dev/function": "echo",
+                        "voltgrid.dev/session": sid,
+                        "voltgrid.dev/role": "instance",
+                    },
+                },
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            },
+            "ADDED",
+        )
     patches = len(api[kmock.method.PATCH])
     await ctl.sweep_once()
     assert len(api[kmock.method.PATCH]) == patches + 1  # two pod events, one status write

@@ -7,8 +7,10 @@ from typing import Any
 
 import kmock
 import kopf
+import pytest
 from ctlfakes import FUNCTIONS, NS, PODS, add_node, function, names, stored, virtual_now
 
+from voltgrid.controllers.handlers import in_cluster_server
 from voltgrid.controllers.main import operate
 from voltgrid.controllers.settings import OperatorSettings
 
@@ -34,3 +36,18 @@ async def test_operator_brings_a_function_to_ready(api: kmock.KubernetesEmulator
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("environ", "server"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.96.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, "https://kubernetes.default.svc"),
+        ({}, "https://kubernetes.default.svc"),
+    ],
+)
+def test_in_cluster_login_uses_the_injected_apiserver_address(environ: dict[str, str], server: str) -> None:
+    info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt")
+    got = in_cluster_server(info, environ)
+    assert (got.server, got.token, got.ca_path) == (server, "t", "/ca.crt")

@@ -15,17 +15,22 @@ from voltgrid.errors import RuntimeUnavailableError, SpecError
 
 
 def fn(status: dict[str, Any] | None = None, **spec: Any) -> Function:
-    body: dict[str, Any] = {"metadata": {"name": "echo", "namespace": NS, "uid": "u1"},
-                            "spec": {"image": "echo:1", **spec}}
+    body: dict[str, Any] = {
+        "metadata": {"name": "echo", "namespace": NS, "uid": "u1"},
+        "spec": {"image": "echo:1", **spec},
+    }
     if status is not None:
         body["status"] = status
     return Function.model_validate(body)
 
 
-@pytest.mark.parametrize(("parts", "expected"), [
-    (("echo", "abc"), "echo-abc"),
-    (("f" * 40, "s" * 22), "f" * 40 + "-" + "s" * 22),
-])
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (("echo", "abc"), "echo-abc"),
+        (("f" * 40, "s" * 22), "f" * 40 + "-" + "s" * 22),
+    ],
+)
 def test_bounded_name_short(parts: tuple[str, ...], expected: str) -> None:
     assert podspec.bounded_name(*parts) == expected
 
@@ -36,17 +41,34 @@ def test_bounded_name_long_is_stable_and_distinct() -> None:
     assert len(a) <= 63 and a == podspec.instance_pod_name("f" * 50, "s" * 40) and a != b
 
 
-@pytest.mark.parametrize(("role", "runtime"), [
-    (podspec.Role.INSTANCE, "gvisor"), (podspec.Role.WARM, "kata-fc"), (podspec.Role.INSTANCE, None),
-])
+@pytest.mark.parametrize(
+    ("role", "runtime"),
+    [
+        (podspec.Role.INSTANCE, "gvisor"),
+        (podspec.Role.WARM, "kata-fc"),
+        (podspec.Role.INSTANCE, None),
+    ],
+)
 def test_instance_pod(role: podspec.Role, runtime: str | None) -> None:
     pod = podspec.build_instance_pod(fn(port=9000), "s1", role=role, runtime_class_name=runtime)
     meta = pod["metadata"]
     assert meta["name"] == "echo-s1"
-    assert meta["labels"] == {"voltgrid.dev/managed": "true", "voltgrid.dev/function": "echo",
-                              "voltgrid.dev/session": "s1", "voltgrid.dev/role": str(role)}
-    assert meta["ownerReferences"] == [{"apiVersion": "voltgrid.dev/v1alpha1", "kind": "Function", "name": "echo",
-                                        "uid": "u1", "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"] == {
+        "voltgrid.dev/managed": "true",
+        "voltgrid.dev/function": "echo",
+        "voltgrid.dev/session": "s1",
+        "voltgrid.dev/role": str(role),
+    }
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Function",
+            "name": "echo",
+            "uid": "u1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert pod["spec"].get("runtimeClassName") == runtime
     container = pod["spec"]["containers"][0]
     assert container["ports"][0]["containerPort"] == 9000
@@ -55,8 +77,9 @@ def test_instance_pod(role: podspec.Role, runtime: str | None) -> None:
 
 
 def test_keep_warm_session_co_owns_its_pod() -> None:
-    session = Session.model_validate({"metadata": {"name": "agent", "namespace": NS, "uid": "u2"},
-                                      "spec": {"functionRef": "echo", "keepWarm": True}})
+    session = Session.model_validate(
+        {"metadata": {"name": "agent", "namespace": NS, "uid": "u2"}, "spec": {"functionRef": "echo", "keepWarm": True}}
+    )
     pod = podspec.build_instance_pod(fn(), "agent", runtime_class_name=None, session_owner=session)
     owners = pod["metadata"]["ownerReferences"]
     assert [(o["kind"], o["controller"]) for o in owners] == [("Function", True), ("Session", False)]
@@ -73,13 +96,16 @@ def test_fractional_gpu_is_a_slice_resource() -> None:
     assert limits["voltgrid.dev/gpu-1-4"] == "1"
 
 
-@pytest.mark.parametrize(("status", "isolation", "expected"), [
-    ({"runtimeClassName": "gvisor"}, {}, "gvisor"),
-    (None, {"runtimeClassName": "kata-fc"}, "kata-fc"),
-    ({}, {"allowUnsandboxed": True}, None),
-    ({}, {}, RuntimeUnavailableError),
-    (None, {}, RuntimeUnavailableError),
-])
+@pytest.mark.parametrize(
+    ("status", "isolation", "expected"),
+    [
+        ({"runtimeClassName": "gvisor"}, {}, "gvisor"),
+        (None, {"runtimeClassName": "kata-fc"}, "kata-fc"),
+        ({}, {"allowUnsandboxed": True}, None),
+        ({}, {}, RuntimeUnavailableError),
+        (None, {}, RuntimeUnavailableError),
+    ],
+)
 def test_runtime_for(status: dict[str, Any] | None, isolation: dict[str, Any], expected: object) -> None:
     function = fn(status=status, isolation=isolation)
     if expected is RuntimeUnavailableError:
@@ -90,8 +116,9 @@ def test_runtime_for(status: dict[str, Any] | None, isolation: dict[str, Any], e
 
 
 def test_sandbox_pod_from_function_ref() -> None:
-    sbx = Sandbox.model_validate({"metadata": {"name": "s", "namespace": NS, "uid": "u3"},
-                                  "spec": {"functionRef": "echo", "sessionRef": "abc"}})
+    sbx = Sandbox.model_validate(
+        {"metadata": {"name": "s", "namespace": NS, "uid": "u3"}, "spec": {"functionRef": "echo", "sessionRef": "abc"}}
+    )
     pod = podspec.build_sandbox_pod(sbx, runtime_class_name="gvisor", function=fn(port=7000))
     assert pod["metadata"]["name"] == "s-sbx"
     assert pod["metadata"]["labels"]["voltgrid.dev/role"] == "sandbox"

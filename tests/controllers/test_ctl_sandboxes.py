@@ -41,14 +41,19 @@ async def start(api: kmock.KubernetesEmulator, ctl: Controllers, name: str = "sb
 async def running(ctl: Controllers, api: kmock.KubernetesEmulator, name: str = "sbx") -> None:
     """The kubelet's part: the pod got an IP and became Ready (delivered as a watch event)."""
     pod = stored(api, PODS, f"{name}-sbx")
-    pod["status"] = {"phase": "Running", "podIP": "10.0.0.7", "startTime": EPOCH.isoformat(),
-                     "conditions": [{"type": "Ready", "status": "True"}]}
+    pod["status"] = {
+        "phase": "Running",
+        "podIP": "10.0.0.7",
+        "startTime": EPOCH.isoformat(),
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
     api.objects[PODS, NS, f"{name}-sbx"].patch({"status": pod["status"]})
     await ctl.on_pod(pod, "MODIFIED")
 
 
-async def test_default_policy_without_sandbox_runtime_is_not_started(api: kmock.KubernetesEmulator,
-                                                                     ctl: Controllers) -> None:
+async def test_default_policy_without_sandbox_runtime_is_not_started(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
     add_node(api)
     await start(api, ctl)
     st = status(api)
@@ -66,8 +71,9 @@ async def test_default_policy_without_sandbox_runtime_is_not_started(api: kmock.
     assert names(api, PODS) == ["sbx-sbx"]
 
 
-async def test_runs_under_gvisor_with_egress_policy_and_endpoint(api: kmock.KubernetesEmulator,
-                                                                 ctl: Controllers) -> None:
+async def test_runs_under_gvisor_with_egress_policy_and_endpoint(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
     add_node(api, **GV)
     add_runtime_class(api, "gvisor", "runsc", **GV)
     await start(api, ctl, network={"allowDns": True, "egress": [{"cidr": "1.1.1.1/32", "ports": [443]}]})
@@ -79,7 +85,8 @@ async def test_runs_under_gvisor_with_egress_policy_and_endpoint(api: kmock.Kube
     # The policy is created before the pod: the pod never runs unconfined.
     posts = [r.url.path for r in api[kmock.method.POST] if "events" not in r.url.path]
     assert posts.index(f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies") < posts.index(
-        f"/api/v1/namespaces/{NS}/pods")
+        f"/api/v1/namespaces/{NS}/pods"
+    )
     assert status(api)["phase"] == "Pending"
     await running(ctl, api)
     st = status(api)
@@ -133,10 +140,21 @@ async def test_idle_instance_is_released_by_the_safety_net(api: kmock.Kubernetes
     try:
         await asyncio.sleep(1)
         now = ctl.ctx.clock().isoformat()
-        labels = {"voltgrid.dev/managed": "true", "voltgrid.dev/function": "echo", "voltgrid.dev/session": "s1",
-                  "voltgrid.dev/role": "instance"}
-        pod = {"metadata": {"name": "echo-s1", "namespace": NS, "labels": labels, "creationTimestamp": now,
-                            "annotations": {"voltgrid.dev/idle-timeout": "5m"}}}
+        labels = {
+            "voltgrid.dev/managed": "true",
+            "voltgrid.dev/function": "echo",
+            "voltgrid.dev/session": "s1",
+            "voltgrid.dev/role": "instance",
+        }
+        pod = {
+            "metadata": {
+                "name": "echo-s1",
+                "namespace": NS,
+                "labels": labels,
+                "creationTimestamp": now,
+                "annotations": {"voltgrid.dev/idle-timeout": "5m"},
+            }
+        }
         api.objects[PODS, NS, "echo-s1"] = pod
         await ctl.on_pod(pod, "ADDED")
         await asyncio.sleep(300)

@@ -13,9 +13,12 @@ from voltgrid.controllers.core import Controllers
 
 
 def session(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "voltgrid.dev/v1alpha1", "kind": "Session",
-            "metadata": {"name": "agent", "namespace": NS, "uid": "uid-agent", "generation": 1},
-            "spec": {"functionRef": "echo", **spec}}
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Session",
+        "metadata": {"name": "agent", "namespace": NS, "uid": "uid-agent", "generation": 1},
+        "spec": {"functionRef": "echo", **spec},
+    }
 
 
 async def test_keep_warm_session_and_delete_with_prestop(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:
@@ -23,8 +26,13 @@ async def test_keep_warm_session_and_delete_with_prestop(api: kmock.KubernetesEm
     port = api.url.port
     api.objects[FUNCTIONS, NS, "echo"] = {
         "metadata": {"name": "echo", "namespace": NS, "uid": "uid-echo", "generation": 1},
-        "spec": {"image": "echo:1", "port": port, "isolation": {"allowUnsandboxed": True},
-                 "sessions": {"preStop": {"path": "/prestop", "timeout": "2s"}}}}
+        "spec": {
+            "image": "echo:1",
+            "port": port,
+            "isolation": {"allowUnsandboxed": True},
+            "sessions": {"preStop": {"path": "/prestop", "timeout": "2s"}},
+        },
+    }
     api.objects[SESSIONS, NS, "agent"] = session(keepWarm=True, sessionId="s-42")
     api["post /prestop"] << {"ok": True}
     await ctl.resync()

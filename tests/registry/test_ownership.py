@@ -45,14 +45,26 @@ def test_suspected_peer_is_skipped_until_membership_is_refreshed() -> None:
 @pytest.mark.parametrize(
     ("slices", "port_name", "expected"),
     [
-        ([{"ports": [{"name": "http", "port": 8080}],
-           "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-                         {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
-                         {"addresses": ["10.0.0.3"]}]}],
-         "http", {"http://10.0.0.1:8080", "http://10.0.0.3:8080"}),
+        (
+            [
+                {
+                    "ports": [{"name": "http", "port": 8080}],
+                    "endpoints": [
+                        {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+                        {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+                        {"addresses": ["10.0.0.3"]},
+                    ],
+                }
+            ],
+            "http",
+            {"http://10.0.0.1:8080", "http://10.0.0.3:8080"},
+        ),
         ([{"ports": [{"name": "metrics", "port": 9090}], "endpoints": [{"addresses": ["10.0.0.1"]}]}], "http", set()),
-        ([{"ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["fd00::1"]}]}], None,
-         {"http://[fd00::1]:80"}),
+        (
+            [{"ports": [{"name": "http", "port": 80}], "endpoints": [{"addresses": ["fd00::1"]}]}],
+            None,
+            {"http://[fd00::1]:80"},
+        ),
         ([{"ports": None, "endpoints": None}], None, set()),
     ],
 )

@@ -21,8 +21,13 @@ def test_create_bind_meter_release() -> None:
     assert rec.active_seconds(126.0) == 6.0  # still one in flight since 120
     reg.end(rec, 130.0, bytes_in=1, bytes_out=2)
     assert reg.unbind(rec, 140.0) == "inst-a" and reg.sessions_on("inst-a") == set()
-    assert usage(rec, 200.0) == {"activeSeconds": 10.0, "heldSeconds": 30.0, "requests": 2, "bytesIn": 11,
-                                 "bytesOut": 22}
+    assert usage(rec, 200.0) == {
+        "activeSeconds": 10.0,
+        "heldSeconds": 30.0,
+        "requests": 2,
+        "bytesIn": 11,
+        "bytesOut": 22,
+    }
 
 
 def test_duplicate_and_remove_clean_indexes() -> None:
@@ -50,8 +55,19 @@ def test_shards_must_be_a_power_of_two(shards: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "valid"),
-    [("s-1", True), ("a", True), ("a" * 63, True), ("a" * 64, False), ("-a", False), ("a-", False),
-     ("A", False), ("a_b", False), ("", False), ("a.b", False), ("é", False)],
+    [
+        ("s-1", True),
+        ("a", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("-a", False),
+        ("a-", False),
+        ("A", False),
+        ("a_b", False),
+        ("", False),
+        ("a.b", False),
+        ("é", False),
+    ],
 )
 def test_session_ids(value: str, valid: bool) -> None:
     assert is_session_id(value) is valid

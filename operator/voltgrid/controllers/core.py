@@ -60,8 +60,12 @@ class Controllers:
             self._schedule_reap(pod)
             if pod.function:
                 self.ctx.dirty_functions.add((pod.namespace, pod.function))
-        logger.info("adopted %d pods; %d runtime classes, %d nodes", len(pods),
-                    len(self.ctx.runtimes.classes), len(self.ctx.runtimes.nodes))
+        logger.info(
+            "adopted %d pods; %d runtime classes, %d nodes",
+            len(pods),
+            len(self.ctx.runtimes.classes),
+            len(self.ctx.runtimes.nodes),
+        )
 
     def _in_scope(self, namespace: str) -> bool:
         names = self.ctx.settings.namespaces
@@ -136,7 +140,10 @@ class Controllers:
             self.ctx.dirty_functions.add((namespace, pod.function))
             await self.ctx.events.post(
                 {"apiVersion": c.API_VERSION, "kind": "Function", "name": pod.function, "namespace": namespace},
-                NORMAL, "InstanceReleased", f"instance {name} of session {pod.session} idle; released")
+                NORMAL,
+                "InstanceReleased",
+                f"instance {name} of session {pod.session} idle; released",
+            )
 
     # -- the shared sweep ---------------------------------------------------------------------
 
@@ -154,8 +161,9 @@ class Controllers:
             if peer_id == self.identity or not isinstance(info, dict):
                 continue
             seen = parse_time(info.get("lastseen"))
-            alive = seen is not None and (now - seen.replace(tzinfo=seen.tzinfo or now.tzinfo)
-                                          ).total_seconds() < float(info.get("lifetime", 60))
+            alive = seen is not None and (now - seen.replace(tzinfo=seen.tzinfo or now.tzinfo)).total_seconds() < float(
+                info.get("lifetime", 60)
+            )
             if alive and int(info.get("priority", 0)) >= self.priority:
                 return False
         return True

@@ -24,8 +24,13 @@ _MAX_MESSAGE: Final = 1024
 
 def object_ref(body: dict[str, Any], kind: str, api_version: str = c.API_VERSION) -> dict[str, Any]:
     meta = body.get("metadata") or {}
-    return {"apiVersion": api_version, "kind": kind, "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid")}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+    }
 
 
 class EventRecorder:

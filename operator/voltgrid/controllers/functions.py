@@ -68,8 +68,14 @@ class FunctionController:
         pods = self.ctx.pods.for_function(ns, name)
         if choice.runnable:
             pods = await self._size_pool(fn, choice, pods)
-        patch = st.function_status(current, generation=fn.metadata.generation, choice=choice, counts=count(pods),
-                                   url=self.ctx.settings.invoke_url(ns, name), now=self.ctx.clock())
+        patch = st.function_status(
+            current,
+            generation=fn.metadata.generation,
+            choice=choice,
+            counts=count(pods),
+            url=self.ctx.settings.invoke_url(ns, name),
+            now=self.ctx.clock(),
+        )
         if st.changed(current, patch):
             written = await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})
             if written is None:  # deleted meanwhile
@@ -80,8 +86,9 @@ class FunctionController:
             before: Json = next((x for x in current.get("conditions") or [] if x.get("type") == st.READY), {})
             if before.get("reason") != patch["conditions"][0]["reason"] and (before or not choice.runnable):
                 kind = NORMAL if choice.runnable else WARNING
-                await self.ctx.events.post(self._ref(fn), kind, patch["conditions"][0]["reason"],
-                                           patch["conditions"][0]["message"])
+                await self.ctx.events.post(
+                    self._ref(fn), kind, patch["conditions"][0]["reason"], patch["conditions"][0]["message"]
+                )
             current = {**current, **patch}
         scaling = fn.spec.scaling
         if pods or scaling.warm_pool or scaling.min_instances:
@@ -96,14 +103,16 @@ class FunctionController:
             await self.ctx.client.delete(core_path("pods", ns, name))
             self.ctx.pods.remove(ns, name)
         for _ in range(plan.create_warm):
-            manifest = podspec.build_instance_pod(fn, podspec.new_session_id(), role=podspec.Role.WARM,
-                                                  runtime_class_name=choice.runtime_class_name)
+            manifest = podspec.build_instance_pod(
+                fn, podspec.new_session_id(), role=podspec.Role.WARM, runtime_class_name=choice.runtime_class_name
+            )
             created = await self.ctx.client.create(core_path("pods", ns), manifest)
             # Index it now, before its watch event: the next reconcile must not create it again.
             self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
         if plan.create_warm:
-            await self.ctx.events.post(self._ref(fn), NORMAL, "WarmPool",
-                                       f"created {plan.create_warm} warm instance(s)")
+            await self.ctx.events.post(
+                self._ref(fn), NORMAL, "WarmPool", f"created {plan.create_warm} warm instance(s)"
+            )
         return self.ctx.pods.for_function(ns, str(fn.metadata.name))
 
     async def refresh(self, key: Key) -> None:
@@ -130,12 +139,19 @@ class FunctionController:
                 except ValidationError:
                     continue
                 choice = self.choose(fn)
-                if (current.get("runtimeClassName") != choice.runtime_class_name
-                        or (ready.get("status") == "True") != choice.runnable):
+                if (
+                    current.get("runtimeClassName") != choice.runtime_class_name
+                    or (ready.get("status") == "True") != choice.runnable
+                ):
                     await self.reconcile(fn, dict(current))
 
     @staticmethod
     def _ref(fn: Function) -> Json:
         meta = fn.metadata
-        return {"apiVersion": fn.api_version, "kind": "Function", "name": meta.name,
-                "namespace": meta.namespace, "uid": meta.uid}
+        return {
+            "apiVersion": fn.api_version,
+            "kind": "Function",
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+        }

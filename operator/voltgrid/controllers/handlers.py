@@ -10,8 +10,10 @@ Pods are watched with a server-side label selector: only Voltgrid's own pods rea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import kopf
@@ -29,10 +31,24 @@ WORKER_LIMIT: Final = 1000
 WORKER_IDLE_TIMEOUT: Final = 0.5
 
 
+def in_cluster_server(info: kopf.ConnectionInfo, environ: Mapping[str, str]) -> kopf.ConnectionInfo:
+    """The service account's login pointed at the apiserver address the kubelet injects.
+
+    kopf names the apiserver ``https://kubernetes.default.svc``, which needs cluster DNS; like client-go's
+    in-cluster config, ``KUBERNETES_SERVICE_HOST``/``_PORT`` work without it (and are always set in a pod).
+    """
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    return dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
+
+
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, then the kubeconfig (``$KUBECONFIG`` or ~/.kube/config)."""
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-    return info or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        return in_cluster_server(info, os.environ)
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.OperatorRegistry:

@@ -86,8 +86,15 @@ class KubeClient:
             )
         return self._session
 
-    async def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
-                      body: Json | None = None, content_type: str = "application/json") -> Json:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Json | None = None,
+        content_type: str = "application/json",
+    ) -> Json:
         if self._info is None:
             raise KubeApiError(0, "NotLoggedIn", "the operator has no credentials yet")
         headers = {"Accept": "application/json", **self._info.as_http_headers()}
@@ -105,8 +112,9 @@ class KubeClient:
                 payload = {"message": text[:200]}
             payload = payload if isinstance(payload, dict) else {}
             if resp.status >= 400:
-                raise KubeApiError(resp.status, str(payload.get("reason", resp.reason)),
-                                   str(payload.get("message", "")))
+                raise KubeApiError(
+                    resp.status, str(payload.get("reason", resp.reason)), str(payload.get("message", ""))
+                )
             return payload
 
     async def get(self, path: str) -> Json | None:

@@ -33,16 +33,24 @@ def own_identity() -> str:
     return os.environ.get("POD_ID") or f"{socket.gethostname()}-{secrets.token_hex(4)}"
 
 
-def build_controllers(settings: OperatorSettings, *, clock: Clock = utcnow, identity: str | None = None,
-                      priority: int = 0) -> Controllers:
+def build_controllers(
+    settings: OperatorSettings, *, clock: Clock = utcnow, identity: str | None = None, priority: int = 0
+) -> Controllers:
     client = KubeClient()
-    ctx = Context(client=client, settings=settings, events=EventRecorder(client, clock), scheduler=Scheduler(clock),
-                  clock=clock)
+    ctx = Context(
+        client=client, settings=settings, events=EventRecorder(client, clock), scheduler=Scheduler(clock), clock=clock
+    )
     return Controllers(ctx, identity=identity, priority=priority)
 
 
-async def operate(settings: OperatorSettings, *, login: LoginFn = default_login, clock: Clock = utcnow,
-                  stop_flag: asyncio.Event | None = None, ready_flag: asyncio.Event | None = None) -> None:
+async def operate(
+    settings: OperatorSettings,
+    *,
+    login: LoginFn = default_login,
+    clock: Clock = utcnow,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or a signal)."""
     priority = random.randint(*PRIORITY_RANGE) if settings.peering else 0
     identity = own_identity() if settings.peering else None

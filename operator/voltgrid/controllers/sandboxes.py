@@ -51,8 +51,9 @@ class SandboxController:
         try:
             sandbox = Sandbox.model_validate(spec_only(body))
         except ValidationError as exc:
-            patch = st.invalid_status(current, generation=meta.get("generation"), message=str(exc),
-                                      now=self.ctx.clock())
+            patch = st.invalid_status(
+                current, generation=meta.get("generation"), message=str(exc), now=self.ctx.clock()
+            )
             await self._write(key, current, {**patch, "phase": SandboxPhase.NOT_STARTED})
             return
         await self.reconcile(sandbox, current)
@@ -99,8 +100,12 @@ class SandboxController:
         if not choice.runnable:
             self.not_started.add(key)
             cond = st.condition(conditions, st.READY, False, choice.reason, choice.message, generation=gen, now=now)
-            patch: Json = {"phase": SandboxPhase.NOT_STARTED, "conditions": [cond], "sandboxed": False,
-                           "observedGeneration": gen}
+            patch: Json = {
+                "phase": SandboxPhase.NOT_STARTED,
+                "conditions": [cond],
+                "sandboxed": False,
+                "observedGeneration": gen,
+            }
             if st.changed(current, patch):
                 await self.ctx.events.post(self._ref(sandbox), WARNING, choice.reason, choice.message)
             await self._write(key, current, patch)
@@ -112,22 +117,27 @@ class SandboxController:
             if body is None:
                 msg = f"functionRef {sandbox.spec.function_ref} not found in {ns}"
                 cond = st.condition(conditions, st.READY, False, "FunctionNotFound", msg, generation=gen, now=now)
-                await self._write(key, current,
-                                  {"phase": SandboxPhase.NOT_STARTED, "conditions": [cond], "observedGeneration": gen})
+                await self._write(
+                    key, current, {"phase": SandboxPhase.NOT_STARTED, "conditions": [cond], "observedGeneration": gen}
+                )
                 return
             function = Function.model_validate(spec_only(body))
-        pod_manifest = podspec.build_sandbox_pod(sandbox, runtime_class_name=choice.runtime_class_name,
-                                                 function=function)
-        await self.ctx.client.create(group_path("networking.k8s.io/v1", "networkpolicies", ns),
-                                     sb.network_policy(sandbox))
+        pod_manifest = podspec.build_sandbox_pod(
+            sandbox, runtime_class_name=choice.runtime_class_name, function=function
+        )
+        await self.ctx.client.create(
+            group_path("networking.k8s.io/v1", "networkpolicies", ns), sb.network_policy(sandbox)
+        )
         created = await self.ctx.client.create(core_path("pods", ns), pod_manifest)
         pod = PodInfo.from_pod(created or pod_manifest)
         self.ctx.pods.upsert(pod)
-        await self.ctx.events.post(self._ref(sandbox), NORMAL if choice.sandboxed else WARNING, choice.reason,
-                                   choice.message)
+        await self.ctx.events.post(
+            self._ref(sandbox), NORMAL if choice.sandboxed else WARNING, choice.reason, choice.message
+        )
         patch = self._from_pod(sandbox, pod, current, expires)
-        patch.update({"podName": pod.name, "runtimeClassName": choice.runtime_class_name,
-                      "sandboxed": choice.sandboxed})
+        patch.update(
+            {"podName": pod.name, "runtimeClassName": choice.runtime_class_name, "sandboxed": choice.sandboxed}
+        )
         self.live[key] = (sandbox, await self._write(key, current, patch))
 
     def _from_pod(self, sandbox: Sandbox, pod: PodInfo | None, current: Json, expires: datetime | None) -> Json:
@@ -137,8 +147,15 @@ class SandboxController:
         ok = phase == SandboxPhase.RUNNING
         reason = "Running" if ok else ("PodGone" if pod is None else f"Pod{pod.phase}")
         message = f"pod {pod.name} is {pod.phase}" if pod else "the sandbox's pod no longer exists"
-        cond = st.condition(current.get("conditions"), st.READY, ok, reason, message,
-                            generation=sandbox.metadata.generation, now=self.ctx.clock())
+        cond = st.condition(
+            current.get("conditions"),
+            st.READY,
+            ok,
+            reason,
+            message,
+            generation=sandbox.metadata.generation,
+            now=self.ctx.clock(),
+        )
         patch: Json = {"phase": phase, "conditions": [cond], "observedGeneration": sandbox.metadata.generation}
         endpoint = sb.endpoint(pod)
         if endpoint:
@@ -166,11 +183,19 @@ class SandboxController:
         if pod is not None:
             await self.ctx.client.delete(core_path("pods", ns, pod.name))
             self.ctx.pods.remove(ns, pod.name)
-        await self.ctx.client.delete(group_path("networking.k8s.io/v1", "networkpolicies", ns,
-                                                sb.network_policy_name(name)))
+        await self.ctx.client.delete(
+            group_path("networking.k8s.io/v1", "networkpolicies", ns, sb.network_policy_name(name))
+        )
         now = self.ctx.clock()
-        cond = st.condition(current.get("conditions"), st.READY, False, "Expired", "the sandbox reached its expiry",
-                            generation=sandbox.metadata.generation, now=now)
+        cond = st.condition(
+            current.get("conditions"),
+            st.READY,
+            False,
+            "Expired",
+            "the sandbox reached its expiry",
+            generation=sandbox.metadata.generation,
+            now=now,
+        )
         patch: Json = {"phase": SandboxPhase.EXPIRED, "conditions": [cond], "expiresAt": st.rfc3339(now)}
         if current.get("expiresAt"):
             patch["expiresAt"] = current["expiresAt"]
@@ -214,5 +239,10 @@ class SandboxController:
     @staticmethod
     def _ref(sandbox: Sandbox) -> Json:
         meta = sandbox.metadata
-        return {"apiVersion": sandbox.api_version, "kind": "Sandbox", "name": meta.name,
-                "namespace": meta.namespace, "uid": meta.uid}
+        return {
+            "apiVersion": sandbox.api_version,
+            "kind": "Sandbox",
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+        }

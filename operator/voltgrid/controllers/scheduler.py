@@ -84,4 +84,3 @@ class Scheduler:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=due)
-

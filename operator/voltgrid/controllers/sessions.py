@@ -53,9 +53,23 @@ class SessionController:
         fn_body = await self.ctx.client.get(voltgrid_path("functions", ns, session.spec.function_ref))
         if fn_body is None:
             msg = f"Function {session.spec.function_ref} not found in {ns}"
-            await self._write((ns, name), current, {"conditions": [st.condition(
-                current.get("conditions"), st.READY, False, "FunctionNotFound", msg,
-                generation=session.metadata.generation, now=self.ctx.clock())]})
+            await self._write(
+                (ns, name),
+                current,
+                {
+                    "conditions": [
+                        st.condition(
+                            current.get("conditions"),
+                            st.READY,
+                            False,
+                            "FunctionNotFound",
+                            msg,
+                            generation=session.metadata.generation,
+                            now=self.ctx.clock(),
+                        )
+                    ]
+                },
+            )
             raise kopf.TemporaryError(msg, delay=FUNCTION_RETRY)
         function = Function.model_validate(spec_only(fn_body))
         sid = ss.session_id(session)
@@ -76,8 +90,9 @@ class SessionController:
         choice = select_runtime(function.spec.isolation, rt.classes, rt.nodes.values(), function.spec.resources.gpu)
         if not choice.runnable:
             raise kopf.TemporaryError(choice.message, delay=FUNCTION_RETRY)
-        manifest = podspec.build_instance_pod(function, sid, runtime_class_name=choice.runtime_class_name,
-                                              session_owner=session)
+        manifest = podspec.build_instance_pod(
+            function, sid, runtime_class_name=choice.runtime_class_name, session_owner=session
+        )
         created = await self.ctx.client.create(core_path("pods", ns), manifest)
         self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
 
@@ -92,11 +107,20 @@ class SessionController:
         pods = self.ctx.pods.for_session(ns, str(function.metadata.name), sid)
         expiry = ss.expires_at(session, function)
         previous = current.get("phase")
-        phase = ss.phase(pods, now=self.ctx.clock(), idle=ss.idle_timeout(session, function), expiry=expiry,
-                         previous=SessionPhase(previous) if previous else None)
+        phase = ss.phase(
+            pods,
+            now=self.ctx.clock(),
+            idle=ss.idle_timeout(session, function),
+            expiry=expiry,
+            previous=SessionPhase(previous) if previous else None,
+        )
         live = [p for p in pods if p.alive]
-        patch: Json = {"phase": phase, "sessionId": sid, "instance": live[0].name if live else None,
-                       "observedGeneration": session.metadata.generation}
+        patch: Json = {
+            "phase": phase,
+            "sessionId": sid,
+            "instance": live[0].name if live else None,
+            "observedGeneration": session.metadata.generation,
+        }
         last = max((p.last_active for p in live if p.last_active), default=None)
         if last is not None:
             patch["lastActivity"] = st.rfc3339(last)
@@ -104,9 +128,17 @@ class SessionController:
             patch["expiresAt"] = st.rfc3339(expiry)
         if function.spec.storage is not None:
             patch["storagePath"] = f"{ns}/{function.metadata.name}/{sid}"
-        patch["conditions"] = [st.condition(current.get("conditions"), st.READY, phase != SessionPhase.EXPIRED,
-                                            str(phase), f"session {sid} is {phase}",
-                                            generation=session.metadata.generation, now=self.ctx.clock())]
+        patch["conditions"] = [
+            st.condition(
+                current.get("conditions"),
+                st.READY,
+                phase != SessionPhase.EXPIRED,
+                str(phase),
+                f"session {sid} is {phase}",
+                generation=session.metadata.generation,
+                now=self.ctx.clock(),
+            )
+        ]
         self.live[key] = (session, function, await self._write(key, current, patch))
         if phase == SessionPhase.EXPIRED and live:
             await self.release(session, function, live, reason="expired")
@@ -144,12 +176,15 @@ class SessionController:
             if call is not None:
                 url, payload, timeout = call
                 try:
-                    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
-                            http.post(url, json=payload) as resp:
+                    async with (
+                        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+                        http.post(url, json=payload) as resp,
+                    ):
                         await resp.read()
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    await self.ctx.events.post(self._ref(session), WARNING, "PreStopFailed",
-                                               f"preStop {url} failed: {exc!r}; releasing anyway")
+                    await self.ctx.events.post(
+                        self._ref(session), WARNING, "PreStopFailed", f"preStop {url} failed: {exc!r}; releasing anyway"
+                    )
                 except asyncio.CancelledError:
                     raise
             await self.ctx.client.delete(core_path("pods", pod.namespace, pod.name))
@@ -164,5 +199,10 @@ class SessionController:
     @staticmethod
     def _ref(session: Session) -> Json:
         meta = session.metadata
-        return {"apiVersion": session.api_version, "kind": "Session", "name": meta.name,
-                "namespace": meta.namespace, "uid": meta.uid}
+        return {
+            "apiVersion": session.api_version,
+            "kind": "Session",
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+        }

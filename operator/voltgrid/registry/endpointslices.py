@@ -70,12 +70,8 @@ class EndpointSliceWatcher:
         discovery = client.DiscoveryV1Api(self._api)
         while True:
             try:
-                listing = await discovery.list_namespaced_endpoint_slice(
-                    self._namespace, label_selector=self._selector
-                )
-                self._slices = {
-                    s.metadata.name: self._api.sanitize_for_serialization(s) for s in listing.items
-                }
+                listing = await discovery.list_namespaced_endpoint_slice(self._namespace, label_selector=self._selector)
+                self._slices = {s.metadata.name: self._api.sanitize_for_serialization(s) for s in listing.items}
                 self._apply()
                 async with watch.Watch() as w:
                     async for event in w.stream(

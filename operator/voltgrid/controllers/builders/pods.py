@@ -90,8 +90,7 @@ class PodInfo:
     @property
     def claimed(self) -> bool:
         """Serving (or reserved for) a session: an instance pod, or a warm pod the gateway touched."""
-        return self.role == podspec.Role.INSTANCE or (
-            self.role == podspec.Role.WARM and self.last_active is not None)
+        return self.role == podspec.Role.INSTANCE or (self.role == podspec.Role.WARM and self.last_active is not None)
 
     @property
     def unclaimed_warm(self) -> bool:

@@ -59,8 +59,12 @@ def on_some_node(info: RuntimeClassInfo, node_labels: Iterable[Mapping[str, str]
     return any(all(labels.get(k) == v for k, v in wanted) for labels in node_labels)
 
 
-def select_runtime(isolation: Isolation, runtime_classes: Mapping[str, RuntimeClassInfo],
-                   node_labels: Iterable[Mapping[str, str]], gpu: float = 0) -> RuntimeChoice:
+def select_runtime(
+    isolation: Isolation,
+    runtime_classes: Mapping[str, RuntimeClassInfo],
+    node_labels: Iterable[Mapping[str, str]],
+    gpu: float = 0,
+) -> RuntimeChoice:
     """Pick the runtime for a pod of an object with this ``isolation`` (see module docstring).
     A fractional ``gpu`` skips VM runtimes (Kata), which can only take whole cards."""
     nodes = list(node_labels)
@@ -76,17 +80,32 @@ def select_runtime(isolation: Isolation, runtime_classes: Mapping[str, RuntimeCl
             continue
         if info.handler in UNSANDBOXED_HANDLERS:
             if isolation.allow_unsandboxed:
-                return RuntimeChoice(True, name, False, REASON_UNSANDBOXED,
-                                     f"RuntimeClass {name} (handler {info.handler}) is not a sandbox;"
-                                     " allowed by isolation.allowUnsandboxed")
+                return RuntimeChoice(
+                    True,
+                    name,
+                    False,
+                    REASON_UNSANDBOXED,
+                    f"RuntimeClass {name} (handler {info.handler}) is not a sandbox;"
+                    " allowed by isolation.allowUnsandboxed",
+                )
             missing.append(f"{name} (handler {info.handler} is not a sandbox)")
             continue
         return RuntimeChoice(True, name, True, REASON_SELECTED, f"running under RuntimeClass {name}")
     tried = ", ".join(missing) or "an empty policy"
     if isolation.allow_unsandboxed:
-        return RuntimeChoice(True, None, False, REASON_UNSANDBOXED,
-                             f"no sandboxed runtime available (tried {tried}); running on the node's"
-                             " default runtime because isolation.allowUnsandboxed is set")
-    return RuntimeChoice(False, None, False, REASON_NO_RUNTIME,
-                         f"no sandboxed runtime available (tried {tried}); install one (see"
-                         " runtimeclasses/) or set isolation.allowUnsandboxed to run without a sandbox")
+        return RuntimeChoice(
+            True,
+            None,
+            False,
+            REASON_UNSANDBOXED,
+            f"no sandboxed runtime available (tried {tried}); running on the node's"
+            " default runtime because isolation.allowUnsandboxed is set",
+        )
+    return RuntimeChoice(
+        False,
+        None,
+        False,
+        REASON_NO_RUNTIME,
+        f"no sandboxed runtime available (tried {tried}); install one (see"
+        " runtimeclasses/) or set isolation.allowUnsandboxed to run without a sandbox",
+    )

@@ -29,8 +29,9 @@ def expires_at(session: Session, function: Function) -> datetime | None:
     return created + parse_duration(session.spec.max_lifetime or function.spec.sessions.max_lifetime)
 
 
-def phase(pods: Iterable[PodInfo], *, now: datetime, idle: timedelta, expiry: datetime | None,
-          previous: SessionPhase | None) -> SessionPhase:
+def phase(
+    pods: Iterable[PodInfo], *, now: datetime, idle: timedelta, expiry: datetime | None, previous: SessionPhase | None
+) -> SessionPhase:
     """Coarse phase: Expired past maxLifetime; Active/Idle by the pod's last activity; Released
     once a session that had an instance has none; Pending before it ever had one."""
     if expiry is not None and now >= expiry:

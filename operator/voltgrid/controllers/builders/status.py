@@ -25,14 +25,27 @@ def rfc3339(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-def condition(previous: Sequence[Mapping[str, Any]] | None, type_: str, ok: bool, reason: str, message: str,
-              *, generation: int | None, now: datetime) -> Json:
+def condition(
+    previous: Sequence[Mapping[str, Any]] | None,
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> Json:
     """One condition; keeps the previous ``lastTransitionTime`` when the status did not change."""
     status = "True" if ok else "False"
     before = next((x for x in previous or () if x.get("type") == type_), None)
     since = before.get("lastTransitionTime") if before and before.get("status") == status else None
-    out: Json = {"type": type_, "status": status, "reason": reason, "message": message,
-                 "lastTransitionTime": since or rfc3339(now)}
+    out: Json = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or rfc3339(now),
+    }
     if generation is not None:
         out["observedGeneration"] = generation
     return out
@@ -51,12 +64,20 @@ def changed(current: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool
 
 
 def _strip(conditions: Any) -> list[Json]:
-    return sorted(({k: v for k, v in x.items() if k not in _VOLATILE} for x in conditions or []),
-                  key=lambda x: str(x.get("type")))
+    return sorted(
+        ({k: v for k, v in x.items() if k not in _VOLATILE} for x in conditions or []), key=lambda x: str(x.get("type"))
+    )
 
 
-def function_status(previous: Mapping[str, Any] | None, *, generation: int | None, choice: RuntimeChoice,
-                    counts: FunctionCounts, url: str, now: datetime) -> Json:
+def function_status(
+    previous: Mapping[str, Any] | None,
+    *,
+    generation: int | None,
+    choice: RuntimeChoice,
+    counts: FunctionCounts,
+    url: str,
+    now: datetime,
+) -> Json:
     """The Function's status: Ready when its pods can run (a runtime is available). A Function
     with no pods is Ready: it scales from zero on the first request."""
     conditions = (previous or {}).get("conditions")
@@ -74,8 +95,7 @@ def function_status(previous: Mapping[str, Any] | None, *, generation: int | Non
     }
 
 
-def invalid_status(previous: Mapping[str, Any] | None, *, generation: int | None, message: str,
-                   now: datetime) -> Json:
+def invalid_status(previous: Mapping[str, Any] | None, *, generation: int | None, message: str, now: datetime) -> Json:
     """Status of an object whose spec the operator cannot run (what the CRD schema cannot catch)."""
     conditions = (previous or {}).get("conditions")
     return {
