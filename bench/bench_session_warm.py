@@ -70,7 +70,7 @@ async def over_http(n: int) -> tuple[list[float], list[float]]:
     procs = [subprocess.Popen([sys.executable, helper, "upstream", str(up_port)])]  # noqa: ASYNC220
     wait_port(up_port)
     procs.append(
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: ASYNC220
             [
                 sys.executable,
                 helper,
