@@ -25,6 +25,11 @@ MANIFEST_NS = "voltgrid-system"
 IMAGE = {"image.repository": "localhost/voltgrid/voltgrid", "image.tag": "dev", "image.pullPolicy": "Never"}
 #: What `helm uninstall` leaves (docs/operations.md, "Uninstall"): the session claim (resource-policy
 #: keep), the webhook's CA Secret (written at runtime, not part of the release), the CRDs, the namespace.
+#: Bounds (a passing run takes ~2 min warm): a cold image build installs the dependencies (~1 min).
+IMAGE_BUILD_TIMEOUT_S = 300
+HELM_TIMEOUT = "3m"
+HELM_TIMEOUT_S = 240
+NOTES_TIMEOUT_S = 300
 LEFTOVERS = {("persistentvolumeclaim", "voltgrid-sessions"), ("secret", "voltgrid-webhook-tls")}
 #: The release's NOTES, kept for the manifest's smoke test.
 NOTES: list[str] = []
@@ -62,6 +67,19 @@ def helm() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def clean_slate(cluster: Any, helm: str) -> None:
+    """Removes what an interrupted earlier run left (the tests clean up after themselves when they pass)."""
+    run(cluster, "kubectl", "delete", "-n", "default", "function", "echo", "--ignore-not-found", "--wait=true")
+    run(cluster, helm, "uninstall", RELEASE, "-n", HELM_NS, "--ignore-not-found", "--wait", timeout=240)
+    cluster_wide = "clusterrole,clusterrolebinding,mutatingwebhookconfiguration,validatingwebhookconfiguration"
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/part-of=voltgrid"
+    run(cluster, "kubectl", "delete", cluster_wide, "-l", selector, "--ignore-not-found")
+    for namespace in (HELM_NS, MANIFEST_NS):
+        run(cluster, "kubectl", "delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
+        run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{namespace}", "--ignore-not-found")
+
+
 @pytest.fixture(scope="module")
 def image(cluster: Any) -> str:
     """localhost/voltgrid/voltgrid:dev in the node's containerd, also tagged as the chart's default image."""
@@ -73,20 +91,19 @@ def image(cluster: Any) -> str:
         env=script_env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=IMAGE_BUILD_TIMEOUT_S,
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    default = "docker.io/voltgrid/voltgrid:" + chart_app_version()
+    # The build tags the archive with the chart's default short name; ctr's import normalises it
+    # exactly as the kubelet resolves the pod's image, so we look it up rather than spell it out.
     sock = str(cluster.state_dir / "containerd" / "containerd.sock")
-    subprocess.run(["ctr", "-a", sock, "-n", "k8s.io", "images", "rm", default], capture_output=True, check=False)
-    tagged = subprocess.run(
-        ["ctr", "-a", sock, "-n", "k8s.io", "images", "tag", "localhost/voltgrid/voltgrid:dev", default],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert tagged.returncode == 0, tagged.stderr
+    names = subprocess.run(
+        ["ctr", "-a", sock, "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    wanted = f"/voltgrid/voltgrid:{chart_app_version()}"
+    default = next((n for n in names if n.endswith(wanted)), None)
+    assert default is not None, f"no image ending in {wanted} after the import: {names}"
     return default
 
 
@@ -118,14 +135,16 @@ def all_ready(cluster: Any, namespace: str) -> None:
     ok(
         run(
             cluster,
-            "kubectl", "-n", namespace, "wait", "deploy", "--all", "--for=condition=Available", "--timeout=240s",
-            timeout=300,
+            "kubectl", "-n", namespace, "wait", "deploy", "--all", "--for=condition=Available", "--timeout=180s",
+            timeout=240,
         )
     )  # fmt: skip
     pods = json.loads(ok(run(cluster, "kubectl", "-n", namespace, "get", "pods", "-o", "json")))["items"]
     for pod in pods:
         if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "janitor":
             continue
+        if pod["metadata"].get("deletionTimestamp"):
+            continue  # an old replica a rollout is shutting down (it may well have exited 0 already)
         ready = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}.get("Ready")
         assert ready == "True", f"{pod['metadata']['name']} not ready: {pod['status']}"
     claim = json.loads(ok(run(cluster, "kubectl", "-n", namespace, "get", "pvc", "voltgrid-sessions", "-o", "json")))
@@ -140,13 +159,14 @@ def notes_script(notes: str) -> str:
 
 
 def follow_notes(cluster: Any, notes: str) -> str:
-    out = run(cluster, "bash", "-c", notes_script(notes), timeout=400)
+    out = run(cluster, "bash", "-c", notes_script(notes), timeout=NOTES_TIMEOUT_S)
     assert out.returncode == 0, f"NOTES commands failed:\n{out.stdout}\n{out.stderr}"
     assert re.search(r"^HTTP/1\.1 200", out.stdout, re.M), out.stdout
     assert re.search(r"^x-voltgrid-session: \S+", out.stdout, re.M | re.I), out.stdout
     return out.stdout
 
 
+@pytest.mark.timeout(IMAGE_BUILD_TIMEOUT_S + HELM_TIMEOUT_S + 300)
 def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, image: str) -> None:
     session_volume(cluster, HELM_NS)
     sets = [f"--set={k}={v}" for k, v in IMAGE.items()]
@@ -154,8 +174,8 @@ def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, i
         run(
             cluster,
             helm, "install", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--create-namespace", *sets,
-            "--wait", "--timeout", "5m",
-            timeout=400,
+            "--wait", "--timeout", HELM_TIMEOUT,
+            timeout=HELM_TIMEOUT_S,
         )
     )  # fmt: skip
     all_ready(cluster, HELM_NS)
@@ -171,20 +191,22 @@ def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, i
     assert conf["webhooks"][0]["clientConfig"].get("caBundle"), "the webhook never patched its caBundle"
 
 
+@pytest.mark.timeout(NOTES_TIMEOUT_S + 60)
 def test_notes_instructions_work_as_written(cluster: Any, helm: str) -> None:
     notes = ok(run(cluster, helm, "get", "notes", RELEASE, "-n", HELM_NS))
     follow_notes(cluster, notes)
     NOTES.append(notes)
 
 
+@pytest.mark.timeout(HELM_TIMEOUT_S + NOTES_TIMEOUT_S + 300)
 def test_helm_upgrade_with_changed_values(cluster: Any, helm: str) -> None:
     ok(
         run(
             cluster,
             helm, "upgrade", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--reuse-values",
             "--set", "gateway.replicas=2", "--set", "operator.replicas=2", "--set", "logLevel=debug",
-            "--wait", "--timeout", "5m",
-            timeout=400,
+            "--wait", "--timeout", HELM_TIMEOUT,
+            timeout=HELM_TIMEOUT_S,
         )
     )  # fmt: skip
     all_ready(cluster, HELM_NS)
@@ -196,9 +218,11 @@ def test_helm_upgrade_with_changed_values(cluster: Any, helm: str) -> None:
     follow_notes(cluster, notes)
 
 
+@pytest.mark.timeout(HELM_TIMEOUT_S + 480)
 def test_helm_uninstall_leaves_only_documented_leftovers(cluster: Any, helm: str) -> None:
     ok(run(cluster, "kubectl", "delete", "-n", "default", "function", "echo", "--ignore-not-found", "--wait=true"))
-    ok(run(cluster, helm, "uninstall", RELEASE, "-n", HELM_NS, "--wait", "--timeout", "3m", timeout=240))
+    uninstall = [helm, "uninstall", RELEASE, "-n", HELM_NS, "--wait", "--timeout", HELM_TIMEOUT]
+    ok(run(cluster, *uninstall, timeout=HELM_TIMEOUT_S))
     deadline = time.monotonic() + 120
     while True:
         listed = ok(
@@ -239,6 +263,7 @@ def resource_versions(cluster: Any) -> dict[str, str]:
     }
 
 
+@pytest.mark.timeout(NOTES_TIMEOUT_S + 600)
 def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster: Any, image: str) -> None:
     manifest = "deploy/voltgrid.yaml"
     session_volume(cluster, MANIFEST_NS)

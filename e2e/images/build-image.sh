@@ -8,7 +8,7 @@
 # Prints the archive's path on stdout.
 #
 #   build-image.sh NAME:TAG [--layer DIR[:TARGET]]... [--entrypoint ARG]... [--cmd ARG]...
-#                  [--env K=V]... [--workdir DIR] [--user UID[:GID]]
+#                  [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--also-tag NAME:TAG]...
 set -euo pipefail
 
 usage() { sed -n '9,10p' "$0" >&2; exit 2; }
@@ -16,7 +16,8 @@ usage() { sed -n '9,10p' "$0" >&2; exit 2; }
 ref=$1; shift
 case $ref in *:*) ;; *) echo "build-image.sh: $ref: give NAME:TAG" >&2; exit 2 ;; esac
 
-layers=() cfg=()
+layers=()
+tags=() cfg=()
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case $1 in
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --env) cfg+=(--config.env "$2") ;;
     --workdir) cfg+=(--config.workingdir "$2") ;;
     --user) cfg+=(--config.user "$2") ;;
+    --also-tag) tags+=(--additional-tag "$2") ;;
     *) usage ;;
   esac
   shift 2
@@ -63,7 +65,9 @@ for l in "${layers[@]+"${layers[@]}"}"; do
   umoci insert --image "$work/oci:img" "$src" "$target" >&2
 done
 if [ ${#cfg[@]} -gt 0 ]; then umoci config --image "$work/oci:img" "${cfg[@]}" >&2; fi
-skopeo --insecure-policy copy --quiet "oci:$work/oci:img" "docker-archive:$work/image.tar:$ref" >&2
+# Extra tags are short names on purpose: `ctr images import` normalises them the way the kubelet
+# resolves a pod's image, so the chart's default image name finds this local build.
+skopeo --insecure-policy copy --quiet ${tags[@]+"${tags[@]}"} "oci:$work/oci:img" "docker-archive:$work/image.tar:$ref" >&2
 # Keep one archive per image name: drop the ones built from older inputs.
 find "$cache" -maxdepth 1 -name "$slug-*.tar" ! -name "$slug-$key.tar" -delete
 mv "$work/image.tar" "$out"

@@ -103,6 +103,12 @@ def test_gitops_clean(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         for hook in doc.get("webhooks") or []:
             assert "caBundle" not in hook["clientConfig"], where
         assert "helm.sh/chart" not in (doc["metadata"].get("labels") or {}), where
+    # The apiserver drops `value: ""` and `readOnly: false` (omitempty): a client-side apply would then
+    # "configure" the object on every run.
+    for name, spec in pod_specs(docs):
+        for ctr in spec["containers"]:
+            assert all(e.get("value", None) != "" for e in ctr.get("env") or []), f'{name}: env value ""'
+            assert all(m.get("readOnly", True) for m in ctr.get("volumeMounts") or []), f"{name}: readOnly false"
 
 
 def test_pods_are_hardened(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -141,7 +147,9 @@ def test_every_rbac_rule_is_bounded(rendered: tuple[str, list[dict[str, Any]]]) 
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str | None]:
-    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    """Each variable's value; one with neither value nor valueFrom is the empty string (Kubernetes' reading)."""
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", None if "valueFrom" in e else "") for e in env}
 
 
 def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:

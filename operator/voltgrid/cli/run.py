@@ -25,6 +25,7 @@ LOCAL_CLUSTER_DIR: Final = Path(os.environ.get("VOLTGRID_CLUSTER_DIR", "/tmp/vol
 REACHABILITY_TIMEOUT_S: Final = 5
 CHILD_STOP_TIMEOUT_S: Final = 15
 DEFAULT_GATEWAY_PORT: Final = 8080
+EXAMPLE: Final = REPO_ROOT / "examples" / "echo-function.yaml"
 
 
 def kube_context_reachable(kubeconfig: str | None) -> bool:
@@ -65,6 +66,15 @@ def ensure_cluster(kubeconfig: str | None) -> tuple[str, Path | None]:
     )
     subprocess.run(["bash", str(_script("up.sh"))], check=True)
     return str(LOCAL_CLUSTER_DIR / "kubeconfig"), bin_dir
+
+
+def load_example_image(kubeconfig: str) -> None:
+    """On the local cluster (no registry) the example's image, Voltgrid's own, is the one built here:
+    the build tags it with the chart's default image name too, and the import makes it visible."""
+    if Path(kubeconfig).resolve() != (LOCAL_CLUSTER_DIR / "kubeconfig").resolve():
+        return
+    script = REPO_ROOT / "e2e" / "images" / "build-voltgrid-image.sh"
+    subprocess.run(["bash", str(script), "--import"], check=True, stdout=subprocess.DEVNULL)
 
 
 def _kubectl(bin_dir: Path | None, kubeconfig: str, *args: str) -> None:
@@ -113,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         _start("operator", ["operator"], env, logs),
         _start("gateway", ["gateway", "--backend", "kubernetes", "--port", str(args.port)], env, logs),
     ]
-    _kubectl(bin_dir, kubeconfig, "apply", "-n", "default", "-f", str(REPO_ROOT / "examples" / "echo-function.yaml"))
+    load_example_image(kubeconfig)
+    _kubectl(bin_dir, kubeconfig, "apply", "-n", "default", "-f", str(EXAMPLE))
     print(
         "\nVoltgrid is running. Call the example Function (a session is minted and returned in the header):\n"
         f"  curl -i http://127.0.0.1:{args.port}/fn/default/echo/\n"
