@@ -141,6 +141,10 @@ async def relay(
                 allow_redirects=False,
                 auto_decompress=False,
             )
+    except aiohttp.ConnectionTimeoutError as e:
+        # Checked before TimeoutError (it is one): nothing was sent, so the caller may re-place the
+        # request, e.g. the instance's pod is gone and its IP no longer answers.
+        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
     except TimeoutError:
         raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
     except aiohttp.ClientConnectorError as e:
