@@ -169,7 +169,7 @@ class LocalProcessBackend:
             await self._kill(instance.id, pid)
 
     async def _kill(self, instance_id: str, pid: int) -> None:
-        proc = self._procs.pop(instance_id, None)
+        proc = self._procs.get(instance_id)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         if proc is not None:
@@ -179,6 +179,8 @@ class LocalProcessBackend:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
                 await proc.wait()
+            # Forgotten only once reaped: a kill cancelled half-way is finished by stop_all().
+            self._procs.pop(instance_id, None)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._kill_grace
