@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from e2ehelpers import wait_for
 from voltgrid.api.gpu import slice_resource_name
 
 if TYPE_CHECKING:
@@ -66,15 +67,6 @@ END_MARKER: Final = "--- end"
 # Written into the host's MPS directories: seeing them in a container proves the mounts are the host's.
 PIPE_MARKER: Final = "voltgrid-e2e-pipe"
 SHM_MARKER: Final = "voltgrid-e2e-shm"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def node_resource(cluster: Cluster, field: str) -> str | None:

@@ -14,6 +14,7 @@ Figures (cold start, wake, warm claim) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -23,12 +24,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+
+from e2ehelpers import wait_for as _wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +42,7 @@ WAIT_S: Final = 180.0
 REQUEST_TIMEOUT_S: Final = 240.0
 STOP_TIMEOUT_S: Final = 20.0
 IDLE_TIMEOUT: Final = "10s"
+wait_for: Final = functools.partial(_wait_for, timeout=WAIT_S)
 #: Tiny stdlib server: answers who it is, records preStop on stdout, exits at once on SIGTERM.
 SERVER: Final = r"""
 import http.server, json, os, signal, socket, sys, uuid
@@ -73,16 +77,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

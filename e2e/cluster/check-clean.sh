@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves that the local cluster left nothing behind after down.sh: no process naming the state
 # dir (components, shims, sandboxes), no mount under it, no pod bridge, no CNI chain of our
-# network, no kube-proxy chain, no pod cgroup. Prints each leftover; exit status 1 if any.
+# network, no kube-proxy or kube-router chain or ipset, no pod cgroup. Prints each leftover; exit status 1 if any.
 # Read-only: CI runs it after `down.sh` (down.sh also ends with it).
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -27,6 +27,7 @@ if [ -f "$VG_DIR/cluster.env" ]; then
       leftover "iptables -t $table chain $chain"
     done
   done
+  for set in $(vg_kube_router_ipsets); do leftover "ipset $set"; done
   for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     if [ -d "$d" ]; then leftover "cgroup $d"; fi
   done

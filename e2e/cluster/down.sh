@@ -2,7 +2,8 @@
 # Stops the local cluster of up.sh and removes every trace of it: processes (by the pids in the
 # state dir, then the containerd shims, containers and gVisor sandboxes left behind), mounts under
 # the state dir (kubelet volumes, container rootfs and shm, pod network namespaces), the CNI
-# iptables chains of our network, kube-proxy's rules, the pod bridge and the pods' cgroups.
+# iptables chains of our network, kube-proxy's and kube-router's rules and ipsets, the pod bridge and
+# the pods' cgroups.
 # The state dir is deleted except logs/, cluster.env and lock (kept for post-mortems; up.sh starts
 # fresh next to them). Safe to run twice and when nothing is up. Ends with check-clean.sh.
 set -euo pipefail
@@ -20,7 +21,7 @@ flock -w 600 9 || vg_die "another up.sh/down.sh holds $VG_DIR/lock"
 
 # Control plane and node agents first, so nothing restarts the pods being killed below.
 # They keep no state of their own (etcd does): a short grace is enough.
-VG_STOP_GRACE=3 vg_stop kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver
+VG_STOP_GRACE=3 vg_stop kube-router kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver
 
 # Whatever still names the state dir: containerd shims (-address <state dir socket>), gVisor
 # sandboxes and gofers (--root <state dir>), runsc-wrapper waiters; with all their descendants,
@@ -84,6 +85,9 @@ if [ -f "$VG_DIR/cluster.env" ]; then
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
+
+  # kube-router's ipsets (pod and policy address sets), free once no rule names them.
+  for set in $(vg_kube_router_ipsets); do ipset destroy "$set" 2>/dev/null || true; done
 
   if ip link show "$VG_BRIDGE" >/dev/null 2>&1; then ip link del "$VG_BRIDGE"; fi
 

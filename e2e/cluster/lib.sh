@@ -21,9 +21,11 @@ VG_NODE_NAME=localhost
 VG_APISERVER_PORT=${VOLTGRID_APISERVER_PORT:-6443}
 VG_ETCD_PORT=${VOLTGRID_ETCD_PORT:-12379}
 VG_KUBELET_PORT=10250
+# kube-router's health endpoint (its default, 20244; loopback-only use by up.sh).
+VG_KUBE_ROUTER_HEALTH_PORT=${VOLTGRID_KUBE_ROUTER_HEALTH_PORT:-20244}
 
 # Components in start order; down.sh stops them in reverse.
-VG_COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+VG_COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
 
 vg_load_env() {
   # shellcheck disable=SC1091
@@ -121,6 +123,12 @@ vg_ipt_unref() {
       iptables -t "$table" -D "$parent" "$n" 2>/dev/null || true
     done
   done
+}
+
+# ipsets kube-router made: KUBE-SRC-/KUBE-DST- (policy peers, pods), their TMP- swaps, IPv6 twins.
+vg_kube_router_ipsets() {
+  command -v ipset >/dev/null || return 0
+  ipset list -n 2>/dev/null | grep -E '^(inet6:)?(KUBE-SRC-|KUBE-DST-|TMP-)' || true
 }
 
 # Chains in iptables table $1 that CNI created for our network (rules carry its name in a comment).

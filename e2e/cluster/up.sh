@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real single-node Kubernetes on this machine for the end-to-end tests: etcd,
 # containerd (runc, plus gVisor's runsc as RuntimeClass `gvisor`), kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet and kube-proxy, as plain background processes.
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kube-router (firewall-only: the
+# NetworkPolicy engine the bridge CNI lacks), as plain background processes.
 # Everything (pids, config, certificates, data, logs) lives in $VOLTGRID_CLUSTER_DIR (default
 # /tmp/voltgrid-cluster); the admin kubeconfig is $VOLTGRID_CLUSTER_DIR/kubeconfig. Idempotent:
 # components already running are kept, missing ones (re)started. down.sh undoes all of it.
@@ -29,6 +30,7 @@ mkdir -p "$VG_DIR"
 exec 9>> "$VG_DIR/lock"
 flock -w 600 9 || vg_die "another up.sh/down.sh holds $VG_DIR/lock"
 bin=$("$VG_HERE/build-k8s.sh")
+kube_router=$("$VG_HERE/build-kube-router.sh")
 mkdir -p "$VG_DIR"/{run,logs,config,pki,etcd,containerd,cni/net.d,cni/ipam,kubelet,pod-logs,runsc/root,images}
 chmod 700 "$VG_DIR/etcd"
 sock=$VG_DIR/containerd/containerd.sock
@@ -132,6 +134,17 @@ node_ready() {
 }
 vg_wait "node $VG_NODE_NAME Ready" "$timeout" node_ready || vg_die "node not Ready: see $VG_DIR/logs/kubelet.log"
 kubectl apply -f "$VG_HERE/manifests/" >/dev/null
+# NetworkPolicies enforced with iptables and ipsets, from the node object's InternalIP (the bridge
+# address): pod egress is matched in INPUT/FORWARD/OUTPUT and, for same-bridge pods, with physdev.
+vg_start kube-router "$kube_router" --kubeconfig "$VG_DIR/kubeconfig" --hostname-override "$VG_NODE_NAME" \
+  --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+  --enable-ipv4=true --enable-ipv6=false --service-cluster-ip-range "$VG_SERVICE_CIDR" \
+  --health-port "$VG_KUBE_ROUTER_HEALTH_PORT" --metrics-port 0
+kube_router_ready() {
+  curl -sf "http://127.0.0.1:$VG_KUBE_ROUTER_HEALTH_PORT/healthz" >/dev/null &&
+    iptables -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD'
+}
+vg_wait kube-router 60 kube_router_ready || vg_die "kube-router: see $VG_DIR/logs/kube-router.log"
 vg_wait "default serviceaccount" 60 kubectl get serviceaccount default -n default ||
   vg_die "no default serviceaccount: see $VG_DIR/logs/kube-controller-manager.log"
 
