@@ -133,3 +133,13 @@ def cluster() -> Iterator[Cluster]:
             down = run_script("down.sh", state_dir, DOWN_TIMEOUT_S)
             if down.returncode != 0:
                 print(f"down.sh failed ({down.returncode}):\n{tail(down.stderr)}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def voltgrid_crds(cluster: Cluster) -> Cluster:
+    """The cluster with the repo's CRDs applied (server-side, so a chart's earlier copy is adopted)."""
+    crds = SCRIPTS.parent.parent / "crds"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    for name in ("functions", "sessions", "sandboxes"):
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.voltgrid.dev")
+    return cluster

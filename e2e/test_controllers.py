@@ -66,7 +66,8 @@ class Env:
 
 
 @pytest.fixture
-def env(cluster: Any) -> Iterator[Env]:
+def env(voltgrid_crds: Any) -> Iterator[Env]:
+    cluster = voltgrid_crds
     ns = f"vg-ctl-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     e = Env(cluster, ns)

@@ -179,10 +179,8 @@ def _runtime(cluster: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def platform(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    crds = REPO / "crds"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/functions.voltgrid.dev")
+def platform(voltgrid_crds: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    cluster = voltgrid_crds
     ns = f"vg-plat-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     port = free_port()
