@@ -1,7 +1,8 @@
 """`voltgrid run`: bring Voltgrid up for a newcomer with one command.
 
-It uses the kube context when one is reachable; otherwise it starts the local single-node cluster
-(`e2e/cluster/up.sh`, built from pinned Go modules and Debian packages). Then it applies the CRDs,
+It uses the kube context when one is reachable; otherwise it installs what the local single-node
+cluster needs (Debian packages, Kubernetes built from pinned Go modules) and starts it
+(`e2e/cluster/up.sh`). Then it applies the CRDs,
 starts the operator and the gateway as child processes against that cluster, applies the example
 Function, and prints the curl command that calls it. Ctrl-C stops the children (the local cluster
 stays up for the next run; `make cluster-down` stops it).
@@ -59,6 +60,7 @@ def ensure_cluster(kubeconfig: str | None) -> tuple[str, Path | None]:
         print(f"using the reachable kube context ({kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')})")
         return kubeconfig or os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")), None
     print("no reachable kube context: starting the local single-node cluster (e2e/cluster/up.sh)")
+    subprocess.run(["bash", str(_script("install-deps.sh"))], check=True)  # a no-op once the packages are there
     bin_dir = Path(
         subprocess.run(["bash", str(_script("build-k8s.sh"))], check=True, capture_output=True, text=True)
         .stdout.strip()
