@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-router from its Go module at the pin below with `go install` (its go.mod has no
+# Builds kube-router from its Go module at the pin in versions.env with `go install` (its go.mod has no
 # replace directives). The local cluster runs it in firewall-only mode as its NetworkPolicy engine:
 # the bridge CNI enforces no policy, and this kernel has iptables, conntrack and ipset but no
 # nftables `queue`, so an iptables/ipset engine is the one that works here. Only this pin is served
@@ -9,15 +9,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
-version=${KUBE_ROUTER_VERSION:-v2.1.0}
-cache=${VOLTGRID_CACHE:-$HOME/.cache/voltgrid}
-dir="$cache/kube-router-$version"
-if [ -x "$dir/kube-router" ]; then echo "$dir/kube-router"; exit 0; fi
-mkdir -p "$dir"
-echo "building kube-router $version" >&2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" \
-  "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$version")
-mv "$tmp/kube-router" "$dir/kube-router"
-echo "$dir/kube-router"
+# shellcheck source=gobuild.sh
+source "$here/gobuild.sh"
+vg_go_install kube-router "${KUBE_ROUTER_VERSION:-v2.1.0}" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
