@@ -25,6 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox
+from voltgrid.errors import SpecError
+from voltgrid.gateway.functions import load_functions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MODELS = {"Function": Function, "Sandbox": Sandbox}
@@ -156,3 +158,15 @@ async def test_code_interpreter_runs_code_and_refuses_bad_requests(interpreter: 
                 assert r.status == 400 and "code" in (await r.json())["error"]
         async with http.post(f"{interpreter}/run", data=b"not json") as r:
             assert r.status == 400
+
+
+def test_loading_every_example_serves_the_functions_and_names_what_it_skips(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    functions = load_functions(sorted(EXAMPLES.glob("*.yaml")))
+    assert sorted(f.metadata.name or "" for f in functions) == ["echo", "notes", "sse-agent"]
+    assert "skipping Sandbox interpreter: the gateway serves Functions only" in caplog.text
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(SpecError, match="not a Kubernetes object"):
+        load_functions([scalar])

@@ -7,6 +7,7 @@ files (``voltgrid dev``, tests) or kept in sync with the cluster's Function obje
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from voltgrid.backends.base import function_key
 from voltgrid.errors import SpecError
 from voltgrid.gateway.auth import JwtVerifier
 from voltgrid.gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -98,7 +101,11 @@ def load_functions(paths: Iterable[Path]) -> list[Function]:
         for doc in docs:
             if not doc:
                 continue
-            if not isinstance(doc, dict) or doc.get("kind") != "Function":
+            if not isinstance(doc, dict):
+                raise SpecError(f"{path}: a document is not a Kubernetes object: {str(doc)[:80]!r}")
+            if doc.get("kind") != "Function":
+                name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
+                logger.warning("%s: skipping %s %s: the gateway serves Functions only", path, doc.get("kind"), name)
                 continue
             try:
                 function = Function.model_validate(doc)
