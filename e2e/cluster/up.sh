@@ -69,6 +69,12 @@ ip -4 addr show dev "$VG_BRIDGE" | grep -q "inet $VG_NODE_IP/" ||
 ip link set "$VG_BRIDGE" up
 # Pods reach Services (DNAT to other pods) through the host.
 sysctl -qw net.ipv4.ip_forward=1
+# Bridged pod-to-pod traffic must traverse iptables, or no NetworkPolicy applies between pods.
+if [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
+else
+  vg_log "warning: no br_netfilter: NetworkPolicies will not apply between pods on the bridge"
+fi
 
 peer=$((VG_ETCD_PORT + 1))
 vg_start etcd etcd --name voltgrid --data-dir "$VG_DIR/etcd" \
