@@ -37,7 +37,7 @@ lint: install  ## ruff, mypy --strict, import-linter contracts, CRD drift
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/voltgrid crds --check
 
-crds: install  ## Regenerate crds/ from the API models (and the chart's copy, and deploy/voltgrid.yaml)
+crds: install  ## Regenerate crds/ and docs/crd-reference.md from the API models (and the chart's copy, and deploy/voltgrid.yaml)
 	$(VENV)/bin/voltgrid crds
 	$(MAKE) chart
 

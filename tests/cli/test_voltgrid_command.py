@@ -10,23 +10,39 @@ from voltgrid.cli import main as cli
 from voltgrid.cli.run import kube_context_reachable
 
 
+def crds(tmp_path: Path, *flags: str) -> int:
+    return cli.main(["crds", "--out", str(tmp_path / "crds"), "--reference", str(tmp_path / "ref.md"), *flags])
+
+
 def test_crds_writes_then_check_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["crds", "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.yaml")) == [
+    assert crds(tmp_path) == 0
+    assert sorted(p.name for p in (tmp_path / "crds").glob("*.yaml")) == [
         "functions.voltgrid.dev.yaml",
         "sandboxes.voltgrid.dev.yaml",
         "sessions.voltgrid.dev.yaml",
     ]
-    assert cli.main(["crds", "--out", str(tmp_path), "--check"]) == 0
+    assert crds(tmp_path, "--check") == 0
 
 
 def test_crds_check_names_the_drifted_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli.main(["crds", "--out", str(tmp_path)])
-    (tmp_path / "sessions.voltgrid.dev.yaml").write_text("# edited by hand\n")
-    (tmp_path / "stale.yaml").write_text("{}\n")
-    assert cli.main(["crds", "--out", str(tmp_path), "--check"]) == 1
+    crds(tmp_path)
+    (tmp_path / "crds" / "sessions.voltgrid.dev.yaml").write_text("# edited by hand\n")
+    (tmp_path / "crds" / "stale.yaml").write_text("{}\n")
+    (tmp_path / "ref.md").write_text("# edited by hand\n")
+    assert crds(tmp_path, "--check") == 1
     err = capsys.readouterr().err
-    assert "sessions.voltgrid.dev.yaml" in err and "stale.yaml" in err
+    assert "sessions.voltgrid.dev.yaml" in err and "stale.yaml" in err and "ref.md" in err
+
+
+def test_reference_shows_fields_defaults_rules_and_columns(tmp_path: Path) -> None:
+    crds(tmp_path)
+    ref = (tmp_path / "ref.md").read_text()
+    for kind in ("## Function", "## Session", "## Sandbox"):
+        assert kind in ref
+    assert '| `spec.sessions.idleTimeout` | string | `"15m"` |' in ref
+    assert "| `spec.image` | string (required) |" in ref
+    assert "idleTimeout must not be longer than maxLifetime" in ref  # a CEL rule's message
+    assert "| Expires | string | `.status.expiresAt` |" in ref  # a printer column
 
 
 def test_unreachable_kubeconfig_is_not_reachable(tmp_path: Path) -> None:

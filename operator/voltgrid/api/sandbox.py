@@ -123,7 +123,7 @@ class Sandbox(Model):
             ("Runtime", "string", ".status.runtimeClassName", ""),
             ("Sandboxed", "boolean", ".status.sandboxed", ""),
             ("Endpoint", "string", ".status.endpoint", ""),
-            ("Expires", "date", ".status.expiresAt", ""),
+            ("Expires", "string", ".status.expiresAt", ""),
             ("Age", "date", ".metadata.creationTimestamp", ""),
         ),
     )

@@ -76,7 +76,7 @@ class Session(Model):
             ("Function", "string", ".spec.functionRef", ""),
             ("Phase", "string", ".status.phase", ""),
             ("Instance", "string", ".status.instance", ""),
-            ("Expires", "date", ".status.expiresAt", ""),
+            ("Expires", "string", ".status.expiresAt", ""),
             ("Age", "date", ".metadata.creationTimestamp", ""),
         ),
     )

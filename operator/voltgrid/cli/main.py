@@ -14,25 +14,31 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from voltgrid.api import crdgen
+from voltgrid.api import crdgen, crdref
 from voltgrid.cli import dev, gateway, run, sessions
 
 DEFAULT_CRD_DIR = Path("crds")
+DEFAULT_REFERENCE = Path("docs") / "crd-reference.md"
 
 
 def _crds(args: argparse.Namespace) -> int:
-    directory = Path(args.out)
+    directory, reference = Path(args.out), Path(args.reference)
     if args.check:
         stale = crdgen.drift(directory)
+        if not reference.is_file() or reference.read_text() != crdref.render():
+            stale.append(str(reference))
         if stale:
             print(
                 f"error: {directory}/ differs from the models: {', '.join(stale)}; run `voltgrid crds`", file=sys.stderr
             )
             return 1
-        print(f"{directory}/ matches the models")
+        print(f"{directory}/ and {reference} match the models")
         return 0
     for path in crdgen.write(directory):
         print(path)
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    reference.write_text(crdref.render())
+    print(reference)
     return 0
 
 
@@ -62,9 +68,12 @@ DELEGATED = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voltgrid", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    crds = sub.add_parser("crds", help="generate crds/*.yaml from the API models")
+    crds = sub.add_parser("crds", help="generate crds/*.yaml and docs/crd-reference.md from the API models")
     crds.add_argument("--out", default=str(DEFAULT_CRD_DIR), help="output directory (default: crds)")
-    crds.add_argument("--check", action="store_true", help="fail if the directory differs from the models")
+    crds.add_argument(
+        "--reference", default=str(DEFAULT_REFERENCE), help="the Markdown reference (default: docs/crd-reference.md)"
+    )
+    crds.add_argument("--check", action="store_true", help="fail if the CRDs or the reference differ from the models")
     crds.set_defaults(handler=_crds)
     run.add_parser(sub)
     dev.add_parser(sub)
