@@ -28,7 +28,7 @@ async def test_function_without_pool_is_ready_with_zero_pods_and_forgotten(
     await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), None)
     assert ready(api) == {"status": "True", "reason": "Ready", "runtime": "gvisor"}
     status = stored(api, FUNCTIONS, "echo")["status"]
-    assert status["url"] == "http://voltgrid-gateway.voltgrid-system.svc/team-a/echo/"
+    assert status["url"] == "http://voltgrid-gateway.voltgrid-system.svc/fn/team-a/echo/"
     assert status["observedGeneration"] == 1
     assert names(api, PODS) == []
     assert ctl.functions.active == {}  # O(1): nothing kept for an idle Function

@@ -8,6 +8,8 @@ GROUP: Final = "voltgrid.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = "voltgrid.dev/v1alpha1"  # f"{GROUP}/{VERSION}", spelt out for its Literal type
 LABEL_PREFIX: Final = f"{GROUP}/"
+#: Path prefix of invoke URLs on the gateway: ``/fn/<namespace>/<function>/<path>``.
+INVOKE_PATH_PREFIX: Final = "/fn/"
 CATEGORY: Final = "voltgrid"
 
 # Labels written on instance and sandbox pods when they are created (never updated per request).

@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     children = [
-        _start("operator", ["operator"], env, logs),
+        # Function status URLs point at this gateway, so `kubectl get fn` shows what to curl.
+        _start("operator", ["operator"], {**env, "VOLTGRID_OPERATOR_URL_BASE": f"http://127.0.0.1:{args.port}"}, logs),
         _start("gateway", ["gateway", "--backend", "kubernetes", "--port", str(args.port)], env, logs),
     ]
     load_example_image(kubeconfig)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from voltgrid.api import constants as c
+
 ENV_PREFIX: Final = "VOLTGRID_OPERATOR_"
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8081/healthz"
 DEFAULT_GATEWAY_SERVICE: Final = "voltgrid-gateway"
@@ -28,7 +30,7 @@ class OperatorSettings:
     liveness: kopf liveness endpoint URL ("" disables it).
     gateway_service / gateway_namespace: the gateway Service that Function URLs point at.
     url_base: overrides the invoke-URL base (e.g. an Ingress host); the URL is
-        ``<base>/<namespace>/<function>/``.
+        ``<base>/fn/<namespace>/<function>/``.
     sweep_interval: seconds between passes of the ONE shared sweep over existing pods.
     reap_grace: seconds added to a pod's idle timeout before the safety net deletes it (covers
         the gateway's coarse ``last-active`` checkpoint interval).
@@ -69,4 +71,4 @@ class OperatorSettings:
 
     def invoke_url(self, namespace: str, function: str) -> str:
         base = self.url_base or f"http://{self.gateway_service}.{self.gateway_namespace}.svc"
-        return f"{base.rstrip('/')}/{namespace}/{function}/"
+        return f"{base.rstrip('/')}{c.INVOKE_PATH_PREFIX}{namespace}/{function}/"

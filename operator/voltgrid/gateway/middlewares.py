@@ -18,6 +18,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from voltgrid.api import constants as c
 from voltgrid.gateway import tracing
 from voltgrid.gateway.affinity import session_key
 from voltgrid.gateway.core import GATEWAY
@@ -29,7 +30,7 @@ from voltgrid.registry.ids import SESSION_ID_RE
 logger = logging.getLogger(__name__)
 
 INVOKE_ROUTE: Final = "invoke"
-INVOKE_PREFIX: Final = "/fn/"
+INVOKE_PREFIX: Final = c.INVOKE_PATH_PREFIX
 FUNCTION: Final = web.RequestKey("voltgrid.function", FunctionEntry)
 TAIL: Final = web.RequestKey("voltgrid.tail", str)
 PREFIX: Final = web.RequestKey("voltgrid.prefix", str)
