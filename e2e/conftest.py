@@ -12,6 +12,7 @@ plain unit run never starts a cluster.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+
+from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
 
 SCRIPTS: Final = Path(__file__).resolve().parent / "cluster"
 DEFAULT_STATE_DIR: Final = Path("/tmp/voltgrid-cluster")
@@ -143,3 +146,38 @@ def voltgrid_crds(cluster: Cluster) -> Cluster:
     for name in ("functions", "sessions", "sandboxes"):
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.voltgrid.dev")
     return cluster
+
+
+def chart_app_version() -> str:
+    chart = (SCRIPTS.parent.parent / "charts" / "voltgrid" / "Chart.yaml").read_text()
+    match = re.search(r'^appVersion: "?([^"\n]+)"?$', chart, re.M)
+    assert match
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def voltgrid_image(cluster: Cluster) -> str:
+    """localhost/voltgrid/voltgrid:dev in the node's containerd, also tagged as the chart's default image
+    (the one the chart and examples/ name); returns that default's full name."""
+    if cluster.state_dir is None:
+        pytest.skip("a user's cluster: load localhost/voltgrid/voltgrid:dev (e2e/images/build-voltgrid-image.sh) first")
+    script_env = {**os.environ, "VOLTGRID_CLUSTER_DIR": str(cluster.state_dir)}
+    out = subprocess.run(
+        ["bash", str(SCRIPTS.parent / "images" / "build-voltgrid-image.sh"), "--import"],
+        env=script_env,
+        capture_output=True,
+        text=True,
+        timeout=IMAGE_BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    # The build tags the archive with the chart's default short name; ctr's import normalises it
+    # exactly as the kubelet resolves the pod's image, so we look it up rather than spell it out.
+    sock = str(cluster.state_dir / "containerd" / "containerd.sock")
+    names = subprocess.run(
+        ["ctr", "-a", sock, "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    wanted = f"/voltgrid/voltgrid:{chart_app_version()}"
+    default = next((n for n in names if n.endswith(wanted)), None)
+    assert default is not None, f"no image ending in {wanted} after the import: {names}"
+    return default

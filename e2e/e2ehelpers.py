@@ -11,6 +11,8 @@ from typing import Any, Final
 DEFAULT_WAIT_S: Final = 120.0
 #: Seconds between two checks of a wait.
 POLL_S: Final = 0.5
+#: Seconds to build and import the Voltgrid image; a cold build installs its dependencies (~1 min).
+IMAGE_BUILD_TIMEOUT_S: Final = 300
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = DEFAULT_WAIT_S, interval: float = POLL_S) -> Any:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = "voltgrid"
@@ -26,7 +28,6 @@ IMAGE = {"image.repository": "localhost/voltgrid/voltgrid", "image.tag": "dev", 
 #: What `helm uninstall` leaves (docs/operations.md, "Uninstall"): the session claim (resource-policy
 #: keep), the webhook's CA Secret (written at runtime, not part of the release), the CRDs, the namespace.
 #: Bounds (a passing run takes ~2 min warm): a cold image build installs the dependencies (~1 min).
-IMAGE_BUILD_TIMEOUT_S = 300
 HELM_TIMEOUT = "3m"
 HELM_TIMEOUT_S = 240
 NOTES_TIMEOUT_S = 300
@@ -78,39 +79,6 @@ def clean_slate(cluster: Any, helm: str) -> None:
     for namespace in (HELM_NS, MANIFEST_NS):
         run(cluster, "kubectl", "delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
         run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{namespace}", "--ignore-not-found")
-
-
-@pytest.fixture(scope="module")
-def image(cluster: Any) -> str:
-    """localhost/voltgrid/voltgrid:dev in the node's containerd, also tagged as the chart's default image."""
-    if cluster.state_dir is None:
-        pytest.skip("a user's cluster: load localhost/voltgrid/voltgrid:dev (e2e/images/build-voltgrid-image.sh) first")
-    script_env = {**os.environ, "VOLTGRID_CLUSTER_DIR": str(cluster.state_dir)}
-    out = subprocess.run(
-        ["bash", str(ROOT / "e2e/images/build-voltgrid-image.sh"), "--import"],
-        env=script_env,
-        capture_output=True,
-        text=True,
-        timeout=IMAGE_BUILD_TIMEOUT_S,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    # The build tags the archive with the chart's default short name; ctr's import normalises it
-    # exactly as the kubelet resolves the pod's image, so we look it up rather than spell it out.
-    sock = str(cluster.state_dir / "containerd" / "containerd.sock")
-    names = subprocess.run(
-        ["ctr", "-a", sock, "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    wanted = f"/voltgrid/voltgrid:{chart_app_version()}"
-    default = next((n for n in names if n.endswith(wanted)), None)
-    assert default is not None, f"no image ending in {wanted} after the import: {names}"
-    return default
-
-
-def chart_app_version() -> str:
-    match = re.search(r'^appVersion: "?([^"\n]+)"?$', (ROOT / "charts/voltgrid/Chart.yaml").read_text(), re.M)
-    assert match
-    return match.group(1)
 
 
 def session_volume(cluster: Any, namespace: str) -> None:
@@ -167,7 +135,7 @@ def follow_notes(cluster: Any, notes: str) -> str:
 
 
 @pytest.mark.timeout(IMAGE_BUILD_TIMEOUT_S + HELM_TIMEOUT_S + 300)
-def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, image: str) -> None:
+def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, voltgrid_image: str) -> None:
     session_volume(cluster, HELM_NS)
     sets = [f"--set={k}={v}" for k, v in IMAGE.items()]
     ok(
@@ -264,7 +232,7 @@ def resource_versions(cluster: Any) -> dict[str, str]:
 
 
 @pytest.mark.timeout(NOTES_TIMEOUT_S + 600)
-def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster: Any, image: str) -> None:
+def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster: Any, voltgrid_image: str) -> None:
     manifest = "deploy/voltgrid.yaml"
     session_volume(cluster, MANIFEST_NS)
     run(cluster, "kubectl", "create", "namespace", MANIFEST_NS)

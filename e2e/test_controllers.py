@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -26,7 +28,8 @@ pytestmark = pytest.mark.e2e
 IMAGE: Final = "localhost/voltgrid/python:3.11"
 SERVER: Final = ["python3", "-m", "http.server", "8888"]
 OPERATOR: Final = "from voltgrid.controllers.main import run_operator; run_operator()"
-WAIT_S: Final = 120.0
+EXAMPLES: Final = Path(__file__).resolve().parents[1] / "examples"
+RUNNING_OR_NOT: Final = ("Running", "NotStarted")
 
 
 class Env:
@@ -186,6 +189,35 @@ def test_sandbox_egress_is_denied_except_its_allow_list(env: Env) -> None:
     assert probe(ip, 8080) == "open"
     assert probe(node_ip, 10250).startswith("blocked")
     assert reachable_from_here(ip, 8081)  # the port is up: the sandbox was refused by its policy
+
+
+def run_code(endpoint: str, code: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"http://{endpoint}/run", data=json.dumps({"code": code}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        result: dict[str, Any] = json.loads(response.read())
+    return result
+
+
+def test_code_interpreter_example_runs_code_isolated_and_fenced(env: Env, voltgrid_image: str) -> None:
+    env.kubectl("apply", "-f", str(EXAMPLES / "code-interpreter-sandbox.yaml"))
+    st = wait_for("Running", lambda: (s := status(env, "sandbox", "interpreter")).get("phase") in RUNNING_OR_NOT and s)
+    if st["phase"] == "NotStarted":  # no sandboxed runtime on this cluster: the example refuses, as it says
+        assert st["conditions"][0]["reason"] == "NoSandboxRuntime"
+        return
+    assert st["sandboxed"] is True and st["expiresAt"]
+    ran = wait_for("the interpreter to answer", lambda: _answer(st["endpoint"], "print(6 * 7)"))
+    assert ran == {"exitCode": 0, "timedOut": False, "stdout": "42\n", "stderr": ""}
+    node_ip = env.get("pod", st["podName"])["status"]["hostIP"]
+    escape = f"import socket; socket.create_connection(({node_ip!r}, 10250), timeout=3)"
+    fenced = wait_for("egress denied", lambda: (r := run_code(st["endpoint"], escape))["exitCode"] != 0 and r, 60)
+    assert "Error" in fenced["stderr"]  # refused or timed out by the deny-all NetworkPolicy
+
+
+def _answer(endpoint: str, code: str) -> dict[str, Any] | None:
+    try:
+        return run_code(endpoint, code)
+    except OSError:  # the server in the pod may still be starting
+        return None
 
 
 def test_function_ready_and_warm_pool_with_owner_references(env: Env) -> None:
