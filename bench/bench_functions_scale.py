@@ -61,6 +61,36 @@ async def create_all(client: KubeClient, ns: str, n: int) -> float:
     return time.monotonic() - start
 
 
+def ready_status(i: int) -> dict[str, Any]:
+    """About the status the operator writes for a Function with no pods (same size, same subresource)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "status": {
+            "observedGeneration": 1,
+            "instances": 0,
+            "warmInstances": 0,
+            "activeSessions": 0,
+            "url": f"http://voltgrid-gateway.voltgrid-system.svc/fn/voltgrid-bench/fn-{i:06d}/",
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Ready", "message": "bench", "lastTransitionTime": now}
+            ],
+        }
+    }
+
+
+async def patch_all_statuses(client: KubeClient, ns: str, n: int) -> float:
+    """The apiserver's own ceiling for the operator's only write: N status PATCHes, no operator."""
+    sem = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.patch(voltgrid_path("functions", ns, f"fn-{i:06d}") + "/status", ready_status(i))
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return time.monotonic() - start
+
+
 async def count_ready(client: KubeClient, ns: str) -> int:
     ready = 0
     for fn in await client.list(voltgrid_path("functions", ns)):
@@ -69,7 +99,7 @@ async def count_ready(client: KubeClient, ns: str) -> int:
     return ready
 
 
-async def bench(kubeconfig: str, n: int, ns: str, wait_s: float) -> int:
+async def bench(kubeconfig: str, n: int, ns: str, wait_s: float, status_ceiling: bool = False) -> int:
     os.environ["KUBECONFIG"] = kubeconfig
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=logging.getLogger("bench"))
     assert info is not None, "no credentials in the kubeconfig"
@@ -80,6 +110,13 @@ async def bench(kubeconfig: str, n: int, ns: str, wait_s: float) -> int:
         )
         create_s = await create_all(client, ns, n)
         print(f"applied {n} Functions in {create_s:.1f} s ({n / create_s:.0f}/s): the anchor")
+        if status_ceiling:
+            patch_s = await patch_all_statuses(client, ns, n)
+            print(
+                f"RESULT n={n} direct_status_patches={patch_s:.1f} s ({n / patch_s:.0f}/s, "
+                f"{CREATE_CONCURRENCY} concurrent, no operator): the apiserver's ceiling for the operator's writes"
+            )
+            return 0
         env = {**os.environ, "VOLTGRID_OPERATOR_NAMESPACES": ns, "VOLTGRID_OPERATOR_LIVENESS": ""}
         start = time.monotonic()
         proc = subprocess.Popen(  # noqa: ASYNC220 (a benchmark driver, nothing else runs)
@@ -124,8 +161,13 @@ def main() -> int:
     parser.add_argument("-n", "--functions", type=int, default=10_000)
     parser.add_argument("--namespace", default="voltgrid-bench")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for all Ready")
+    parser.add_argument(
+        "--status-ceiling",
+        action="store_true",
+        help="instead of running the operator, PATCH every status from here: what the apiserver alone sustains",
+    )
     args = parser.parse_args()
-    return asyncio.run(bench(args.kubeconfig, args.functions, args.namespace, args.timeout))
+    return asyncio.run(bench(args.kubeconfig, args.functions, args.namespace, args.timeout, args.status_ceiling))
 
 
 if __name__ == "__main__":
