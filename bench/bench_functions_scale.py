@@ -19,12 +19,18 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import kopf
 
+from voltgrid.api.function import Function
+from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders.pods import count
+from voltgrid.controllers.builders.runtime import select_runtime
 from voltgrid.controllers.kube import KubeClient, core_path, voltgrid_path
+from voltgrid.controllers.settings import OperatorSettings
 
 CREATE_CONCURRENCY: Final = 64
 POLL_INTERVAL: Final = 5.0
@@ -61,21 +67,19 @@ async def create_all(client: KubeClient, ns: str, n: int) -> float:
     return time.monotonic() - start
 
 
-def ready_status(i: int) -> dict[str, Any]:
-    """About the status the operator writes for a Function with no pods (same size, same subresource)."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {
-        "status": {
-            "observedGeneration": 1,
-            "instances": 0,
-            "warmInstances": 0,
-            "activeSessions": 0,
-            "url": f"http://voltgrid-gateway.voltgrid-system.svc/fn/voltgrid-bench/fn-{i:06d}/",
-            "conditions": [
-                {"type": "Ready", "status": "True", "reason": "Ready", "message": "bench", "lastTransitionTime": now}
-            ],
-        }
-    }
+def operator_status(ns: str, i: int) -> dict[str, Any]:
+    """The status the operator writes for this bench's Function ``i``, built by the operator's own
+    builders (no pods, no sandboxed runtime: ``allowUnsandboxed``)."""
+    fn = Function.model_validate({**function(i), "metadata": {"name": f"fn-{i:06d}", "namespace": ns}})
+    status = st.function_status(
+        None,
+        generation=1,
+        choice=select_runtime(fn.spec.isolation, {}, [], fn.spec.resources.gpu),
+        counts=count([]),
+        url=OperatorSettings().invoke_url(ns, f"fn-{i:06d}"),
+        now=datetime.now(UTC),
+    )
+    return {"status": status}
 
 
 async def patch_all_statuses(client: KubeClient, ns: str, n: int) -> float:
@@ -84,7 +88,7 @@ async def patch_all_statuses(client: KubeClient, ns: str, n: int) -> float:
 
     async def one(i: int) -> None:
         async with sem:
-            await client.patch(voltgrid_path("functions", ns, f"fn-{i:06d}") + "/status", ready_status(i))
+            await client.patch(voltgrid_path("functions", ns, f"fn-{i:06d}") + "/status", operator_status(ns, i))
 
     start = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(n)))

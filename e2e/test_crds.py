@@ -28,12 +28,8 @@ def kubectl(cluster: Any, *args: str, stdin: str | None = None) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def crds(cluster: Any) -> Any:
-    out = kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    assert out.returncode == 0, out.stderr
-    for name in ("functions", "sessions", "sandboxes"):
-        wait = kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.voltgrid.dev")
-        assert wait.returncode == 0, wait.stderr
+def crds(voltgrid_crds: Any) -> Any:
+    cluster = voltgrid_crds
     kubectl(cluster, "create", "namespace", NAMESPACE)
     yield cluster
     kubectl(cluster, "delete", "namespace", NAMESPACE, "--wait=false")

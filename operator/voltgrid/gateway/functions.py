@@ -104,7 +104,8 @@ def load_functions(paths: Iterable[Path]) -> list[Function]:
             if not isinstance(doc, dict):
                 raise SpecError(f"{path}: a document is not a Kubernetes object: {str(doc)[:80]!r}")
             if doc.get("kind") != "Function":
-                name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
+                meta = doc.get("metadata")
+                name = meta.get("name", "?") if isinstance(meta, dict) else "?"
                 logger.warning("%s: skipping %s %s: the gateway serves Functions only", path, doc.get("kind"), name)
                 continue
             try:
