@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,3 +70,24 @@ def names(api: kmock.KubernetesEmulator, resource: str) -> list[str]:
     return sorted(
         name for (res, _, name), obj in api.objects.items() if res == kmock.resource(resource) and not obj.deleted
     )
+
+
+async def eventually(check: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Wait (in the loop's time) until ``check()`` holds; fail the test when it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``coro`` as a task for the duration of the block, then cancel and await it."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

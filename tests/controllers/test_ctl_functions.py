@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import kmock
 import kopf
-from ctlfakes import EVENTS, FUNCTIONS, NS, PODS, add_node, add_runtime_class, function, names, stored
+from ctlfakes import (
+    EVENTS,
+    FUNCTIONS,
+    NS,
+    PODS,
+    add_node,
+    add_runtime_class,
+    background,
+    eventually,
+    function,
+    names,
+    stored,
+)
 
 from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.main import build_controllers
@@ -87,7 +99,9 @@ async def test_no_sandbox_runtime_then_one_appears(api: kmock.KubernetesEmulator
     add_node(api, **{"katacontainers.io/kata-runtime": "true"})
     await ctl.on_node("node-1", {"katacontainers.io/kata-runtime": "true"})
     add_runtime_class(api, "kata-fc", "kata-fc", **{"katacontainers.io/kata-runtime": "true"})
-    await ctl.on_runtime_class("kata-fc", stored(api, "node.k8s.io/v1/runtimeclasses", "kata-fc", None))
+    async with background(ctl.run_functions()):
+        await ctl.on_runtime_class("kata-fc", stored(api, "node.k8s.io/v1/runtimeclasses", "kata-fc", None))
+        await eventually(lambda: ready(api)["status"] == "True")
     assert ready(api) == {"status": "True", "reason": "Ready", "runtime": "kata-fc"}
     assert len(names(api, PODS)) == 1
 
@@ -135,3 +149,32 @@ async def test_pod_changes_refresh_counts_in_one_sweep(api: kmock.KubernetesEmul
     assert len(api[kmock.method.PATCH]) == patches + 1  # two pod events, one status write
     status = stored(api, FUNCTIONS, "echo")["status"]
     assert (status["instances"], status["readyInstances"], status["activeSessions"]) == (2, 2, 2)
+
+
+async def test_the_watch_event_of_its_own_status_write_is_skipped(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
+    add_node(api)
+    body = function(isolation={"allowUnsandboxed": True})
+    body["metadata"]["resourceVersion"] = "7"  # kmock keeps it; the apiserver would return a new one
+    api.objects[FUNCTIONS, NS, "echo"] = body
+    await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), None)
+    patches = len(api[kmock.method.PATCH])
+    echo = {**stored(api, FUNCTIONS, "echo"), "status": {}}  # even a status that looks stale
+    await ctl.functions.on_event(echo, "MODIFIED")
+    assert len(api[kmock.method.PATCH]) == patches  # recognised by its version: no reconcile
+    await ctl.functions.on_event(echo, "MODIFIED")  # the same version again is not an echo any more
+    assert len(api[kmock.method.PATCH]) == patches + 1
+
+
+async def test_a_write_racing_a_spec_change_expects_no_echo(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:
+    add_node(api)
+    body = function(isolation={"allowUnsandboxed": True})
+    body["metadata"].update(resourceVersion="7", generation=2)  # the stored spec moved on meanwhile
+    api.objects[FUNCTIONS, NS, "echo"] = body
+    listed = {**body, "metadata": {**body["metadata"], "generation": 1, "resourceVersion": "6"}}
+    await ctl.functions.on_event(listed, None)
+    patches = len(api[kmock.method.PATCH])
+    await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), "MODIFIED")
+    assert len(api[kmock.method.PATCH]) == patches + 1  # generation 2 is reconciled
+    assert stored(api, FUNCTIONS, "echo")["status"]["observedGeneration"] == 2

@@ -1,10 +1,13 @@
 """The operator's engine: the three controllers, the pod index, ONE scheduler and ONE sweep.
 
-kopf delivers watch events; this module turns pod events into index updates, idle deadlines and
-"dirty" marks, and runs the two background tasks every operator replica has (never one per
-object): the deadline scheduler and the sweep that batches status refreshes of the Functions and
-Sessions whose pods changed. With kopf peering, only the active replica acts: the sweep checks the
-peering object and a replica that becomes active re-lists the pods first.
+kopf delivers the watch events of Sandboxes, Sessions, pods, nodes and RuntimeClasses; Functions,
+the objects counted in the 100,000s, come through the operator's own informer (see
+:mod:`voltgrid.controllers.informer` for why). This module turns pod events into index updates, idle
+deadlines and "dirty" marks, and runs the background tasks every operator replica has (never one
+per object): the Function informer, the deadline scheduler and the sweep that batches status
+refreshes of the Functions and Sessions whose pods changed. With kopf peering, only the active
+replica acts: the sweep checks the peering object and opens or closes ``gate`` (the informer's
+workers wait on it); a replica that becomes active re-lists the pods and the Functions first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from voltgrid.api import podspec
 from voltgrid.controllers.builders.pods import PodInfo, parse_time, reapable
 from voltgrid.controllers.events import NORMAL
 from voltgrid.controllers.functions import FunctionController
+from voltgrid.controllers.informer import Informer
 from voltgrid.controllers.kube import core_path, group_path
 from voltgrid.controllers.sandboxes import SandboxController
 from voltgrid.controllers.scheduler import Deadline
@@ -31,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 MANAGED_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED}"
 PEERING_API: Final = "kopf.dev/v1"
+#: Function reconciles (status writes) in flight at once.
+FUNCTION_WORKERS: Final = 32
+#: Functions whose latest state waits for a worker; beyond it the Function watch waits (flat memory).
+FUNCTION_MAX_PENDING: Final = 5000
 
 
 class Controllers:
@@ -41,7 +49,21 @@ class Controllers:
         self.sessions = SessionController(ctx)
         self.identity = identity
         self.priority = priority
-        self._was_active = True
+        #: Open while this replica is the active one: Function work waits on it. A standalone
+        #: operator is always active; a peering one opens it once the peering object says so.
+        self.gate = asyncio.Event()
+        if not ctx.settings.peering:
+            self.gate.set()
+        self.function_informer = Informer(
+            ctx.client,
+            ctx.served_paths("functions"),
+            self.functions.on_event,
+            served=ctx.settings.serves,
+            gate=self.gate,
+            workers=FUNCTION_WORKERS,
+            max_pending=FUNCTION_MAX_PENDING,
+            name="functions",
+        )
 
     # -- startup / adoption --------------------------------------------------------------------
 
@@ -54,7 +76,7 @@ class Controllers:
         for node in await client.list(core_path("nodes")):
             self.ctx.runtimes.set_node(node["metadata"]["name"], node["metadata"].get("labels") or {})
         pods = [PodInfo.from_pod(p) for p in await client.list(core_path("pods"), MANAGED_SELECTOR)]
-        pods = [p for p in pods if self._in_scope(p.namespace)]
+        pods = [p for p in pods if self.ctx.settings.serves(p.namespace)]
         self.ctx.pods.replace_all(pods)
         for pod in pods:
             self._schedule_reap(pod)
@@ -66,10 +88,6 @@ class Controllers:
             len(self.ctx.runtimes.classes),
             len(self.ctx.runtimes.nodes),
         )
-
-    def _in_scope(self, namespace: str) -> bool:
-        names = self.ctx.settings.namespaces
-        return not names or namespace in names or any(ch in n for n in names for ch in "*?[!")
 
     # -- watch events ---------------------------------------------------------------------------
 
@@ -104,7 +122,7 @@ class Controllers:
             return
         logger.info("available runtime classes now %s", sorted(self.ctx.runtimes.available()))
         await self.sandboxes.retry_not_started()
-        await self.functions.recheck_runtimes()
+        self.function_informer.resync()  # every Function's runtime choice may differ now
 
     # -- deadlines ------------------------------------------------------------------------------
 
@@ -168,13 +186,21 @@ class Controllers:
                 return False
         return True
 
+    async def run_functions(self) -> None:
+        """Follow the Functions until cancelled; their work starts once this replica is active."""
+        if await self.is_active():
+            self.gate.set()
+        await self.function_informer.run()
+
     async def sweep_once(self) -> None:
         active = await self.is_active()
-        if active and not self._was_active:
-            await self.resync()
-        self._was_active = active
         if not active:
+            self.gate.clear()
             return
+        if not self.gate.is_set():  # just became the active replica: catch up on what others did
+            await self.resync()
+            self.function_informer.resync()
+            self.gate.set()
         functions, self.ctx.dirty_functions = self.ctx.dirty_functions, set()
         for key in functions:
             await self.functions.refresh(key)

@@ -1,8 +1,9 @@
 """The kopf handlers: thin, each one line into :mod:`voltgrid.controllers.core`.
 
-Functions and Sandboxes use event handlers made idempotent by comparing the computed status with
-the stored one (``observedGeneration`` and counts), so kopf writes no bookkeeping annotation on
-them: 100,000 Functions cost one status write each, and a restart re-lists them with zero writes.
+Sandboxes use an event handler made idempotent by comparing the computed status with the stored one
+(``observedGeneration`` and counts), so kopf writes no bookkeeping annotation on them. Functions are
+not kopf's: the startup handler starts the operator's own Function informer (100,000 Functions cost
+one status write each, and a restart re-lists them with zero writes).
 Sessions (few, with a cleanup to run) use kopf's create/update/resume/delete with its finalizer.
 Pods are watched with a server-side label selector: only Voltgrid's own pods reach the operator.
 """
@@ -24,7 +25,7 @@ from voltgrid.controllers.core import MANAGED_SELECTOR, Controllers
 logger = logging.getLogger(__name__)
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
-#: Concurrent per-object workers kopf may run (bounds memory while 100k objects are listed).
+#: Concurrent per-object workers kopf may run (bounds memory while many pods or Sandboxes are listed).
 WORKER_LIMIT: Final = 1000
 #: Seconds a per-object worker lingers for more events of its object. kopf's 5 s default holds a
 #: worker slot for 5 s per object: with the limit above that caps throughput at 200 objects/s.
@@ -78,6 +79,7 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
         await ctl.resync()
         tasks.append(asyncio.create_task(ctl.run_scheduler(), name="voltgrid deadlines"))
         tasks.append(asyncio.create_task(ctl.run_sweep(), name="voltgrid sweep"))
+        tasks.append(asyncio.create_task(ctl.run_functions(), name="voltgrid functions"))
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
@@ -86,10 +88,6 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
         await asyncio.gather(*tasks, return_exceptions=True)
         tasks.clear()
         await ctl.ctx.client.close()
-
-    @kopf.on.event(c.GROUP, c.VERSION, "functions", registry=registry)
-    async def _function(body: kopf.Body, type: str | None, **_: Any) -> None:
-        await ctl.functions.on_event(body, type)
 
     @kopf.on.event(c.GROUP, c.VERSION, "sandboxes", registry=registry)
     async def _sandbox(body: kopf.Body, type: str | None, **_: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -27,6 +27,8 @@ REQUEST_TIMEOUT: Final = 30.0
 LIST_PAGE_SIZE: Final = 500
 MAX_CONNECTIONS: Final = 64
 MERGE_PATCH: Final = "application/merge-patch+json"
+#: Seconds past a WATCH's own ``timeoutSeconds`` that a silent connection is given before it counts as dead.
+WATCH_SILENCE_SLACK: Final = 30.0
 
 
 class KubeApiError(VoltgridError):
@@ -36,6 +38,18 @@ class KubeApiError(VoltgridError):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
+
+
+def _payload(text: str) -> Json:
+    try:
+        payload = json.loads(text) if text else {}
+    except ValueError:  # e.g. "404 page not found" for a resource that is not served
+        payload = {"message": text[:200]}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _refusal(status: int, reason: str, payload: Json) -> KubeApiError:
+    return KubeApiError(status, str(payload.get("reason", reason)), str(payload.get("message", "")))
 
 
 def core_path(plural: str, namespace: str | None = None, name: str | None = None) -> str:
@@ -86,6 +100,12 @@ class KubeClient:
             )
         return self._session
 
+    def _url_and_headers(self, path: str) -> tuple[str, dict[str, str]]:
+        if self._info is None:
+            raise KubeApiError(0, "NotLoggedIn", "the operator has no credentials yet")
+        headers = {"Accept": "application/json", **self._info.as_http_headers()}
+        return self._info.server.rstrip("/") + path, headers
+
     async def request(
         self,
         method: str,
@@ -95,27 +115,39 @@ class KubeClient:
         body: Json | None = None,
         content_type: str = "application/json",
     ) -> Json:
-        if self._info is None:
-            raise KubeApiError(0, "NotLoggedIn", "the operator has no credentials yet")
-        headers = {"Accept": "application/json", **self._info.as_http_headers()}
+        url, headers = self._url_and_headers(path)
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body).encode()
         session = self._get_session()
-        url = self._info.server.rstrip("/") + path
         async with session.request(method, url, params=params, headers=headers, data=data) as resp:
-            text = await resp.text()
-            try:
-                payload = json.loads(text) if text else {}
-            except ValueError:  # e.g. "404 page not found" for a resource that is not served
-                payload = {"message": text[:200]}
-            payload = payload if isinstance(payload, dict) else {}
+            payload = _payload(await resp.text())
             if resp.status >= 400:
-                raise KubeApiError(
-                    resp.status, str(payload.get("reason", resp.reason)), str(payload.get("message", ""))
-                )
+                raise _refusal(resp.status, str(resp.reason), payload)
             return payload
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
+        """The events of one WATCH request (a JSON object per line) until the server ends it.
+
+        The server ends it after ``timeoutSeconds`` (required here); a read that stays silent for
+        longer than that is a dead connection and raises :class:`asyncio.TimeoutError`.
+        """
+        url, headers = self._url_and_headers(path)
+        silent = float(params["timeoutSeconds"]) + WATCH_SILENCE_SLACK
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=silent)
+        session = self._get_session()
+        async with session.get(url, params={**params, "watch": "true"}, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise _refusal(resp.status, str(resp.reason), _payload(await resp.text()))
+            rest = b""
+            async for chunk in resp.content.iter_any():
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
 
     async def get(self, path: str) -> Json | None:
         """The object, or None when it does not exist."""
@@ -129,15 +161,21 @@ class KubeClient:
     async def list(self, path: str, label_selector: str | None = None) -> list[Json]:
         """Every item, paged (``limit``/``continue``) so a large list never arrives as one body."""
         items: list[Json] = []
+        async for page in self.list_pages(path, label_selector):
+            items.extend(page.get("items") or [])
+        return items
+
+    async def list_pages(self, path: str, label_selector: str | None = None) -> AsyncIterator[Json]:
+        """The pages of a LIST, one request per page; the last one carries the list's resourceVersion."""
         params = {"limit": str(LIST_PAGE_SIZE)}
         if label_selector:
             params["labelSelector"] = label_selector
         while True:
             page = await self.request("GET", path, params=params)
-            items.extend(page.get("items") or [])
+            yield page
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items
+                return
             params["continue"] = token
 
     async def create(self, path: str, body: Json) -> Json | None:

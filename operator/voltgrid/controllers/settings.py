@@ -7,6 +7,7 @@ environment variable (``VOLTGRID_OPERATOR_*``, handy in the chart) is overridden
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,13 +20,31 @@ DEFAULT_LIVENESS: Final = "http://0.0.0.0:8081/healthz"
 DEFAULT_GATEWAY_SERVICE: Final = "voltgrid-gateway"
 _FLOAT_FIELDS: Final = frozenset({"sweep_interval", "reap_grace", "sandbox_delete_grace", "prestop_timeout_cap"})
 _OPTIONAL_FIELDS: Final = frozenset({"peering", "url_base"})
+#: Characters that make a namespace setting a pattern (served by a cluster-wide watch, filtered).
+PATTERN_CHARS: Final = frozenset("*?[!,")
+
+
+def matches_namespace(namespace: str, pattern: str) -> bool:
+    """kopf's namespace pattern syntax, so that Voltgrid's own watches serve exactly what kopf's do:
+    comma-separated globs; ``!glob`` excludes; a leading exclusion implies a ``*`` before it; a later
+    inclusion re-admits only what the first glob matched."""
+    globs = [glob.strip() for glob in pattern.split(",")]
+    if not globs or globs[0].startswith("!"):
+        globs.insert(0, "*")
+    matches = first = fnmatch.fnmatch(namespace, globs[0])
+    for glob in globs[1:]:
+        if glob.startswith("!"):
+            matches = matches and not fnmatch.fnmatch(namespace, glob.lstrip("!"))
+        else:
+            matches = matches or (first and fnmatch.fnmatch(namespace, glob))
+    return matches
 
 
 @dataclass(frozen=True)
 class OperatorSettings:
     """How the operator runs.
 
-    namespaces: namespace patterns to serve (empty: the whole cluster).
+    namespaces: namespaces to serve, or kopf-style patterns (``team-*``, ``!kube-*``); empty: all.
     peering: kopf peering object name for HA (None: standalone, one replica).
     liveness: kopf liveness endpoint URL ("" disables it).
     gateway_service / gateway_namespace: the gateway Service that Function URLs point at.
@@ -68,6 +87,15 @@ class OperatorSettings:
             else:
                 values[f.name] = raw
         return dataclasses.replace(cls(), **values)
+
+    @property
+    def watches_cluster(self) -> bool:
+        """Whether the served namespaces need a cluster-wide watch (none given, or a pattern)."""
+        return not self.namespaces or any(PATTERN_CHARS & set(n) for n in self.namespaces)
+
+    def serves(self, namespace: str) -> bool:
+        """Whether objects in ``namespace`` are this operator's (see :func:`matches_namespace`)."""
+        return not self.namespaces or any(matches_namespace(namespace, p) for p in self.namespaces)
 
     def invoke_url(self, namespace: str, function: str) -> str:
         base = self.url_base or f"http://{self.gateway_service}.{self.gateway_namespace}.svc"

@@ -134,8 +134,7 @@ class Context:
 
     def served_paths(self, plural: str) -> list[str]:
         """Collection paths of a Voltgrid resource in the served namespaces (all when none given;
-        namespace patterns with wildcards are listed cluster-wide and filtered by kopf's scope)."""
-        names = self.settings.namespaces
-        if not names or any(ch in n for n in names for ch in "*?[!"):
+        namespace patterns are listed cluster-wide and filtered with ``settings.serves``)."""
+        if self.settings.watches_cluster:
             return [voltgrid_path(plural)]
-        return [voltgrid_path(plural, n) for n in names]
+        return [voltgrid_path(plural, n) for n in self.settings.namespaces]
