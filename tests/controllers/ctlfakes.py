@@ -20,6 +20,8 @@ NETPOLS = "networking.k8s.io/v1/networkpolicies"
 RUNTIMECLASSES = "node.k8s.io/v1/runtimeclasses"
 NODES = "v1/nodes"
 EVENTS = "v1/events"
+#: Seconds (loop time) a condition awaited by :func:`eventually` may take.
+EVENTUALLY_S = 30.0
 
 
 def virtual_now() -> datetime:
@@ -72,10 +74,10 @@ def names(api: kmock.KubernetesEmulator, resource: str) -> list[str]:
     )
 
 
-async def eventually(check: Callable[[], bool], *, timeout: float = 30.0) -> None:
+async def eventually(check: Callable[[], bool]) -> None:
     """Wait (in the loop's time) until ``check()`` holds; fail the test when it never does."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + EVENTUALLY_S
     while not check():
         assert loop.time() < deadline, "condition never held"
         await asyncio.sleep(0.05)

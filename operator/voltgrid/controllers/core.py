@@ -58,7 +58,7 @@ class Controllers:
             ctx.client,
             ctx.served_paths("functions"),
             self.functions.on_event,
-            served=ctx.settings.serves,
+            served=ctx.settings.serves if ctx.settings.watches_cluster else None,
             gate=self.gate,
             workers=FUNCTION_WORKERS,
             max_pending=FUNCTION_MAX_PENDING,

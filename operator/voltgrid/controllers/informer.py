@@ -54,7 +54,8 @@ def key_of(body: Json) -> Key:
 
 
 class Informer:
-    """Follows ``paths`` (collection URLs) and calls ``handle`` with each object's latest state."""
+    """Follows ``paths`` (collection URLs) and calls ``handle`` with each object's latest state;
+    ``served`` filters by namespace when a path is cluster-wide but the operator serves a pattern."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class Informer:
         paths: Sequence[str],
         handle: Handler,
         *,
-        served: Callable[[str], bool],
+        served: Callable[[str], bool] | None,
         gate: asyncio.Event,
         workers: int,
         max_pending: int,
@@ -71,7 +72,7 @@ class Informer:
         self._client = client
         self._paths = list(paths)
         self._handle = handle
-        self._served = served
+        self._served = served or (lambda _namespace: True)
         self._name = name
         self.queue: WorkQueue[Key, tuple[str | None, Json]] = WorkQueue(
             self._deliver, workers=workers, max_pending=max_pending, gate=gate, name=name
