@@ -1,5 +1,6 @@
 """The operator against the real cluster: sandboxes under gVisor or runc, TTLs, Function status and
-warm pools, and an operator killed mid-burst that converges after its restart.
+warm pools, an operator killed mid-burst that converges after its restart, and two replicas with
+peering (one acts; the standby takes over when the active one dies).
 
 The operator runs as a child process (``voltgrid.controllers.main:run_operator``) scoped to a fresh
 namespace, with the admin kubeconfig of the cluster fixture.
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -29,6 +31,9 @@ IMAGE: Final = "localhost/voltgrid/python:3.11"
 SERVER: Final = ["python3", "-m", "http.server", "8888"]
 OPERATOR: Final = "from voltgrid.controllers.main import run_operator; run_operator()"
 EXAMPLES: Final = Path(__file__).resolve().parents[1] / "examples"
+PEERING_CRDS: Final = Path(__file__).resolve().parents[1] / "crds" / "peering" / "peering.yaml"
+#: kopf's peer lifetime (a dead active replica is trusted this long) plus the handover and a pod start.
+TAKEOVER_TIMEOUT_S: Final = 150
 RUNNING_OR_NOT: Final = ("Running", "NotStarted")
 
 
@@ -51,6 +56,9 @@ class Env:
         return json.loads(done.stdout) if done.returncode == 0 else None
 
     def start_operator(self, **env: str) -> None:
+        self.proc = self.spawn_operator(**env)
+
+    def spawn_operator(self, **env: str) -> subprocess.Popen[bytes]:
         variables = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
@@ -59,7 +67,7 @@ class Env:
             "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2",
             **env,
         }
-        self.proc = subprocess.Popen([sys.executable, "-c", OPERATOR], env=variables)
+        return subprocess.Popen([sys.executable, "-c", OPERATOR], env=variables)
 
     def kill_operator(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None:
@@ -254,3 +262,38 @@ def test_operator_killed_mid_burst_converges(env: Env) -> None:
     owners = {p["metadata"]["labels"]["voltgrid.dev/function"] for p in pods}
     assert owners == {f"burst-{i}" for i in range(n)}  # one each, none orphaned, none duplicated
     assert all(p["metadata"]["ownerReferences"] for p in pods)
+
+
+def test_with_peering_one_replica_acts_and_the_standby_takes_over(env: Env) -> None:
+    env.kill_operator(signal.SIGTERM)  # the fixture's standalone operator
+    env.cluster.kubectl("apply", "-f", str(PEERING_CRDS))
+    env.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "voltgrid"}})
+    replicas = {
+        name: env.spawn_operator(VOLTGRID_OPERATOR_PEERING="voltgrid", POD_ID=name) for name in ("op-a", "op-b")
+    }
+
+    def warm_pods(fn: str) -> int:
+        return len(env.get("pods", selector=f"voltgrid.dev/function={fn},voltgrid.dev/role=warm")["items"])
+
+    def ready_with_one_warm(fn: str) -> bool:
+        status = (env.get("function", fn) or {}).get("status") or {}
+        return status.get("warmInstances") == 1 and warm_pods(fn) == 1
+
+    try:
+        env.apply(function("ha-1", scaling={"warmPool": 1}))
+        wait_for("ha-1 has its warm instance", lambda: ready_with_one_warm("ha-1"), timeout=120)
+        peers = env.get("kopfpeering", "voltgrid")["status"]
+        assert set(peers) == {"op-a", "op-b"}
+        active = max(peers, key=lambda name: int(peers[name]["priority"]))
+        time.sleep(5)
+        assert warm_pods("ha-1") == 1  # the standby added nothing
+
+        replicas[active].kill()
+        replicas.pop(active).wait(timeout=30)
+        env.apply(function("ha-2", scaling={"warmPool": 1}))
+        wait_for("the standby takes over", lambda: ready_with_one_warm("ha-2"), timeout=TAKEOVER_TIMEOUT_S)
+        assert warm_pods("ha-1") == 1  # and duplicated nothing of what the other one did
+    finally:
+        for proc in replicas.values():
+            proc.terminate()
+            proc.wait(timeout=60)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import aiohttp
 import kmock
 import kopf
 import pytest
 from ctlfakes import FUNCTIONS, NS, PODS, add_node, function, names, stored, virtual_now
 
+from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.handlers import in_cluster_server
 from voltgrid.controllers.main import operate
 from voltgrid.controllers.settings import OperatorSettings
@@ -51,3 +54,33 @@ def test_in_cluster_login_uses_the_injected_apiserver_address(environ: dict[str,
     info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt")
     got = in_cluster_server(info, environ)
     assert (got.server, got.token, got.ca_path) == (server, "t", "/ca.crt")
+
+
+async def test_liveness_fails_when_a_background_task_crashed(
+    api: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
+) -> None:
+    async def crash(self: Controllers) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Controllers, "run_functions", crash)
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=str(api.url))
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    settings = OperatorSettings(namespaces=(NS,), liveness=f"http://127.0.0.1:{unused_tcp_port}/healthz")
+    task = asyncio.create_task(operate(settings, login=login, clock=virtual_now, stop_flag=stop, ready_flag=ready))
+    try:
+        status = 0
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(f"http://127.0.0.1:{unused_tcp_port}/healthz") as resp:
+                        status = resp.status
+                if status == 500:
+                    break
+        assert status == 500  # the kubelet restarts the operator instead of it idling broken
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)

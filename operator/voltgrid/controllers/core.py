@@ -19,13 +19,15 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
 
+import aiohttp
+
 from voltgrid.api import constants as c
 from voltgrid.api import podspec
 from voltgrid.controllers.builders.pods import PodInfo, parse_time, reapable
 from voltgrid.controllers.events import NORMAL
 from voltgrid.controllers.functions import FunctionController
 from voltgrid.controllers.informer import Informer
-from voltgrid.controllers.kube import core_path, group_path
+from voltgrid.controllers.kube import KubeApiError, core_path, group_path
 from voltgrid.controllers.sandboxes import SandboxController
 from voltgrid.controllers.scheduler import Deadline
 from voltgrid.controllers.sessions import SessionController
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 MANAGED_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED}"
 PEERING_API: Final = "kopf.dev/v1"
+#: Seconds between checks of the peering object for who is active (HA handover latency, with
+#: kopf's peer lifetime).
+PEERING_CHECK_S: Final = 2.0
 #: Function reconciles (status writes) in flight at once.
 FUNCTION_WORKERS: Final = 32
 #: Functions whose latest state waits for a worker; beyond it the Function watch waits (flat memory).
@@ -187,20 +192,40 @@ class Controllers:
         return True
 
     async def run_functions(self) -> None:
-        """Follow the Functions until cancelled; their work starts once this replica is active."""
+        """Follow the Functions until cancelled. With peering, their work waits until this replica
+        is the active one, checked every ``PEERING_CHECK_S`` (the sweep is too slow for a handover)."""
+        if not self.ctx.settings.peering:
+            await self.function_informer.run()
+            return
         if await self.is_active():
             self.gate.set()
-        await self.function_informer.run()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.function_informer.run())
+            group.create_task(self._follow_peering())
 
-    async def sweep_once(self) -> None:
-        active = await self.is_active()
-        if not active:
+    async def _follow_peering(self) -> None:
+        while True:
+            await asyncio.sleep(PEERING_CHECK_S)
+            try:
+                await self.update_gate()
+            except (KubeApiError, aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("cannot read the peering object (%r); next check in %ss", exc, PEERING_CHECK_S)
+
+    async def update_gate(self) -> bool:
+        """Open the gate when this replica is the active one (catching up on what others did when it
+        just became so: pods and Functions relisted), close it otherwise; whether it is open."""
+        if not await self.is_active():
             self.gate.clear()
-            return
-        if not self.gate.is_set():  # just became the active replica: catch up on what others did
+            return False
+        if not self.gate.is_set():
             await self.resync()
             self.function_informer.resync()
             self.gate.set()
+        return True
+
+    async def sweep_once(self) -> None:
+        if not await self.update_gate():
+            return
         functions, self.ctx.dirty_functions = self.ctx.dirty_functions, set()
         for key in functions:
             await self.functions.refresh(key)

@@ -52,6 +52,11 @@ def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_kubeconfig(**kwargs)
 
 
+def _report_stop(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s crashed", task.get_name(), exc_info=task.exception())
+
+
 def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.OperatorRegistry:
     """A kopf registry with every Voltgrid handler bound to ``ctl`` (no module-global state)."""
     registry = kopf.OperatorRegistry()
@@ -77,9 +82,22 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
             if info is not None:
                 ctl.ctx.client.configure(info)
         await ctl.resync()
-        tasks.append(asyncio.create_task(ctl.run_scheduler(), name="voltgrid deadlines"))
-        tasks.append(asyncio.create_task(ctl.run_sweep(), name="voltgrid sweep"))
-        tasks.append(asyncio.create_task(ctl.run_functions(), name="voltgrid functions"))
+        for work, name in (
+            (ctl.run_scheduler(), "voltgrid deadlines"),
+            (ctl.run_sweep(), "voltgrid sweep"),
+            (ctl.run_functions(), "voltgrid functions"),
+        ):
+            tasks.append(asyncio.create_task(work, name=name))
+            tasks[-1].add_done_callback(_report_stop)
+
+    @kopf.on.probe(id="background", registry=registry)
+    def _background_alive(**_: Any) -> str:
+        """The liveness endpoint fails (and the kubelet restarts the pod) if a background task ended:
+        each runs until cancelled, so one that ended crashed."""
+        stopped = [task.get_name() for task in tasks if task.done()]
+        if stopped:
+            raise kopf.PermanentError(f"stopped: {', '.join(stopped)}")
+        return "running"
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:

@@ -27,6 +27,8 @@ REQUEST_TIMEOUT: Final = 30.0
 LIST_PAGE_SIZE: Final = 500
 MAX_CONNECTIONS: Final = 64
 MERGE_PATCH: Final = "application/merge-patch+json"
+#: Also the field manager the apiserver records in ``managedFields`` for the operator's writes.
+USER_AGENT: Final = "voltgrid-operator"
 #: Seconds past a WATCH's own ``timeoutSeconds`` that a silent connection is given before it counts as dead.
 WATCH_SILENCE_SLACK: Final = 30.0
 
@@ -103,7 +105,7 @@ class KubeClient:
     def _url_and_headers(self, path: str) -> tuple[str, dict[str, str]]:
         if self._info is None:
             raise KubeApiError(0, "NotLoggedIn", "the operator has no credentials yet")
-        headers = {"Accept": "application/json", **self._info.as_http_headers()}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **self._info.as_http_headers()}
         return self._info.server.rstrip("/") + path, headers
 
     async def request(
