@@ -155,7 +155,12 @@ async def bench(
                 f"{CREATE_CONCURRENCY} concurrent, no operator): the apiserver's ceiling for the operator's writes"
             )
             return 0
-        env = {**os.environ, "VOLTGRID_OPERATOR_NAMESPACES": ns, "VOLTGRID_OPERATOR_LIVENESS": ""}
+        env = {
+            **os.environ,
+            "VOLTGRID_OPERATOR_NAMESPACES": ns,
+            "VOLTGRID_OPERATOR_LIVENESS": "",
+            "VOLTGRID_OPERATOR_METRICS": "",
+        }
         ready: set[str] = set()
         watcher = asyncio.create_task(watch_ready(client, ns, await current_version(client, ns), n, ready))
         apiserver = apiserver_pid()

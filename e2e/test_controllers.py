@@ -64,6 +64,7 @@ class Env:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "VOLTGRID_OPERATOR_NAMESPACES": self.ns,
             "VOLTGRID_OPERATOR_LIVENESS": "",
+            "VOLTGRID_OPERATOR_METRICS": "",  # two replicas may run on this host at once
             "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2",
             **env,
         }

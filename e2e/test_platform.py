@@ -191,7 +191,11 @@ def platform(voltgrid_crds: Any, tmp_path_factory: pytest.TempPathFactory) -> It
             "operator",
             "--namespace",
             ns,
-            env={"VOLTGRID_OPERATOR_LIVENESS": "", "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2"},
+            env={
+                "VOLTGRID_OPERATOR_LIVENESS": "",
+                "VOLTGRID_OPERATOR_METRICS": "",
+                "VOLTGRID_OPERATOR_SWEEP_INTERVAL": "2",
+            },
         )
         p.start(
             "gateway",

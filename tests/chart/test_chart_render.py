@@ -16,6 +16,7 @@ CLUSTER_SCOPED = {
     "ValidatingWebhookConfiguration", "RuntimeClass", "ClusterKopfPeering", "CustomResourceDefinition",
 }  # fmt: skip
 CERT_MANAGER = ["cert-manager.io/v1"]
+METRICS = "voltgrid.dev/metrics"
 
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("defaults", {}, []),
@@ -212,7 +213,12 @@ def check_options(name: str, docs: list[dict[str, Any]]) -> None:
         assert names == ({"gvisor"} if name.endswith("some") else {"gvisor", "kata-fc", "kata-clh", "kata-qemu"})
     elif name == "service-monitor":
         (monitor,) = by_kind(docs, "ServiceMonitor")
-        assert monitor["spec"]["endpoints"][0] == {"port": "http", "path": "/_voltgrid/metrics", "interval": "30s"}
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "http", "path": "/_voltgrid/metrics", "interval": "30s"},
+            {"port": "metrics", "path": "/metrics", "interval": "30s"},
+        ]
+        scraped = {s["metadata"]["name"] for s in by_kind(docs, "Service") if s["metadata"]["labels"].get(METRICS)}
+        assert scraped == {"voltgrid-gateway", "voltgrid-operator-metrics"}
     elif name == "existing-claim":
         assert "PersistentVolumeClaim" not in kinds
         (cron,) = by_kind(docs, "CronJob")

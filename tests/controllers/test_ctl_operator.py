@@ -15,10 +15,13 @@ from ctlfakes import FUNCTIONS, NS, PODS, add_node, function, names, stored, vir
 from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.handlers import in_cluster_server
 from voltgrid.controllers.main import operate
+from voltgrid.controllers.metrics import MetricsEndpointError, parse_endpoint
 from voltgrid.controllers.settings import OperatorSettings
 
 
-async def test_operator_brings_a_function_to_ready(api: kmock.KubernetesEmulator) -> None:
+async def test_operator_brings_a_function_to_ready_and_counts_it(
+    api: kmock.KubernetesEmulator, unused_tcp_port: int
+) -> None:
     add_node(api)
     api.objects[FUNCTIONS, NS, "echo"] = function(isolation={"allowUnsandboxed": True}, scaling={"warmPool": 1})
 
@@ -26,7 +29,8 @@ async def test_operator_brings_a_function_to_ready(api: kmock.KubernetesEmulator
         return kopf.ConnectionInfo(server=str(api.url))
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    settings = OperatorSettings(namespaces=(NS,), liveness="")
+    metrics_url = f"http://127.0.0.1:{unused_tcp_port}/metrics"
+    settings = OperatorSettings(namespaces=(NS,), liveness="", metrics=metrics_url)
     task = asyncio.create_task(operate(settings, login=login, clock=virtual_now, stop_flag=stop, ready_flag=ready))
     try:
         for _ in range(300):
@@ -36,6 +40,12 @@ async def test_operator_brings_a_function_to_ready(api: kmock.KubernetesEmulator
         status = stored(api, FUNCTIONS, "echo")["status"]
         assert status["conditions"][0]["status"] == "True"
         assert len(names(api, PODS)) == 1
+        async with aiohttp.ClientSession() as http, http.get(metrics_url) as resp:
+            scraped = await resp.text()
+        assert 'voltgrid_operator_reconciles_total{queue="functions",result="ok"}' in scraped
+        assert 'voltgrid_operator_status_writes_total{resource="functions"}' in scraped
+        assert 'voltgrid_operator_relists_total{reason="start",resource="functions"} 1.0' in scraped
+        assert "voltgrid_operator_active 1.0" in scraped
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
@@ -68,7 +78,7 @@ async def test_liveness_fails_when_a_background_task_crashed(
         return kopf.ConnectionInfo(server=str(api.url))
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    settings = OperatorSettings(namespaces=(NS,), liveness=f"http://127.0.0.1:{unused_tcp_port}/healthz")
+    settings = OperatorSettings(namespaces=(NS,), liveness=f"http://127.0.0.1:{unused_tcp_port}/healthz", metrics="")
     task = asyncio.create_task(operate(settings, login=login, clock=virtual_now, stop_flag=stop, ready_flag=ready))
     try:
         status = 0
@@ -84,3 +94,9 @@ async def test_liveness_fails_when_a_background_task_crashed(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+@pytest.mark.parametrize("url", ["0.0.0.0:8082", "https://0.0.0.0:8082/metrics", "http://0.0.0.0/metrics"])
+def test_a_bad_metrics_endpoint_is_named(url: str) -> None:
+    with pytest.raises(MetricsEndpointError, match="expected http://HOST:PORT/PATH"):
+        parse_endpoint(url)

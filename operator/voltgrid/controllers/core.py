@@ -68,7 +68,9 @@ class Controllers:
             workers=FUNCTION_WORKERS,
             max_pending=FUNCTION_MAX_PENDING,
             name="functions",
+            metrics=ctx.metrics,
         )
+        ctx.metrics.watch_active(self.gate.is_set)
 
     # -- startup / adoption --------------------------------------------------------------------
 

@@ -47,7 +47,9 @@ class FunctionController:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         echo = self._echoes.pop(key, None)
         if event_type == "MODIFIED" and echo is not None and echo == meta.get("resourceVersion"):
-            return  # our own status write coming back: it holds exactly what the last reconcile computed
+            # our own status write coming back: it holds exactly what the last reconcile computed
+            self.ctx.metrics.own_events_skipped.labels(resource="functions").inc()
+            return
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
             self.active.pop(key, None)  # its pods are garbage-collected through owner references
             return
@@ -91,6 +93,7 @@ class FunctionController:
             if written is None:  # deleted meanwhile
                 self.active.pop(key, None)
                 return
+            self.ctx.metrics.status_writes.labels(resource="functions").inc()
             self._expect_echo(key, written, fn.metadata.generation)
             # An Event when readiness changes or cannot be had; not for every new Ready Function
             # (100k Functions would mean 100k Events).

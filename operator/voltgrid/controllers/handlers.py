@@ -18,8 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import kopf
+from aiohttp import web
 
 from voltgrid.api import constants as c
+from voltgrid.controllers import metrics
 from voltgrid.controllers.core import MANAGED_SELECTOR, Controllers
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
     """A kopf registry with every Voltgrid handler bound to ``ctl`` (no module-global state)."""
     registry = kopf.OperatorRegistry()
     tasks: list[asyncio.Task[None]] = []
+    servers: list[web.AppRunner] = []
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -81,6 +84,8 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
             info = login(logger=logger, settings=settings)
             if info is not None:
                 ctl.ctx.client.configure(info)
+        if ctl.ctx.settings.metrics:
+            servers.append(await metrics.serve(ctl.ctx.metrics, ctl.ctx.settings.metrics))
         await ctl.resync()
         for work, name in (
             (ctl.run_scheduler(), "voltgrid deadlines"),
@@ -105,6 +110,9 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         tasks.clear()
+        for server in servers:
+            await server.cleanup()
+        servers.clear()
         await ctl.ctx.client.close()
 
     @kopf.on.event(c.GROUP, c.VERSION, "sandboxes", registry=registry)

@@ -21,6 +21,7 @@ from typing import Any, Final
 import aiohttp
 
 from voltgrid.controllers.kube import KubeApiError, KubeClient
+from voltgrid.controllers.metrics import OperatorMetrics
 from voltgrid.controllers.state import Key
 from voltgrid.controllers.workqueue import WorkQueue
 
@@ -68,6 +69,7 @@ class Informer:
         workers: int,
         max_pending: int,
         name: str,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._client = client
         self._paths = list(paths)
@@ -75,8 +77,9 @@ class Informer:
         self._served = served or (lambda _namespace: True)
         self._name = name
         self.queue: WorkQueue[Key, tuple[str | None, Json]] = WorkQueue(
-            self._deliver, workers=workers, max_pending=max_pending, gate=gate, name=name
+            self._deliver, workers=workers, max_pending=max_pending, gate=gate, name=name, metrics=metrics
         )
+        self._metrics = metrics
         #: Set once every path has been listed and each listed object queued.
         self.synced = asyncio.Event()
         self._listed: set[str] = set()
@@ -95,10 +98,14 @@ class Informer:
     async def run(self) -> None:
         """Follow every path until cancelled."""
         workers = asyncio.create_task(self.queue.run(), name=f"{self._name} queue")
+        reason = "start"
         try:
             while True:
                 self._restart.clear()
-                followers = [asyncio.create_task(self._follow(p), name=f"{self._name} {p}") for p in self._paths]
+                followers = [
+                    asyncio.create_task(self._follow(p, reason), name=f"{self._name} {p}") for p in self._paths
+                ]
+                reason = "requested"
                 restart = asyncio.create_task(self._restart.wait())
                 try:
                     await asyncio.wait([*followers, restart, workers], return_when=asyncio.FIRST_COMPLETED)
@@ -112,8 +119,10 @@ class Informer:
             workers.cancel()
             await asyncio.gather(workers, return_exceptions=True)
 
-    async def _follow(self, path: str) -> None:
+    async def _follow(self, path: str, reason: str) -> None:
         while True:
+            if self._metrics is not None:
+                self._metrics.relists.labels(resource=self._name, reason=reason).inc()
             try:
                 version = await self._list(path)
                 loop = asyncio.get_running_loop()
@@ -125,9 +134,12 @@ class Informer:
             except KubeApiError as exc:
                 if exc.status == GONE:
                     logger.info("%s: watch expired (%s); relisting", self._name, exc)
+                    reason = "expired"
                     continue
+                reason = "error"
                 logger.warning("%s: %s failed (%s); relisting in %ss", self._name, path, exc, RETRY_BACKOFF_S)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                reason = "error"
                 logger.warning("%s: %s failed (%r); relisting in %ss", self._name, path, exc, RETRY_BACKOFF_S)
             await asyncio.sleep(RETRY_BACKOFF_S)
 

@@ -17,6 +17,7 @@ from voltgrid.api import constants as c
 
 ENV_PREFIX: Final = "VOLTGRID_OPERATOR_"
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8081/healthz"
+DEFAULT_METRICS: Final = "http://0.0.0.0:8082/metrics"
 DEFAULT_GATEWAY_SERVICE: Final = "voltgrid-gateway"
 _FLOAT_FIELDS: Final = frozenset({"sweep_interval", "reap_grace", "sandbox_delete_grace", "prestop_timeout_cap"})
 _OPTIONAL_FIELDS: Final = frozenset({"peering", "url_base"})
@@ -47,6 +48,7 @@ class OperatorSettings:
     namespaces: namespaces to serve, or kopf-style patterns (``team-*``, ``!kube-*``); empty: all.
     peering: kopf peering object name for HA (None: standalone, one replica).
     liveness: kopf liveness endpoint URL ("" disables it).
+    metrics: Prometheus endpoint URL of the operator's ``voltgrid_operator_*`` metrics ("" disables it).
     gateway_service / gateway_namespace: the gateway Service that Function URLs point at.
     url_base: overrides the invoke-URL base (e.g. an Ingress host); the URL is
         ``<base>/fn/<namespace>/<function>/``.
@@ -61,6 +63,7 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     peering: str | None = None
     liveness: str = DEFAULT_LIVENESS
+    metrics: str = DEFAULT_METRICS
     gateway_service: str = DEFAULT_GATEWAY_SERVICE
     gateway_namespace: str = "voltgrid-system"
     url_base: str | None = None

@@ -17,6 +17,7 @@ from voltgrid.controllers.builders.pods import PodInfo
 from voltgrid.controllers.builders.runtime import RuntimeClassInfo, on_some_node, runtime_class_info
 from voltgrid.controllers.events import EventRecorder
 from voltgrid.controllers.kube import KubeClient, voltgrid_path
+from voltgrid.controllers.metrics import OperatorMetrics
 from voltgrid.controllers.scheduler import Scheduler
 from voltgrid.controllers.settings import OperatorSettings
 
@@ -131,6 +132,7 @@ class Context:
     runtimes: RuntimeInventory = field(default_factory=RuntimeInventory)
     dirty_functions: set[Key] = field(default_factory=set)
     dirty_sessions: set[Key] = field(default_factory=set)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
     def served_paths(self, plural: str) -> list[str]:
         """Collection paths of a Voltgrid resource in the served namespaces (all when none given;

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final, Generic, TypeVar
 
+from voltgrid.controllers.metrics import OperatorMetrics
+
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
@@ -38,6 +40,7 @@ class WorkQueue(Generic[K, T]):
         max_pending: int,
         gate: asyncio.Event,
         name: str = "work",
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._handle = handle
         self._workers = workers
@@ -53,6 +56,9 @@ class WorkQueue(Generic[K, T]):
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.watch_depth(name, self.__len__)
 
     def __len__(self) -> int:
         """Keys waiting or being handled."""
@@ -99,15 +105,23 @@ class WorkQueue(Generic[K, T]):
             item = self._pending.pop(key)
             self._processing.add(key)
             self._room.set()
+            started = asyncio.get_running_loop().time()
+            result = "error"
             try:
                 await self._handle(key, item)
+                result = "ok"
             except asyncio.CancelledError:
+                result = "cancelled"
                 raise
             except Exception:
                 self._schedule_retry(key, item)
             else:
                 self._failures.pop(key, None)
             finally:
+                if self._metrics is not None:
+                    self._metrics.reconciles.labels(queue=self._name, result=result).inc()
+                    elapsed = asyncio.get_running_loop().time() - started
+                    self._metrics.reconcile_seconds.labels(queue=self._name).observe(elapsed)
                 self._processing.discard(key)
                 if key in self._pending:
                     self._ready.put_nowait(key)
@@ -118,6 +132,8 @@ class WorkQueue(Generic[K, T]):
         self._failures[key] = failures
         delay = min(RETRY_BASE_S * 2 ** (failures - 1), RETRY_MAX_S)
         logger.exception("%s %s failed (%d in a row); retrying in %.1f s", self._name, key, failures, delay)
+        if self._metrics is not None:
+            self._metrics.retries.labels(queue=self._name).inc()
         if key in self._pending:  # a newer item came while this one failed: it supersedes the retry
             return
         loop = asyncio.get_running_loop()
