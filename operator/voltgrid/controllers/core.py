@@ -6,8 +6,9 @@ the objects counted in the 100,000s, come through the operator's own informer (s
 deadlines and "dirty" marks, and runs the background tasks every operator replica has (never one
 per object): the Function informer, the deadline scheduler and the sweep that batches status
 refreshes of the Functions and Sessions whose pods changed. With kopf peering, only the active
-replica acts: the sweep checks the peering object and opens or closes ``gate`` (the informer's
-workers wait on it); a replica that becomes active re-lists the pods and the Functions first.
+replica acts: one loop reads the peering object every ``PEERING_CHECK_S`` and opens or closes
+``gate``, which the informer's workers, the sweep and the deadlines all consult; a replica that
+becomes active re-lists the pods and the Functions first.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class Controllers:
         return True
 
     async def sweep_once(self) -> None:
-        if not await self.update_gate():
+        if not self.gate.is_set():  # a standby: the active replica does this work
             return
         functions, self.ctx.dirty_functions = self.ctx.dirty_functions, set()
         for key in functions:
@@ -249,7 +250,7 @@ class Controllers:
         await self.ctx.scheduler.run(self._deadline_when_active)
 
     async def _deadline_when_active(self, key: Deadline) -> None:
-        if await self.is_active():
+        if self.gate.is_set():
             await self.on_deadline(key)
         else:
             self.ctx.scheduler.schedule(key, self.ctx.clock() + timedelta(seconds=self.ctx.settings.sweep_interval))

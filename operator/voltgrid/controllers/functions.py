@@ -24,7 +24,7 @@ from voltgrid.controllers.builders.pods import PodInfo, count, plan_pool
 from voltgrid.controllers.builders.runtime import RuntimeChoice, select_runtime
 from voltgrid.controllers.events import NORMAL, WARNING, object_ref
 from voltgrid.controllers.kube import core_path, voltgrid_path
-from voltgrid.controllers.state import Context, Key, spec_only
+from voltgrid.controllers.state import Context, Key, key_of, spec_only
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class FunctionController:
 
     async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = key_of(body)
         echo = self._echoes.pop(key, None)
         if event_type == "MODIFIED" and echo is not None and echo == meta.get("resourceVersion"):
             # our own status write coming back: it holds exactly what the last reconcile computed

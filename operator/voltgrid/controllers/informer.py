@@ -22,7 +22,7 @@ import aiohttp
 
 from voltgrid.controllers.kube import KubeApiError, KubeClient
 from voltgrid.controllers.metrics import OperatorMetrics
-from voltgrid.controllers.state import Key
+from voltgrid.controllers.state import Key, key_of
 from voltgrid.controllers.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,6 @@ def slim(body: Json) -> Json:
     if annotations and LAST_APPLIED in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     return {**body, "metadata": meta}
-
-
-def key_of(body: Json) -> Key:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 class Informer:

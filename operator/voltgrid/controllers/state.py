@@ -25,6 +25,12 @@ Key = tuple[str, str]  # (namespace, name)
 Clock = Callable[[], datetime]
 
 
+def key_of(body: Mapping[str, Any]) -> Key:
+    """(namespace, name) of an object body."""
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 def spec_only(body: Mapping[str, Any]) -> dict[str, Any]:
     """The object without its status, for validating with the API models: a status written by
     another version of the operator must never make a valid spec look invalid."""
