@@ -24,6 +24,7 @@ from typing import Any, Final
 import pytest
 
 from e2ehelpers import wait_for
+from voltgrid.controllers.core import PEERING_CHECK_S
 
 pytestmark = pytest.mark.e2e
 
@@ -280,12 +281,20 @@ def test_with_peering_one_replica_acts_and_the_standby_takes_over(env: Env) -> N
         status = (env.get("function", fn) or {}).get("status") or {}
         return status.get("warmInstances") == 1 and warm_pods(fn) == 1
 
+    def peers() -> dict[str, Any]:
+        return dict((env.get("kopfpeering", "voltgrid") or {}).get("status") or {})
+
     try:
+        # Both replicas registered first: the steady state of two peers is what is under test (a
+        # replica still importing would otherwise let the first one act alone, as it should).
+        wait_for("both replicas are peers", lambda: set(peers()) == set(replicas), timeout=60)
+        time.sleep(PEERING_CHECK_S + 1)  # each has read the other's entry: the lower one's gate is closed
         env.apply(function("ha-1", scaling={"warmPool": 1}))
         wait_for("ha-1 has its warm instance", lambda: ready_with_one_warm("ha-1"), timeout=120)
-        peers = env.get("kopfpeering", "voltgrid")["status"]
-        assert set(peers) == {"op-a", "op-b"}
-        active = max(peers, key=lambda name: int(peers[name]["priority"]))
+        assert all(proc.poll() is None for proc in replicas.values())
+        registered = peers()
+        assert set(registered) == set(replicas)
+        active = max(registered, key=lambda name: int(registered[name]["priority"]))
         time.sleep(5)
         assert warm_pods("ha-1") == 1  # the standby added nothing
 
