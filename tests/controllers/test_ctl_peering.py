@@ -11,7 +11,7 @@ import kopf
 import pytest
 from ctlfakes import EPOCH, FUNCTIONS, NS, add_node, background, eventually, function, stored, virtual_now
 
-from voltgrid.controllers.core import Controllers
+from voltgrid.controllers.core import PEERING_CHECK_S, Controllers
 from voltgrid.controllers.main import build_controllers
 from voltgrid.controllers.settings import OperatorSettings
 
@@ -45,7 +45,8 @@ def has_status(api: kmock.KubernetesEmulator) -> bool:
 async def test_a_standby_writes_nothing_until_the_active_peer_is_gone(
     api: kmock.KubernetesEmulator, replica: Controllers
 ) -> None:
-    api.objects[PEERINGS, NS, "voltgrid"] = {"metadata": {"name": "voltgrid"}, "status": {"op-b": peer(20)}}
+    status = {"me": peer(10), "op-b": peer(20)}
+    api.objects[PEERINGS, NS, "voltgrid"] = {"metadata": {"name": "voltgrid"}, "status": status}
     async with background(replica.run_functions()):
         await asyncio.sleep(LIFETIME_S - 10)
         assert not replica.gate.is_set()
@@ -53,6 +54,33 @@ async def test_a_standby_writes_nothing_until_the_active_peer_is_gone(
         await eventually(lambda: has_status(api))  # op-b's heartbeat is older than its lifetime now
     assert asyncio.get_running_loop().time() >= LIFETIME_S
     assert stored(api, FUNCTIONS, "echo")["status"]["conditions"][0]["status"] == "True"
+
+
+@pytest.mark.looptime
+async def test_a_starting_replica_decides_only_once_it_is_registered(
+    api: kmock.KubernetesEmulator, replica: Controllers
+) -> None:
+    """Two replicas starting together: the higher one registers just as this one starts, along
+    with this one (kopf's keepalive); deciding before its own entry would open the gate for it."""
+    api.objects[PEERINGS, NS, "voltgrid"] = {"metadata": {"name": "voltgrid"}, "status": {}}
+    async with background(replica.run_functions()):
+        await asyncio.sleep(1)
+        assert not replica.gate.is_set()
+        api.objects[PEERINGS, NS, "voltgrid"] = {
+            "metadata": {"name": "voltgrid"},
+            "status": {"me": peer(10), "op-b": peer(20)},
+        }
+        await asyncio.sleep(PEERING_CHECK_S * 3)
+        assert not replica.gate.is_set()
+        assert not has_status(api)
+
+
+@pytest.mark.looptime
+async def test_a_replica_alone_acts_once_registered(api: kmock.KubernetesEmulator, replica: Controllers) -> None:
+    api.objects[PEERINGS, NS, "voltgrid"] = {"metadata": {"name": "voltgrid"}, "status": {"me": peer(10)}}
+    async with background(replica.run_functions()):
+        await eventually(lambda: has_status(api))
+    assert asyncio.get_running_loop().time() < PEERING_CHECK_S
 
 
 @pytest.mark.looptime

@@ -41,6 +41,9 @@ PEERING_API: Final = "kopf.dev/v1"
 #: Seconds between checks of the peering object for who is active (HA handover latency, with
 #: kopf's peer lifetime).
 PEERING_CHECK_S: Final = 2.0
+#: At start, how long and how often to wait for kopf to list this replica in the peering object.
+PEERING_REGISTRATION_WAIT_S: Final = 30.0
+PEERING_REGISTRATION_POLL_S: Final = 0.25
 #: Function reconciles (status writes) in flight at once.
 FUNCTION_WORKERS: Final = 32
 #: Functions whose latest state waits for a worker; beyond it the Function watch waits (flat memory).
@@ -176,12 +179,17 @@ class Controllers:
     async def is_active(self) -> bool:
         """Standalone: always. With peering: no live peer of equal or higher priority (kopf pauses
         every replica on a priority tie, so replicas must get distinct priorities)."""
+        return self._active_in(await self._read_peering())
+
+    async def _read_peering(self) -> Mapping[str, Any] | None:
         name = self.ctx.settings.peering
         if not name:
-            return True
+            return None
         ns = self.ctx.settings.namespaces[0] if self.ctx.settings.namespaces else None
         plural = "kopfpeerings" if ns else "clusterkopfpeerings"
-        body = await self.ctx.client.get(group_path(PEERING_API, plural, ns, name))
+        return await self.ctx.client.get(group_path(PEERING_API, plural, ns, name))
+
+    def _active_in(self, body: Mapping[str, Any] | None) -> bool:
         now = self.ctx.clock()
         for peer_id, info in ((body or {}).get("status") or {}).items():
             if peer_id == self.identity or not isinstance(info, dict):
@@ -194,13 +202,26 @@ class Controllers:
                 return False
         return True
 
+    async def _registered_peering(self) -> Mapping[str, Any] | None:
+        """The peering object once it lists this replica (kopf registers it as it starts), or as
+        it is after ``PEERING_REGISTRATION_WAIT_S``. Deciding earlier could miss a peer starting at
+        the same moment (a Deployment's replicas do), and both would act until the next check;
+        deciding after its own entry is written, of two replicas at least one sees the other."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PEERING_REGISTRATION_WAIT_S
+        while True:
+            body = await self._read_peering()
+            if body is None or self.identity in (body.get("status") or {}) or loop.time() >= deadline:
+                return body
+            await asyncio.sleep(PEERING_REGISTRATION_POLL_S)
+
     async def run_functions(self) -> None:
         """Follow the Functions until cancelled. With peering, their work waits until this replica
         is the active one, checked every ``PEERING_CHECK_S`` (the sweep is too slow for a handover)."""
         if not self.ctx.settings.peering:
             await self.function_informer.run()
             return
-        if await self.is_active():
+        if self._active_in(await self._registered_peering()):
             self.gate.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(self.function_informer.run())
