@@ -1,9 +1,11 @@
 """Keep the gateway's function catalog in sync with the cluster's Function objects.
 
-One LIST, then one WATCH from its resourceVersion, for all Functions the gateway serves (cluster
-wide, or one namespace): O(1) work per Function change, none per request. A Function the models
-reject (it passed the CRD but not a rule only Python checks) is logged and left out, never a crash;
-an expired watch (410 Gone) or a dropped connection relists after a short backoff, and Functions
+One paged LIST, then a WATCH from its resourceVersion (with bookmarks), for all Functions the
+gateway serves (cluster wide, or one namespace): O(1) work per Function change, none per request.
+A WATCH the server ends on its timeout continues from the last version seen, so the Functions are
+listed once, not again every few minutes by every gateway replica. A Function the models reject
+(it passed the CRD but not a rule only Python checks) is logged and left out, never a crash; an
+expired watch (410 Gone) or a dropped connection relists after a short backoff, and Functions
 deleted meanwhile are removed. Of the status only the operator's runtime choice is kept (status
 updates are the operator's coarse counts: they re-put the entry, nothing more).
 """
@@ -25,8 +27,12 @@ from voltgrid.gateway.functions import FunctionCatalog
 logger = logging.getLogger(__name__)
 
 PLURAL: Final = "functions"
+#: Seconds the apiserver keeps one WATCH open before the watcher re-watches (from the last version).
 WATCH_TIMEOUT_S: Final = 300
+#: Seconds between attempts after a failed LIST or WATCH, or a WATCH that ended at once.
 RETRY_BACKOFF_S: Final = 2.0
+#: Functions per LIST page (a large catalog never arrives as one body).
+LIST_PAGE_SIZE: Final = 500
 
 
 def runtime_status(status: Any) -> FunctionStatus | None:
@@ -70,30 +76,45 @@ class FunctionWatcher:
 
     async def _relist(self) -> str:
         call, args = self._list_call()
-        listing = await call(*args)
         seen = set()
-        for obj in listing.get("items", []):
-            self.apply("ADDED", obj)
-            meta = obj.get("metadata", {})
-            seen.add(f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
+        token: str | None = None
+        while True:
+            page = await call(*args, limit=LIST_PAGE_SIZE, **({"_continue": token} if token else {}))
+            for obj in page.get("items", []):
+                self.apply("ADDED", obj)
+                meta = obj.get("metadata", {})
+                seen.add(f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
+            token = page.get("metadata", {}).get("continue") or None
+            if token is None:
+                break
         for entry in list(self._catalog):
             if entry.key not in seen and (not self._namespace or entry.key.startswith(f"{self._namespace}/")):
                 self._catalog.remove(entry.key)
         self.synced.set()
-        return str(listing.get("metadata", {}).get("resourceVersion", ""))
+        return str(page.get("metadata", {}).get("resourceVersion", ""))
+
+    async def _watch(self, version: str) -> str:
+        """One WATCH until the server ends it; the last resourceVersion seen (bookmarks included)."""
+        call, args = self._list_call()
+        async with watch.Watch() as stream:
+            async for event in stream.stream(
+                call, *args, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True
+            ):
+                if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    self.apply(event["type"], event["object"])
+            return str(stream.resource_version or version)
 
     async def run(self) -> None:
         """Watch until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 version = await self._relist()
-                call, args = self._list_call()
-                async with watch.Watch() as stream:
-                    async for event in stream.stream(
-                        call, *args, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S
-                    ):
-                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                            self.apply(event["type"], event["object"])
+                while True:
+                    started = loop.time()
+                    version = await self._watch(version)
+                    if loop.time() - started < RETRY_BACKOFF_S:  # ended at once: not the server's timeout
+                        await asyncio.sleep(RETRY_BACKOFF_S)
             except asyncio.CancelledError:
                 raise
             except ApiException as e:
