@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,15 +80,3 @@ async def eventually(check: Callable[[], bool]) -> None:
     while not check():
         assert loop.time() < deadline, "condition never held"
         await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def background(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
-    """Run ``coro`` as a task for the duration of the block, then cancel and await it."""
-    task = asyncio.create_task(coro)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -11,13 +11,13 @@ from ctlfakes import (
     PODS,
     add_node,
     add_runtime_class,
-    background,
     eventually,
     function,
     names,
     stored,
 )
 
+from bgtask import background
 from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.main import build_controllers
 

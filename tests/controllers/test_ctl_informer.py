@@ -8,8 +8,9 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from ctlfakes import FUNCTIONS, NS, background, eventually, function
+from ctlfakes import FUNCTIONS, NS, eventually, function
 
+from bgtask import background
 from voltgrid.controllers.informer import LAST_APPLIED, Informer, slim
 from voltgrid.controllers.kube import KubeClient, voltgrid_path
 from voltgrid.controllers.settings import OperatorSettings, matches_namespace

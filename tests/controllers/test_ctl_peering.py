@@ -9,8 +9,9 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from ctlfakes import EPOCH, FUNCTIONS, NS, add_node, background, eventually, function, stored, virtual_now
+from ctlfakes import EPOCH, FUNCTIONS, NS, add_node, eventually, function, stored, virtual_now
 
+from bgtask import background
 from voltgrid.controllers.core import PEERING_CHECK_S, Controllers
 from voltgrid.controllers.main import build_controllers
 from voltgrid.controllers.settings import OperatorSettings

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ctlfakes import background, eventually
+from ctlfakes import eventually
 
+from bgtask import background
 from voltgrid.controllers.workqueue import RETRY_BASE_S, WorkQueue
 
 

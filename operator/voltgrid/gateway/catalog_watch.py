@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -33,6 +34,14 @@ WATCH_TIMEOUT_S: Final = 300
 RETRY_BACKOFF_S: Final = 2.0
 #: Functions per LIST page (a large catalog never arrives as one body).
 LIST_PAGE_SIZE: Final = 500
+#: Seconds one LIST page may take.
+LIST_TIMEOUT_S: Final = 60.0
+#: Seconds past a WATCH's own timeout that a silent connection is given before it counts as dead
+#: (without it a connection dropped without a FIN would leave the catalog stale forever).
+WATCH_SILENCE_SLACK_S: Final = 30.0
+WATCH_TIMEOUTS: Final = aiohttp.ClientTimeout(
+    total=None, sock_connect=LIST_TIMEOUT_S, sock_read=WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
+)
 
 
 def runtime_status(status: Any) -> FunctionStatus | None:
@@ -79,7 +88,8 @@ class FunctionWatcher:
         seen = set()
         token: str | None = None
         while True:
-            page = await call(*args, limit=LIST_PAGE_SIZE, **({"_continue": token} if token else {}))
+            more = {"_continue": token} if token else {}
+            page = await call(*args, limit=LIST_PAGE_SIZE, _request_timeout=LIST_TIMEOUT_S, **more)
             for obj in page.get("items", []):
                 self.apply("ADDED", obj)
                 meta = obj.get("metadata", {})
@@ -98,7 +108,12 @@ class FunctionWatcher:
         call, args = self._list_call()
         async with watch.Watch() as stream:
             async for event in stream.stream(
-                call, *args, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True
+                call,
+                *args,
+                resource_version=version,
+                timeout_seconds=WATCH_TIMEOUT_S,
+                allow_watch_bookmarks=True,
+                _request_timeout=WATCH_TIMEOUTS,
             ):
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                     self.apply(event["type"], event["object"])
@@ -121,6 +136,9 @@ class FunctionWatcher:
                 if e.status != 410:
                     logger.warning("watching Functions failed (%s %s); relisting", e.status, e.reason)
                     await asyncio.sleep(RETRY_BACKOFF_S)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                logger.warning("watching Functions failed (%r); relisting", e)
+                await asyncio.sleep(RETRY_BACKOFF_S)
             except Exception:
                 logger.exception("watching Functions failed; relisting")
                 await asyncio.sleep(RETRY_BACKOFF_S)

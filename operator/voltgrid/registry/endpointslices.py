@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 
 from voltgrid.registry.ownership import Membership
@@ -20,6 +21,15 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between re-lists after a watch ends or fails.
 RELIST_BACKOFF: Final = 2.0
+#: Seconds the apiserver keeps one watch open (the few slices are then listed again).
+WATCH_TIMEOUT_S: Final = 300
+#: A watch silent for longer than its own timeout plus this is a dead connection (one dropped
+#: without a FIN would otherwise freeze the membership until the process restarts).
+WATCH_SILENCE_SLACK_S: Final = 30.0
+REQUEST_TIMEOUT_S: Final = 30.0
+WATCH_TIMEOUTS: Final = aiohttp.ClientTimeout(
+    total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
+)
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 
 
@@ -70,7 +80,9 @@ class EndpointSliceWatcher:
         discovery = client.DiscoveryV1Api(self._api)
         while True:
             try:
-                listing = await discovery.list_namespaced_endpoint_slice(self._namespace, label_selector=self._selector)
+                listing = await discovery.list_namespaced_endpoint_slice(
+                    self._namespace, label_selector=self._selector, _request_timeout=REQUEST_TIMEOUT_S
+                )
                 self._slices = {s.metadata.name: self._api.sanitize_for_serialization(s) for s in listing.items}
                 self._apply()
                 async with watch.Watch() as w:
@@ -79,6 +91,8 @@ class EndpointSliceWatcher:
                         self._namespace,
                         label_selector=self._selector,
                         resource_version=listing.metadata.resource_version,
+                        timeout_seconds=WATCH_TIMEOUT_S,
+                        _request_timeout=WATCH_TIMEOUTS,
                     ):
                         obj = event["object"]
                         name = obj.metadata.name
