@@ -22,3 +22,7 @@ class RuntimeUnavailableError(SpecError):
 
 class ClusterError(VoltgridError):
     """The local test cluster could not be started, reached or stopped."""
+
+
+class CredentialsError(VoltgridError):
+    """No usable Kubernetes credentials: neither a service account nor a readable kubeconfig."""

@@ -17,6 +17,12 @@ GUARDS: list[tuple[str, dict[str, Any], list[str], str]] = [
         [],
         "operator.replicas > 1 needs operator.peering.name",
     ),
+    (
+        "peering-with-namespace-pattern",
+        {"operator": {"replicas": 2, "namespaces": ["prod", "team-*"]}},
+        [],
+        'operator.namespaces: "team-*" is a pattern, and operator.replicas > 1 needs a KopfPeering',
+    ),
     ("ingress-without-host", {"gateway": {"ingress": {"enabled": True}}}, [], "gateway.ingress.enabled needs"),
     (
         "ingress-tls-without-ingress",

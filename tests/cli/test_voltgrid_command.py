@@ -67,3 +67,28 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         cli.main(["launch"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_bad_operator_setting_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before kopf starts: inside it, a bad endpoint would fail a startup activity retried forever."""
+    monkeypatch.setenv("VOLTGRID_OPERATOR_METRICS", "localhost:8082")
+    assert cli.main(["operator"]) == 2
+    assert "metrics endpoint 'localhost:8082': expected http://HOST:PORT/PATH" in capsys.readouterr().err
+    monkeypatch.delenv("VOLTGRID_OPERATOR_METRICS")
+    assert cli.main(["operator", "--peering", "voltgrid", "--namespace", "team-*"]) == 2
+    assert "name at least one namespace literally" in capsys.readouterr().err
+
+
+def test_the_operator_without_credentials_exits_2_naming_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert cli.main(["operator"]) == 2
+    assert "no Kubernetes credentials" in capsys.readouterr().err
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert cli.main(["operator"]) == 2
+    assert "cannot use the kubeconfig: FileNotFoundError" in capsys.readouterr().err

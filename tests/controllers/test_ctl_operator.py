@@ -15,8 +15,7 @@ from ctlfakes import FUNCTIONS, NS, PODS, add_node, function, names, stored, vir
 from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.handlers import in_cluster_server
 from voltgrid.controllers.main import operate
-from voltgrid.controllers.metrics import MetricsEndpointError, parse_endpoint
-from voltgrid.controllers.settings import OperatorSettings
+from voltgrid.controllers.settings import ENV_PREFIX, OperatorSettings, SettingsError
 
 
 async def test_operator_brings_a_function_to_ready_and_counts_it(
@@ -96,7 +95,29 @@ async def test_liveness_fails_when_a_background_task_crashed(
         await asyncio.wait_for(task, timeout=30)
 
 
-@pytest.mark.parametrize("url", ["0.0.0.0:8082", "https://0.0.0.0:8082/metrics", "http://0.0.0.0/metrics"])
-def test_a_bad_metrics_endpoint_is_named(url: str) -> None:
-    with pytest.raises(MetricsEndpointError, match="expected http://HOST:PORT/PATH"):
-        parse_endpoint(url)
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"METRICS": "0.0.0.0:8082"}, "metrics endpoint '0.0.0.0:8082': expected http://HOST:PORT/PATH"),
+        ({"METRICS": "https://0.0.0.0:8082/metrics"}, "metrics endpoint .*: expected http://HOST:PORT/PATH"),
+        ({"LIVENESS": "http://0.0.0.0/healthz"}, "liveness endpoint .*: expected http://HOST:PORT/PATH"),
+        ({"SWEEP_INTERVAL": "ten"}, "VOLTGRID_OPERATOR_SWEEP_INTERVAL='ten': expected a number of seconds"),
+        ({"SWEEP_INTERVAL": "0"}, "sweep_interval must be a number of seconds, above zero"),
+        ({"REAP_GRACE": "-5"}, "reap_grace must be a number of seconds, zero or more"),
+        ({"REAP_GRACE": "nan"}, "reap_grace must be a number of seconds, zero or more"),
+        ({"PEERING": "voltgrid", "NAMESPACES": "team-*,!team-x"}, "name at least one namespace literally"),
+    ],
+)
+def test_a_bad_setting_is_named_before_anything_starts(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        OperatorSettings.from_env({f"{ENV_PREFIX}{k}": v for k, v in env.items()})
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "expected"),
+    [((), None), (("prod",), "prod"), (("team-*", "prod", "dev"), "prod"), (("!kube-*",), None)],
+)
+def test_the_peering_object_lives_in_the_first_literal_namespace(
+    namespaces: tuple[str, ...], expected: str | None
+) -> None:
+    assert OperatorSettings(namespaces=namespaces).peering_namespace == expected

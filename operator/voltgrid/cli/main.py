@@ -7,7 +7,6 @@ and a component's missing optional dependency breaks only its own subcommand.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
@@ -43,17 +42,20 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from voltgrid.controllers.main import run_operator  # noqa: PLC0415 (lazy: kopf only here)
+    from voltgrid.controllers.main import check_credentials, run_operator  # noqa: PLC0415 (lazy: kopf only here)
     from voltgrid.controllers.settings import OperatorSettings  # noqa: PLC0415
+    from voltgrid.errors import VoltgridError  # noqa: PLC0415
 
+    flags = {"namespaces": tuple(args.namespace or ()), "peering": args.peering}
+    try:
+        settings = OperatorSettings.from_env(flags={name: value for name, value in flags.items() if value})
+        check_credentials()
+    except VoltgridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # kopf run as a library configures no logging; its per-object INFO lines would be one per event.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    settings = OperatorSettings.from_env()
-    if args.namespace:
-        settings = dataclasses.replace(settings, namespaces=tuple(args.namespace))
-    if args.peering:
-        settings = dataclasses.replace(settings, peering=args.peering)
     run_operator(settings)
     return 0
 

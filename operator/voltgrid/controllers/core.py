@@ -185,7 +185,7 @@ class Controllers:
         name = self.ctx.settings.peering
         if not name:
             return None
-        ns = self.ctx.settings.namespaces[0] if self.ctx.settings.namespaces else None
+        ns = self.ctx.settings.peering_namespace
         plural = "kopfpeerings" if ns else "clusterkopfpeerings"
         return await self.ctx.client.get(group_path(PEERING_API, plural, ns, name))
 

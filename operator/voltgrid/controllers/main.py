@@ -8,6 +8,7 @@ pauses every replica on a priority tie.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import secrets
@@ -23,7 +24,14 @@ from voltgrid.controllers.kube import KubeClient
 from voltgrid.controllers.scheduler import Scheduler
 from voltgrid.controllers.settings import OperatorSettings
 from voltgrid.controllers.state import Clock, Context, utcnow
+from voltgrid.errors import CredentialsError
 
+logger = logging.getLogger(__name__)
+
+NO_CREDENTIALS: Final = (
+    "no Kubernetes credentials: not in a cluster (no service account) and no kubeconfig"
+    " ($KUBECONFIG or ~/.kube/config); `voltgrid run` starts a local cluster with its operator"
+)
 #: Range of the random peering priority of a replica (higher wins).
 PRIORITY_RANGE: Final = (1, 1_000_000)
 
@@ -67,6 +75,17 @@ async def operate(
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+
+
+def check_credentials(login: LoginFn = default_login) -> None:
+    """Fail with :class:`CredentialsError` when there is nothing to log in with: inside kopf that is
+    a startup failure retried every minute with a traceback, never an answer."""
+    try:
+        info = login(logger=logger, settings=kopf.OperatorSettings())
+    except Exception as exc:  # kopf reads and parses the kubeconfig: any failure is the user's file
+        raise CredentialsError(f"cannot use the kubeconfig: {type(exc).__name__}: {exc}") from None
+    if info is None:
+        raise CredentialsError(NO_CREDENTIALS)
 
 
 def run_operator(settings: OperatorSettings | None = None) -> None:

@@ -9,20 +9,15 @@ default; the chart's ServiceMonitor scrapes it).
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from voltgrid.errors import VoltgridError
+from voltgrid.controllers.settings import parse_http_endpoint
 
 RECONCILE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-
-
-class MetricsEndpointError(VoltgridError):
-    """The metrics setting is not an ``http://host:port/path`` URL."""
 
 
 class OperatorMetrics:
@@ -72,17 +67,9 @@ class OperatorMetrics:
         return generate_latest(self.registry)
 
 
-def parse_endpoint(url: str) -> tuple[str, int, str]:
-    """(host, port, path) of ``http://host:port/path``; :class:`MetricsEndpointError` names what is wrong."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise MetricsEndpointError(f"metrics endpoint {url!r}: expected http://HOST:PORT/PATH (or empty to disable)")
-    return parts.hostname, parts.port, parts.path or "/metrics"
-
-
 async def serve(metrics: OperatorMetrics, url: str) -> web.AppRunner:
     """Serve the registry at ``url``; the caller cleans the runner up."""
-    host, port, path = parse_endpoint(url)
+    host, port, path = parse_http_endpoint("metrics", url, "/metrics")
 
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

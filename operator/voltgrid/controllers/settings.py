@@ -2,18 +2,23 @@
 
 The CLI builds it from its flags with :meth:`OperatorSettings.from_env` as the base, so an
 environment variable (``VOLTGRID_OPERATOR_*``, handy in the chart) is overridden by an explicit flag.
+Settings are checked when built: a bad value is a :class:`SettingsError` naming it before anything
+starts (inside kopf a bad endpoint would only fail a startup activity that kopf retries forever).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from voltgrid.api import constants as c
+from voltgrid.errors import VoltgridError
 
 ENV_PREFIX: Final = "VOLTGRID_OPERATOR_"
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8081/healthz"
@@ -23,6 +28,22 @@ _FLOAT_FIELDS: Final = frozenset({"sweep_interval", "reap_grace", "sandbox_delet
 _OPTIONAL_FIELDS: Final = frozenset({"peering", "url_base"})
 #: Characters that make a namespace setting a pattern (served by a cluster-wide watch, filtered).
 PATTERN_CHARS: Final = frozenset("*?[!,")
+
+
+class SettingsError(VoltgridError):
+    """An operator setting cannot be used as given; the message names the setting and the fix."""
+
+
+def parse_http_endpoint(setting: str, url: str, default_path: str = "/") -> tuple[str, int, str]:
+    """(host, port, path) of ``http://host:port/path``; :class:`SettingsError` names what is wrong."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        raise SettingsError(f"{setting} endpoint {url!r}: expected http://HOST:PORT/PATH (or empty to disable)")
+    return parts.hostname, parts.port, parts.path or default_path
+
+
+def is_pattern(namespace: str) -> bool:
+    return bool(PATTERN_CHARS & set(namespace))
 
 
 def matches_namespace(namespace: str, pattern: str) -> bool:
@@ -72,9 +93,27 @@ class OperatorSettings:
     sandbox_delete_grace: float = 60.0
     prestop_timeout_cap: float = 30.0
 
+    def __post_init__(self) -> None:
+        for name in ("liveness", "metrics"):
+            if url := getattr(self, name):
+                parse_http_endpoint(name, url)
+        for name in sorted(_FLOAT_FIELDS):
+            value = getattr(self, name)
+            floor_ok = value > 0 if name == "sweep_interval" else value >= 0
+            if not (math.isfinite(value) and floor_ok):
+                bound = "above zero" if name == "sweep_interval" else "zero or more"
+                raise SettingsError(f"{name} must be a number of seconds, {bound} (got {value!r})")
+        if self.peering and self.namespaces and self.peering_namespace is None:
+            raise SettingsError(
+                f"peering {self.peering!r} with only namespace patterns {list(self.namespaces)}: kopf keeps one"
+                " KopfPeering per served namespace, so name at least one namespace literally (it holds the"
+                " replicas' shared peering object), or serve the whole cluster"
+            )
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
-        """Defaults overridden by ``VOLTGRID_OPERATOR_<FIELD>`` variables (namespaces comma-separated)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> OperatorSettings:
+        """Defaults overridden by ``VOLTGRID_OPERATOR_<FIELD>`` variables (namespaces comma-separated),
+        overridden by ``flags`` (field name -> value; checked together, so a flag can mend the env)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -84,17 +123,27 @@ class OperatorSettings:
             if f.name == "namespaces":
                 values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
             elif f.name in _FLOAT_FIELDS:
-                values[f.name] = float(raw)
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected a number of seconds") from None
             elif f.name in _OPTIONAL_FIELDS:
                 values[f.name] = raw or None
             else:
                 values[f.name] = raw
-        return dataclasses.replace(cls(), **values)
+        return cls(**{**values, **(flags or {})})
 
     @property
     def watches_cluster(self) -> bool:
         """Whether the served namespaces need a cluster-wide watch (none given, or a pattern)."""
-        return not self.namespaces or any(PATTERN_CHARS & set(n) for n in self.namespaces)
+        return not self.namespaces or any(is_pattern(n) for n in self.namespaces)
+
+    @property
+    def peering_namespace(self) -> str | None:
+        """Where the peering object the active replica is decided by lives: None for a cluster-wide
+        operator (ClusterKopfPeering), else the first namespace named literally (kopf keeps one
+        KopfPeering per served namespace; replicas serving the same ones agree in each)."""
+        return next((n for n in self.namespaces if not is_pattern(n)), None)
 
     def serves(self, namespace: str) -> bool:
         """Whether objects in ``namespace`` are this operator's (see :func:`matches_namespace`)."""
