@@ -92,3 +92,13 @@ def test_the_operator_without_credentials_exits_2_naming_why(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert cli.main(["operator"]) == 2
     assert "cannot use the kubeconfig: FileNotFoundError" in capsys.readouterr().err
+
+
+def test_the_gateway_on_kubernetes_without_credentials_exits_2_naming_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert cli.main(["gateway", "--backend", "kubernetes"]) == 2
+    assert "--backend kubernetes needs Kubernetes credentials" in capsys.readouterr().err

@@ -35,12 +35,21 @@ def add_parser(subparsers: Any) -> None:
 
 
 async def _kube_client() -> Any:
+    """The in-cluster service account, else the kubeconfig; :class:`CredentialsError` names why neither works."""
     from kubernetes_asyncio import client, config  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
+
+    from voltgrid.errors import CredentialsError  # noqa: PLC0415
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        await config.load_kube_config()
+        try:
+            await config.load_kube_config()
+        except (config.ConfigException, OSError, ValueError) as e:
+            raise CredentialsError(
+                f"--backend kubernetes needs Kubernetes credentials: not in a cluster, and the kubeconfig"
+                f" ($KUBECONFIG or ~/.kube/config) cannot be used: {e}"
+            ) from None
     return client.ApiClient()
 
 
@@ -90,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
             if api is not None:
                 await api.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    except VoltgridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
