@@ -22,6 +22,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("defaults", {}, []),
     ("ha", {"operator": {"replicas": 3}, "gateway": {"replicas": 3}, "webhook": {"replicas": 2}}, []),
     ("namespaced-operator-ha", {"operator": {"replicas": 2, "namespaces": ["team-a", "team-b"]}}, []),
+    ("operator-namespace-pattern", {"operator": {"namespaces": ["team-*,!team-x"]}}, []),
     ("cert-manager", {"webhook": {"tls": {"mode": "certManager"}}}, CERT_MANAGER),
     (
         "cert-manager-cluster-issuer",
@@ -173,7 +174,12 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
     elif name == "namespaced-operator-ha":
         peerings = by_kind(docs, "KopfPeering")
         assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
-        assert operator_env["VOLTGRID_OPERATOR_NAMESPACES"] == "team-a,team-b"
+        (container,) = deployments["voltgrid-operator"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["operator", "--namespace", "team-a", "--namespace", "team-b"]
+        assert "VOLTGRID_OPERATOR_NAMESPACES" not in operator_env
+    elif name == "operator-namespace-pattern":  # one kopf pattern with a comma stays one flag
+        (container,) = deployments["voltgrid-operator"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["operator", "--namespace", "team-*,!team-x"]
     elif name.startswith("cert-manager"):
         cert = one(docs, "Certificate", "voltgrid-webhook")
         assert cert["spec"]["secretName"] == "voltgrid-webhook-tls"

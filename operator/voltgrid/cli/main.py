@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_parser(sub)
     sessions.add_parser(sub)
     operator = sub.add_parser("operator", help="run the kopf controllers for Function, Session, Sandbox")
-    operator.add_argument("--namespace", action="append", help="serve only this namespace (repeatable)")
+    operator.add_argument(
+        "--namespace", action="append", help="serve this namespace or kopf pattern, e.g. team-*,!team-x (repeatable)"
+    )
     operator.add_argument("--peering", default=None, help="kopf peering name for HA (default: standalone)")
     operator.set_defaults(handler=_operator)
     for name, (_module, text) in DELEGATED.items():
