@@ -81,24 +81,28 @@ def test_a_bad_operator_setting_exits_2_naming_it(
     assert "name at least one namespace literally" in capsys.readouterr().err
 
 
-def test_the_operator_without_credentials_exits_2_naming_why(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Not in a cluster, an empty home (no ~/.kube/config), no KUBECONFIG: a path to point it at."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("KUBECONFIG", raising=False)
+    return tmp_path / "missing-kubeconfig"
+
+
+def test_the_operator_without_credentials_exits_2_naming_why(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["operator"]) == 2
     assert "no Kubernetes credentials" in capsys.readouterr().err
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("KUBECONFIG", str(no_credentials))
     assert cli.main(["operator"]) == 2
     assert "cannot use the kubeconfig: FileNotFoundError" in capsys.readouterr().err
 
 
 def test_the_gateway_on_kubernetes_without_credentials_exits_2_naming_why(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("KUBECONFIG", str(no_credentials))
     assert cli.main(["gateway", "--backend", "kubernetes"]) == 2
     assert "--backend kubernetes needs Kubernetes credentials" in capsys.readouterr().err
