@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from gwhelpers import TOKEN, Replica, free_port
+from gwhelpers import TOKEN, Replica, free_port, serving
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
@@ -70,14 +70,8 @@ async def upstream() -> AsyncIterator[str]:
             {"method": request.method, "path": request.path_qs, "size": len(body), "headers": dict(request.headers)}
         )
 
-    app = web.Application(client_max_size=1024**3)
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(handler, client_max_size=1024**3) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from gwhelpers import free_port, function
+from aiohttp import web
+from gwhelpers import free_port, function, serving
 
 from voltgrid.cli import dev, sessions
 
@@ -37,6 +38,31 @@ async def test_sessions_cli_round_trip(replicas, capsys: pytest.CaptureFixture[s
     capsys.readouterr()
     assert await asyncio.to_thread(sessions.run, parse(*base, "get", "my-agent")) == 1
     assert "session_not_found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8080", "ftp://gw:21"])
+def test_sessions_cli_refuses_a_gateway_that_is_not_a_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse("sessions", "--gateway", url, "-f", "default/echo", "list")
+    assert exited.value.code == 2
+    assert "is not a gateway URL: expected http(s)://HOST[:PORT]" in capsys.readouterr().err
+
+
+async def test_sessions_cli_names_an_answer_that_is_not_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """Pointed at some other HTTP server: one line saying so, not a JSON traceback."""
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>")
+
+    async with serving(page) as url:
+        args = parse("sessions", "--gateway", f"{url}/", "-f", "default/echo", "list")
+        assert await asyncio.to_thread(sessions.run, args) == 1
+    assert "answered with something not JSON: is it a Voltgrid gateway?" in capsys.readouterr().err
+
+
+def test_sessions_cli_keeps_a_session_id_one_path_segment() -> None:
+    method, path, _ = sessions.request(parse("sessions", "-f", "team/echo", "get", "a/../../b?x=1"))
+    assert (method, path) == ("GET", "/_voltgrid/v1/functions/team/echo/sessions/a%2F..%2F..%2Fb%3Fx%3D1")
 
 
 async def test_dev_serves_a_function_yaml_with_a_loud_warning(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -18,9 +19,22 @@ DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 TIMEOUT = 30.0
 
 
+def gateway_url(value: str) -> str:
+    """``--gateway`` (or $VOLTGRID_GATEWAY) as a base URL; argparse reports the error with usage."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a gateway URL: expected http(s)://HOST[:PORT]")
+    return value.rstrip("/")
+
+
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("sessions", help="manage sessions through the gateway's Session API")
-    p.add_argument("--gateway", default=os.environ.get("VOLTGRID_GATEWAY", DEFAULT_GATEWAY), help="gateway base URL")
+    p.add_argument(
+        "--gateway",
+        type=gateway_url,
+        default=os.environ.get("VOLTGRID_GATEWAY", DEFAULT_GATEWAY),
+        help="gateway base URL",
+    )
     p.add_argument("--token", default=os.environ.get("VOLTGRID_TOKEN"), help="bearer token")
     p.add_argument("-f", "--function", required=True, help="the function, as namespace/name (or name in default)")
     actions = p.add_subparsers(dest="action", required=True)
@@ -37,10 +51,15 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def quote(part: str) -> str:
+    """One path segment, never more (a session id or name with ``/`` or ``?`` stays inside it)."""
+    return urllib.parse.quote(part, safe="")
+
+
 def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     """(method, path, body) of the Session API call for ``args``."""
     namespace, _, name = args.function.rpartition("/")
-    base = f"/_voltgrid/v1/functions/{namespace or 'default'}/{name}/sessions"
+    base = f"/_voltgrid/v1/functions/{quote(namespace or 'default')}/{quote(name)}/sessions"
     action = args.action
     if action == "create":
         body = {
@@ -56,10 +75,11 @@ def request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     if action == "list":
         return "GET", base, None
     if action == "get":
-        return "GET", f"{base}/{args.session_id}", None
+        return "GET", f"{base}/{quote(args.session_id)}", None
     if action == "delete":
-        return "DELETE", f"{base}/{args.session_id}", None
-    return "POST", f"{base}/{args.session_id}/renew", ({"maxLifetime": args.max_lifetime} if args.max_lifetime else {})
+        return "DELETE", f"{base}/{quote(args.session_id)}", None
+    renewal = {"maxLifetime": args.max_lifetime} if args.max_lifetime else {}
+    return "POST", f"{base}/{quote(args.session_id)}/renew", renewal
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,11 +91,10 @@ def run(args: argparse.Namespace) -> int:
         headers["Content-Type"] = "application/json"
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
-    req = urllib.request.Request(args.gateway.rstrip("/") + path, data=data, method=method, headers=headers)
+    req = urllib.request.Request(args.gateway + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
-            print(json.dumps(json.loads(resp.read() or b"{}"), indent=2))
-            return 0
+            answer = resp.read()
     except urllib.error.HTTPError as e:
         try:
             error = json.loads(e.read())["error"]
@@ -86,3 +105,9 @@ def run(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as e:
         print(f"error: cannot reach the gateway at {args.gateway}: {e}", file=sys.stderr)
         return 1
+    try:
+        print(json.dumps(json.loads(answer or b"{}"), indent=2))
+    except ValueError:
+        print(f"error: {args.gateway} answered with something not JSON: is it a Voltgrid gateway?", file=sys.stderr)
+        return 1
+    return 0
