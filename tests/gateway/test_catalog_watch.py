@@ -14,9 +14,10 @@ from kubernetes_asyncio import client
 from apifake import ScriptedApiserver, scripted_apiserver
 from bgtask import background
 from voltgrid.api import constants as c
-from voltgrid.gateway.catalog_watch import LIST_PAGE_SIZE, WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S, FunctionWatcher
+from voltgrid.gateway.catalog_watch import LIST_PAGE_SIZE, FunctionWatcher
 from voltgrid.gateway.functions import FunctionCatalog
 from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.registry.kubewatch import WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S
 
 NS = "default"
 #: Seconds (of the loop's virtual time) a test waits for the watcher's requests.

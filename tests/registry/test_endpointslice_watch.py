@@ -12,12 +12,8 @@ from kubernetes_asyncio import client
 
 from apifake import ScriptedApiserver, scripted_apiserver
 from bgtask import background
-from voltgrid.registry.endpointslices import (
-    SERVICE_NAME_LABEL,
-    WATCH_SILENCE_SLACK_S,
-    WATCH_TIMEOUT_S,
-    EndpointSliceWatcher,
-)
+from voltgrid.registry.endpointslices import SERVICE_NAME_LABEL, EndpointSliceWatcher
+from voltgrid.registry.kubewatch import WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S
 from voltgrid.registry.ownership import Membership
 
 NS = "voltgrid-system"

@@ -24,24 +24,15 @@ from pydantic import ValidationError
 from voltgrid.api import constants as c
 from voltgrid.api.function import Function, FunctionStatus
 from voltgrid.gateway.functions import FunctionCatalog
+from voltgrid.registry.kubewatch import REQUEST_TIMEOUT_S, WATCH_TIMEOUT_S, WATCH_TIMEOUTS
 
 logger = logging.getLogger(__name__)
 
 PLURAL: Final = "functions"
-#: Seconds the apiserver keeps one WATCH open before the watcher re-watches (from the last version).
-WATCH_TIMEOUT_S: Final = 300
 #: Seconds between attempts after a failed LIST or WATCH, or a WATCH that ended at once.
 RETRY_BACKOFF_S: Final = 2.0
 #: Functions per LIST page (a large catalog never arrives as one body).
 LIST_PAGE_SIZE: Final = 500
-#: Seconds one LIST page may take.
-LIST_TIMEOUT_S: Final = 60.0
-#: Seconds past a WATCH's own timeout that a silent connection is given before it counts as dead
-#: (without it a connection dropped without a FIN would leave the catalog stale forever).
-WATCH_SILENCE_SLACK_S: Final = 30.0
-WATCH_TIMEOUTS: Final = aiohttp.ClientTimeout(
-    total=None, sock_connect=LIST_TIMEOUT_S, sock_read=WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
-)
 
 
 def runtime_status(status: Any) -> FunctionStatus | None:
@@ -89,7 +80,7 @@ class FunctionWatcher:
         token: str | None = None
         while True:
             more = {"_continue": token} if token else {}
-            page = await call(*args, limit=LIST_PAGE_SIZE, _request_timeout=LIST_TIMEOUT_S, **more)
+            page = await call(*args, limit=LIST_PAGE_SIZE, _request_timeout=REQUEST_TIMEOUT_S, **more)
             for obj in page.get("items", []):
                 self.apply("ADDED", obj)
                 meta = obj.get("metadata", {})

@@ -12,24 +12,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-import aiohttp
 from kubernetes_asyncio import client, watch
 
+from voltgrid.registry.kubewatch import REQUEST_TIMEOUT_S, WATCH_TIMEOUT_S, WATCH_TIMEOUTS
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between re-lists after a watch ends or fails.
 RELIST_BACKOFF: Final = 2.0
-#: Seconds the apiserver keeps one watch open (the few slices are then listed again).
-WATCH_TIMEOUT_S: Final = 300
-#: A watch silent for longer than its own timeout plus this is a dead connection (one dropped
-#: without a FIN would otherwise freeze the membership until the process restarts).
-WATCH_SILENCE_SLACK_S: Final = 30.0
-REQUEST_TIMEOUT_S: Final = 30.0
-WATCH_TIMEOUTS: Final = aiohttp.ClientTimeout(
-    total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
-)
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 
 
