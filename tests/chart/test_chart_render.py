@@ -49,7 +49,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("service-monitor", {"serviceMonitor": {"enabled": True}}, ["monitoring.coreos.com/v1"]),
     ("existing-claim", {"storage": {"existingClaim": "shared-sessions"}}, []),
     ("no-storage", {"storage": {"enabled": False}, "janitor": {"enabled": False}}, []),
-    ("no-webhook", {"webhook": {"enabled": False}}, []),
+    ("no-webhook", {"webhook": {"enabled": False}, "storage": {"enabled": False}, "janitor": {"enabled": False}}, []),
     ("tracing", {"tracing": {"enabled": True, "otlpEndpoint": "http://otel:4317"}}, []),
     ("token-secret", {"gateway": {"internalToken": {"existingSecret": "mine"}}}, []),
     ("namespace", {"namespace": {"create": True}}, []),
@@ -166,6 +166,14 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
         assert not kinds & {"DaemonSet", "RuntimeClass", "Ingress", "ClusterKopfPeering", "Namespace", "Certificate"}
         pvc = one(docs, "PersistentVolumeClaim", "voltgrid-sessions")
         assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # The claim is guarded by its label, and only this release's operator and gateway are trusted.
+        assert pvc["metadata"]["labels"]["voltgrid.dev/session-storage"] == "true"
+        trusted = env_of(deployments["voltgrid-webhook"])["VOLTGRID_WEBHOOK_TRUSTED_USERS"]
+        assert trusted == (
+            f"system:serviceaccount:{NAMESPACE}:voltgrid-operator,system:serviceaccount:{NAMESPACE}:voltgrid-gateway"
+        )
+        sa_names = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
+        assert {"voltgrid-operator", "voltgrid-gateway"} <= sa_names
     elif name == "ha":
         assert operator_env["VOLTGRID_OPERATOR_PEERING"] == "voltgrid"
         assert one(docs, "ClusterKopfPeering", "voltgrid")
@@ -190,7 +198,7 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
         assert not [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "voltgrid-webhook"]
         assert ("Issuer" in kinds) == (name == "cert-manager")
     elif name == "no-webhook":
-        assert not kinds & {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+        assert not kinds & {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "PersistentVolumeClaim"}
         assert "voltgrid-webhook" not in deployments
     elif name == "tracing":
         env = env_of(deployments["voltgrid-gateway"])

@@ -49,6 +49,12 @@ GUARDS: list[tuple[str, dict[str, Any], list[str], str]] = [
         "webhook.tls.certManager.issuerRef is set but webhook.tls.mode is not certManager",
     ),
     ("janitor-without-storage", {"storage": {"enabled": False}}, [], "janitor.enabled needs storage.enabled"),
+    (
+        "session-storage-unguarded",
+        {"webhook": {"enabled": False}},
+        [],
+        "storage.enabled needs webhook.enabled: without the webhooks any pod in a Voltgrid namespace could mount",
+    ),
     ("gpu-slicer-without-profile", {"gpuSlicer": {"enabled": True}}, [], "gpuSlicer.enabled needs at least one"),
     (
         "service-monitor-without-prometheus-operator",

@@ -128,3 +128,57 @@ def test_sandbox_pod_from_function_ref() -> None:
     assert pod["spec"]["containers"][0]["ports"][0]["containerPort"] == 7000
     with pytest.raises(SpecError, match="not resolved"):
         podspec.build_sandbox_pod(sbx, runtime_class_name=None)
+
+
+def _storage_view(pod: dict[str, Any]) -> tuple[Any, ...]:
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    return (
+        pod["metadata"]["annotations"].get("voltgrid.dev/storage-claim"),
+        pod["metadata"]["annotations"].get("voltgrid.dev/storage-mount-path"),
+        pod["spec"].get("volumes"),
+        container.get("volumeMounts"),
+        env.get("VOLTGRID_STORAGE_DIR"),
+    )
+
+
+STORAGE = {"claimName": "sessions", "mountPath": "/state"}
+VOLUME = [{"name": "voltgrid-session", "persistentVolumeClaim": {"claimName": "sessions"}}]
+
+
+@pytest.mark.parametrize(
+    ("role", "session"),
+    [(podspec.Role.INSTANCE, "alice-1"), (podspec.Role.WARM, "wabc"), (podspec.Role.INSTANCE, "wabc")],
+    ids=["cold start", "warm pod (its pre-minted id)", "wake of a claimed warm session"],
+)
+def test_a_functions_storage_reaches_every_instance_pod(role: podspec.Role, session: str) -> None:
+    pod = podspec.build_instance_pod(fn(storage=STORAGE), session, role=role, runtime_class_name="gvisor")
+    mount = [{"name": "voltgrid-session", "mountPath": "/state", "subPath": f"{NS}/echo/{session}"}]
+    assert _storage_view(pod) == ("sessions", "/state", VOLUME, mount, "/state")
+
+
+def test_no_storage_no_mount() -> None:
+    pod = podspec.build_instance_pod(fn(), "s1", runtime_class_name=None)
+    assert _storage_view(pod) == (None, None, None, None, None)
+
+
+def test_a_sandboxs_storage_is_its_sessions_directory() -> None:
+    sbx = Sandbox.model_validate(
+        {
+            "metadata": {"name": "s", "namespace": NS, "uid": "u3"},
+            "spec": {"functionRef": "echo", "sessionRef": "abc", "storage": STORAGE},
+        }
+    )
+    pod = podspec.build_sandbox_pod(sbx, runtime_class_name="gvisor", function=fn())
+    mount = [{"name": "voltgrid-session", "mountPath": "/state", "subPath": f"{NS}/echo/abc"}]
+    assert _storage_view(pod) == ("sessions", "/state", VOLUME, mount, "/state")
+
+
+def test_the_webhook_keeps_the_builders_mount() -> None:
+    """The mutating webhook re-derives the same single volume and mount (no second volume of the claim)."""
+    from voltgrid.webhooks import mutate  # noqa: PLC0415 - the webhook is a sibling layer, used only here
+
+    pod = podspec.build_instance_pod(fn(storage=STORAGE), "s1", runtime_class_name="gvisor")
+    stored = mutate.mutate(pod, NS)
+    assert stored["spec"]["volumes"] == VOLUME
+    assert [m["name"] for m in stored["spec"]["containers"][0]["volumeMounts"]] == ["voltgrid-session"]

@@ -11,6 +11,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from voltgrid.api import constants as c
 from voltgrid.webhooks import contract as k
 from voltgrid.webhooks import mutate
 from voltgrid.webhooks.review import AdmissionRequest, json_patch, parse_review, review_response
@@ -36,9 +37,9 @@ def make_pod(
         labels["voltgrid.dev/function"] = function
     annotations = dict(extra_annotations or {})
     if claim is not None:
-        annotations[k.ANNOTATION_STORAGE_CLAIM] = claim
+        annotations[c.ANNOTATION_STORAGE_CLAIM] = claim
     if mount_path is not None:
-        annotations[k.ANNOTATION_STORAGE_MOUNT_PATH] = mount_path
+        annotations[c.ANNOTATION_STORAGE_MOUNT_PATH] = mount_path
     pod_spec: dict[str, Any] = {"containers": containers or [{"name": "app", "image": "img"}], **spec}
     if pod_security is not None:
         pod_spec["securityContext"] = pod_security
@@ -225,7 +226,7 @@ def test_only_create_is_mutated(operation: str) -> None:
 def test_namespace_from_request_when_pod_has_none() -> None:
     request = AdmissionRequest(uid="u", operation="CREATE", namespace="", object=make_pod() | {"metadata": {
         "namespace": "other", "labels": {"voltgrid.dev/session": "s", "voltgrid.dev/function": "f"},
-        "annotations": {k.ANNOTATION_STORAGE_CLAIM: "c"}}})  # fmt: skip
+        "annotations": {c.ANNOTATION_STORAGE_CLAIM: "c"}}})  # fmt: skip
     ops = mutate.review(request).patch
     assert any(op.get("value") == [{"name": "voltgrid-session", "mountPath": "/data", "subPath": "other/f/s"}]
                for op in ops)  # fmt: skip

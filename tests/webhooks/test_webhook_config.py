@@ -53,7 +53,12 @@ def test_mutating_selects_managed_pods_on_create() -> None:
 def test_validating_sees_every_pod_and_ephemeral_containers() -> None:
     (webhook,) = config.validating_configuration(URL)["webhooks"]
     assert webhook["objectSelector"] == {}
-    assert [r["resources"] for r in webhook["rules"]] == [["pods"], ["pods/ephemeralcontainers"]]
+    assert [(r["operations"], r["resources"]) for r in webhook["rules"]] == [
+        (["CREATE", "UPDATE"], ["pods"]),
+        (["UPDATE"], ["pods/ephemeralcontainers"]),
+        (["CONNECT"], ["pods/exec", "pods/attach", "pods/portforward"]),
+        (["CREATE", "UPDATE"], ["persistentvolumeclaims"]),
+    ]
     assert webhook["clientConfig"] == {"url": "https://127.0.0.1:9443/validate"}
 
 

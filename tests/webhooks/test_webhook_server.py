@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from voltgrid.webhooks import certs, server, tls
+from voltgrid.webhooks import certs, server, tls, validate
+from voltgrid.webhooks.lookup import FactLookupError
+from voltgrid.webhooks.review import AdmissionRequest
 
 NAMES = tls.service_names("voltgrid-webhook", "voltgrid-system", ["127.0.0.1"])
 
@@ -24,11 +26,17 @@ def client_context(bundle: bytes) -> ssl.SSLContext:
     return context
 
 
-def review(obj: dict[str, Any]) -> dict[str, Any]:
+def review(obj: dict[str, Any], user: str = "system:serviceaccount:team-a:tenant") -> dict[str, Any]:
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
-        "request": {"uid": "abc", "operation": "CREATE", "namespace": "team-a", "object": obj},
+        "request": {
+            "uid": "abc",
+            "operation": "CREATE",
+            "namespace": "team-a",
+            "object": obj,
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+        },
     }
 
 
@@ -50,14 +58,43 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "tls.crt", tmp_path / "tls.key"
 
 
+class FakeFacts:
+    """The cluster as the webhook reads it: one Function names claim ``fn-sessions``; reads fail on demand."""
+
+    def __init__(self) -> None:
+        self.asked: list[validate.Lookups] = []
+        self.fail = False
+
+    async def facts(self, request: AdmissionRequest, needs: validate.Lookups) -> validate.ClusterFacts:
+        self.asked.append(needs)
+        if self.fail:
+            raise FactLookupError("could not check the request against the cluster (Service Unavailable); try again")
+        return validate.ClusterFacts(session_claims=frozenset({"fn-sessions"}))
+
+
 @pytest.fixture
-async def running(files: tuple[Path, Path]) -> AsyncIterator[tuple[server.RunningServer, tls.CertState]]:
+def facts() -> FakeFacts:
+    return FakeFacts()
+
+
+GATEWAY = "system:serviceaccount:voltgrid-system:voltgrid-gateway"
+
+
+@pytest.fixture
+async def running(
+    files: tuple[Path, Path], facts: FakeFacts
+) -> AsyncIterator[tuple[server.RunningServer, tls.CertState]]:
     state = tls.plan(None, NAMES, datetime.now(UTC))
     certs.write_files(state, *files)
     settings = server.ServerSettings(
-        tls_cert=files[0], tls_key=files[1], host="127.0.0.1", port=0, cert_poll_interval=0.05
+        tls_cert=files[0],
+        tls_key=files[1],
+        host="127.0.0.1",
+        port=0,
+        cert_poll_interval=0.05,
+        trusted_users=frozenset({GATEWAY}),
     )
-    srv = await server.start(settings)
+    srv = await server.start(settings, facts)
     try:
         yield srv, state
     finally:
@@ -106,6 +143,50 @@ async def test_validate_round_trip(running: tuple[server.RunningServer, tls.Cert
     assert status == 200
     assert body["response"]["allowed"] is False
     assert "volume 'h' is a hostPath (/etc)" in body["response"]["status"]["message"]
+
+
+CLAIM_ROOT_POD = {
+    "metadata": {},
+    "spec": {
+        "containers": [{"name": "app", "volumeMounts": [{"name": "s", "mountPath": "/all"}]}],
+        "volumes": [{"name": "s", "persistentVolumeClaim": {"claimName": "fn-sessions"}}],
+    },
+}
+
+
+async def test_a_claim_found_in_the_cluster_is_guarded_from_a_tenant(
+    running: tuple[server.RunningServer, tls.CertState], facts: FakeFacts
+) -> None:
+    srv, state = running
+    status, body = await call(srv.port, state.bundle, "POST", "/validate", review(CLAIM_ROOT_POD))
+    assert status == 200 and body["response"]["allowed"] is False
+    assert "volume 's' is session storage" in body["response"]["status"]["message"]
+    assert facts.asked == [validate.Lookups(session_claims=True)]
+    # Voltgrid's own requests are judged without a read (cold starts never wait on one).
+    status, body = await call(srv.port, state.bundle, "POST", "/validate", review(SESSION_POD, GATEWAY))
+    assert body["response"]["allowed"] is True and len(facts.asked) == 1
+
+
+async def test_a_failed_read_refuses_the_request(
+    running: tuple[server.RunningServer, tls.CertState], facts: FakeFacts
+) -> None:
+    srv, state = running
+    facts.fail = True
+    status, body = await call(srv.port, state.bundle, "POST", "/validate", review({"metadata": {}, "spec": {}}))
+    assert status == 200 and body["response"]["allowed"] is False
+    assert "could not check the request against the cluster" in body["response"]["status"]["message"]
+
+
+def test_trusted_users_from_flags_or_env() -> None:
+    env = {"VOLTGRID_WEBHOOK_TRUSTED_USERS": "a, b"}
+    assert server.parse_settings([], env).trusted_users == {"a", "b"}
+    assert server.parse_settings(["--trusted-user", "c"], env).trusted_users == {"c"}
+
+
+def test_no_trusted_user_is_a_settings_error(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("VOLTGRID_WEBHOOK_TRUSTED_USERS", raising=False)
+    assert server.main(["--port", "0"]) == 2
+    assert "no --trusted-user" in caplog.text
 
 
 @pytest.mark.parametrize(

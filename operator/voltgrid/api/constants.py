@@ -19,6 +19,23 @@ LABEL_SESSION: Final = f"{LABEL_PREFIX}session"
 LABEL_SANDBOX: Final = f"{LABEL_PREFIX}sandbox"
 LABEL_ROLE: Final = f"{LABEL_PREFIX}role"
 
+# The pod contract between the pod builder (api.podspec), the storage webhooks and the janitor: the
+# builder writes these, the mutating webhook re-derives the same mount from them (idempotently), the
+# validating webhook judges every mount of a session claim against them.
+#: Annotation: the claim holding per-session directories; without it a pod gets no storage.
+ANNOTATION_STORAGE_CLAIM: Final = f"{LABEL_PREFIX}storage-claim"
+#: Annotation: where the session's directory appears in every container.
+ANNOTATION_STORAGE_MOUNT_PATH: Final = f"{LABEL_PREFIX}storage-mount-path"
+DEFAULT_STORAGE_MOUNT_PATH: Final = "/data"
+#: The volume of the session claim in a pod; one per pod, whatever name a writer gave it.
+SESSION_VOLUME: Final = "voltgrid-session"
+#: Label on a PersistentVolumeClaim: it holds session directories, so the webhooks guard it even when
+#: no Function names it (any more). The chart's own claim carries it.
+LABEL_SESSION_STORAGE: Final = f"{LABEL_PREFIX}session-storage"
+ENV_SESSION_ID: Final = "VOLTGRID_SESSION_ID"
+ENV_FUNCTION: Final = "VOLTGRID_FUNCTION"
+ENV_STORAGE_DIR: Final = "VOLTGRID_STORAGE_DIR"
+
 #: Session ids are DNS labels: they become pod labels and storage sub-paths.
 SESSION_ID_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 SESSION_ID_MAX_LENGTH: Final = 63
@@ -41,3 +58,13 @@ MAX_SESSIONS_PER_INSTANCE: Final = 1000
 DEFAULT_RUNTIME_POLICY: Final = ("kata-fc", "kata-clh", "kata-qemu", "gvisor")
 #: Fractions of a GPU the slicer advertises (SPEC section 7); whole cards are integers.
 GPU_FRACTIONS: Final = (0.125, 0.25, 0.5)
+
+
+def session_subpath(namespace: str, function: str, session_id: str) -> str:
+    """A session's directory relative to its claim's root: ``<namespace>/<function>/<session-id>``.
+
+    The pod builder mounts exactly this sub-path and the validating webhook admits exactly this one
+    (nothing below it): the three components are directories the kubelet creates and no session pod
+    can write, so none of them can be a link a tenant planted.
+    """
+    return f"{namespace}/{function}/{session_id}"

@@ -6,6 +6,14 @@ garbage-collect pods, and the runtime class that isolates them can never drift b
 (which creates a session's instance on a cold start or wake) and the operator (warm pools,
 ``minInstances``, keep-warm sessions, sandboxes). The functions are pure: model in, dict out.
 
+Session storage: a pod of a Function (or Sandbox) with ``storage`` gets the claim as the volume
+``voltgrid-session``, mounted in its container at ``storage.mountPath`` with the sub-path of its own
+session (``<namespace>/<function>/<session-id>``), ``VOLTGRID_STORAGE_DIR`` naming it, and the two storage
+annotations. The builder writes the mount itself, so a session's files follow it on every path that
+starts a pod for it (a cold start, a warm pod claimed later, a wake after an idle release, a Session
+object, a Sandbox) even before the mutating webhook runs; the webhook re-derives the same mount from
+the annotations (idempotently) and the validating webhook refuses any other mount of the claim.
+
 Pod names are deterministic (``<owner>-<session-id>``, shortened with a hash when too long), so a
 create retried after a crash or by a second actor answers 409 instead of starting a duplicate.
 """
@@ -139,6 +147,24 @@ def _container(
     return container
 
 
+def _with_storage(pod: Manifest, claim: str, mount_path: str, *, function: str, session_id: str) -> Manifest:
+    """``pod`` with the session's directory on ``claim`` mounted at ``mount_path`` in every container."""
+    pod["metadata"].setdefault("annotations", {}).update(
+        {c.ANNOTATION_STORAGE_CLAIM: claim, c.ANNOTATION_STORAGE_MOUNT_PATH: mount_path}
+    )
+    spec = pod["spec"]
+    spec.setdefault("volumes", []).append({"name": c.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+    mount = {
+        "name": c.SESSION_VOLUME,
+        "mountPath": mount_path,
+        "subPath": c.session_subpath(pod["metadata"]["namespace"], function, session_id),
+    }
+    for container in spec["containers"]:
+        container.setdefault("volumeMounts", []).append(dict(mount))
+        container["env"].append({"name": c.ENV_STORAGE_DIR, "value": mount_path})
+    return pod
+
+
 def runtime_for(function: Function) -> str | None:
     """The RuntimeClass instance pods of ``function`` run with, as the operator chose it.
 
@@ -197,7 +223,7 @@ def build_instance_pod(
     }
     if runtime_class_name:
         pod_spec["runtimeClassName"] = runtime_class_name
-    return {
+    pod: Manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -214,6 +240,9 @@ def build_instance_pod(
         },
         "spec": pod_spec,
     }
+    if spec.storage is not None:
+        _with_storage(pod, spec.storage.claim_name, spec.storage.mount_path, function=meta.name, session_id=session_id)
+    return pod
 
 
 def build_sandbox_pod(
@@ -252,7 +281,7 @@ def build_sandbox_pod(
     }
     if runtime_class_name:
         pod_spec["runtimeClassName"] = runtime_class_name
-    return {
+    pod: Manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -263,3 +292,10 @@ def build_sandbox_pod(
         },
         "spec": pod_spec,
     }
+    if spec.storage is not None and spec.session_ref and spec.function_ref:
+        # The model requires both with storage: the directory is <namespace>/<functionRef>/<sessionRef>.
+        storage = spec.storage
+        _with_storage(
+            pod, storage.claim_name, storage.mount_path, function=spec.function_ref, session_id=spec.session_ref
+        )
+    return pod

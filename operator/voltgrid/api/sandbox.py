@@ -86,7 +86,11 @@ class SandboxSpec(Model):
     CEL: ClassVar = [
         cel("has(self.image) != has(self.functionRef)", "exactly one of image and functionRef must be set"),
         cel("!(has(self.ttl) && has(self.expiresAt))", "set at most one of ttl and expiresAt"),
-        cel("!has(self.storage) || has(self.sessionRef)", "storage needs sessionRef", ".storage"),
+        cel(
+            "!has(self.storage) || (has(self.sessionRef) && has(self.functionRef))",
+            "storage needs sessionRef and functionRef (the directory is <namespace>/<functionRef>/<sessionRef>)",
+            ".storage",
+        ),
     ]
 
     @model_validator(mode="after")
@@ -95,8 +99,10 @@ class SandboxSpec(Model):
             raise ValueError("exactly one of image and functionRef must be set")
         if self.ttl is not None and self.expires_at is not None:
             raise ValueError("set at most one of ttl and expiresAt")
-        if self.storage is not None and self.session_ref is None:
-            raise ValueError("storage needs sessionRef")
+        if self.storage is not None and (self.session_ref is None or self.function_ref is None):
+            raise ValueError(
+                "storage needs sessionRef and functionRef (the directory is <namespace>/<functionRef>/<sessionRef>)"
+            )
         check_gpu(self.resources.gpu)
         return self
 

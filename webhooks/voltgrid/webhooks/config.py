@@ -145,8 +145,16 @@ def mutating_configuration(settings: WebhookSettings) -> dict[str, Any]:
 
 
 def validating_configuration(settings: WebhookSettings) -> dict[str, Any]:
-    """The ValidatingWebhookConfiguration: every pod in Voltgrid namespaces, on create and update."""
-    rules = [_rule(["CREATE", "UPDATE"], ["pods"]), _rule(["UPDATE"], ["pods/ephemeralcontainers"])]
+    """The ValidatingWebhookConfiguration: every pod and claim in Voltgrid namespaces (create, update,
+    ``kubectl debug``) and every exec, attach and port-forward into a pod there."""
+    rules = [
+        _rule(["CREATE", "UPDATE"], ["pods"]),
+        _rule(["UPDATE"], ["pods/ephemeralcontainers"]),
+        # A tenant's shell in a session pod would read its files: refused unless Voltgrid asks.
+        _rule(["CONNECT"], ["pods/exec", "pods/attach", "pods/portforward"]),
+        # Cloning a session claim, or taking its session-storage label off.
+        _rule(["CREATE", "UPDATE"], ["persistentvolumeclaims"]),
+    ]
     return {
         "apiVersion": ADMISSIONREGISTRATION,
         "kind": "ValidatingWebhookConfiguration",

@@ -12,7 +12,9 @@ What the pod builder writes (see :mod:`voltgrid.webhooks.contract`): labels ``vo
 ``voltgrid.dev/storage-mount-path``. What this module adds, for every container and init container:
 
 * the volume ``voltgrid-session`` (the claim) mounted at the mount path with
-  ``subPath: <namespace>/<function>/<session-id>`` — the pod sees its own session's directory only;
+  ``subPath: <namespace>/<function>/<session-id>`` — the pod sees its own session's directory only; a
+  volume the writer already gave the same claim (under any name) is merged into it;
+* no service-account token: the ``kube-api-access-*`` projected volume and its mounts are removed;
 * env ``VOLTGRID_SESSION_ID``, ``VOLTGRID_FUNCTION`` and (with storage) ``VOLTGRID_STORAGE_DIR``;
 * hardening: ``allowPrivilegeEscalation: false``, ``privileged: false``, capabilities ``drop: [ALL]``
   (only ``NET_BIND_SERVICE`` may stay added), seccomp ``RuntimeDefault`` (a ``Localhost`` profile is
@@ -77,15 +79,15 @@ def session_identity(pod: dict[str, Any]) -> tuple[str, str] | None:
 def storage_mount(pod: dict[str, Any]) -> tuple[str, str] | None:
     """``(claim, mount path)`` from the pod's annotations, None when it asks for no storage."""
     annotations = _annotations(pod)
-    claim = annotations.get(k.ANNOTATION_STORAGE_CLAIM)
+    claim = annotations.get(c.ANNOTATION_STORAGE_CLAIM)
     if not claim:
         return None
     if not re.fullmatch(r"[a-z0-9]([-.a-z0-9]*[a-z0-9])?", claim) or len(claim) > 253:
-        raise MutationError(f"annotation {k.ANNOTATION_STORAGE_CLAIM}={claim!r} is not a valid claim name")
-    path = annotations.get(k.ANNOTATION_STORAGE_MOUNT_PATH) or k.DEFAULT_STORAGE_MOUNT_PATH
+        raise MutationError(f"annotation {c.ANNOTATION_STORAGE_CLAIM}={claim!r} is not a valid claim name")
+    path = annotations.get(c.ANNOTATION_STORAGE_MOUNT_PATH) or c.DEFAULT_STORAGE_MOUNT_PATH
     if not path.startswith("/") or ".." in path.split("/") or posixpath.normpath(path) == "/":
         raise MutationError(
-            f"annotation {k.ANNOTATION_STORAGE_MOUNT_PATH}={path!r} must be an absolute path "
+            f"annotation {c.ANNOTATION_STORAGE_MOUNT_PATH}={path!r} must be an absolute path "
             "other than '/' without '..'"
         )
     return claim, path
@@ -106,13 +108,13 @@ def _set_env(container: dict[str, Any], env: dict[str, str]) -> None:
 
 
 def _set_mount(container: dict[str, Any], mount: dict[str, str]) -> None:
-    mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != k.SESSION_VOLUME]
+    mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != c.SESSION_VOLUME]
     for other in mounts:
         if posixpath.normpath(other.get("mountPath", "")) == posixpath.normpath(mount["mountPath"]):
             raise MutationError(
                 f"container {container.get('name')!r} already mounts volume {other.get('name')!r} at "
                 f"{mount['mountPath']}, where the session storage goes "
-                f"(annotation {k.ANNOTATION_STORAGE_MOUNT_PATH})"
+                f"(annotation {c.ANNOTATION_STORAGE_MOUNT_PATH})"
             )
     container["volumeMounts"] = [*mounts, mount]
 
@@ -142,6 +144,22 @@ def _harden_pod(pod: dict[str, Any]) -> None:
         ctx["runAsNonRoot"] = True
 
 
+def _is_token_volume(volume: dict[str, Any]) -> bool:
+    """The service-account token volume the apiserver injects (``kube-api-access-*``): a projected
+    volume with a ``serviceAccountToken`` source."""
+    sources = (volume.get("projected") or {}).get("sources") or []
+    return any("serviceAccountToken" in source for source in sources)
+
+
+def _drop_volumes(spec: dict[str, Any], containers: list[dict[str, Any]], names: set[str]) -> None:
+    if not names:
+        return
+    spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") not in names]
+    for container in containers:
+        if "volumeMounts" in container:
+            container["volumeMounts"] = [m for m in container["volumeMounts"] if m.get("name") not in names]
+
+
 def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The pod as it should be stored (a new object); idempotent: ``mutate(mutate(p)) == mutate(p)``.
 
@@ -150,19 +168,32 @@ def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     out = copy.deepcopy(pod)
     identity = session_identity(out)
     storage = storage_mount(out) if identity else None
-    containers = [ctr for key in _CONTAINER_LISTS for ctr in out.setdefault("spec", {}).get(key) or []]
+    spec = out.setdefault("spec", {})
+    containers = [ctr for key in _CONTAINER_LISTS for ctr in spec.get(key) or []]
+    # The apiserver's ServiceAccount admission injected the token volume before we run (setting
+    # automountServiceAccountToken below comes too late for it): remove the volume and its mounts.
+    _drop_volumes(spec, containers, {v.get("name", "") for v in spec.get("volumes") or [] if _is_token_volume(v)})
     if identity:
         function, session = identity
-        env = {k.ENV_SESSION_ID: session, k.ENV_FUNCTION: function}
+        env = {c.ENV_SESSION_ID: session, c.ENV_FUNCTION: function}
         if storage:
             claim, mount_path = storage
-            volumes = [v for v in out["spec"].get("volumes") or [] if v.get("name") != k.SESSION_VOLUME]
-            volumes.append({"name": k.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
-            out["spec"]["volumes"] = volumes
-            subpath = k.session_subpath(namespace, function, session)
+            # One volume for the claim: a writer's own volume of it (under any name) is merged into
+            # ours, and its mounts replaced by the session's one (two volumes of one claim would leave
+            # the pod in ContainerCreating).
+            same_claim = {
+                v.get("name", "")
+                for v in spec.get("volumes") or []
+                if v.get("name") == c.SESSION_VOLUME or (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+            }
+            _drop_volumes(spec, containers, same_claim)
+            spec.setdefault("volumes", []).append(
+                {"name": c.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+            )
+            subpath = c.session_subpath(namespace, function, session)
             for container in containers:
-                _set_mount(container, {"name": k.SESSION_VOLUME, "mountPath": mount_path, "subPath": subpath})
-            env[k.ENV_STORAGE_DIR] = mount_path
+                _set_mount(container, {"name": c.SESSION_VOLUME, "mountPath": mount_path, "subPath": subpath})
+            env[c.ENV_STORAGE_DIR] = mount_path
         for container in containers:
             _set_env(container, env)
     for container in containers:

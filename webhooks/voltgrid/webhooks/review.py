@@ -38,6 +38,14 @@ class AdmissionRequest:
     namespace: str
     object: dict[str, Any] | None
     sub_resource: str = ""
+    #: ``request.resource.resource``: "pods", "persistentvolumeclaims".
+    resource: str = ""
+    #: The object's name (for CONNECT, the pod's: the object is then PodExecOptions or alike).
+    name: str = ""
+    #: ``request.oldObject`` on UPDATE.
+    old_object: dict[str, Any] | None = None
+    #: ``request.userInfo.username``: who asked (the trust model is decided from it).
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,15 +66,22 @@ def parse_review(body: object) -> AdmissionRequest:
     request = body.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str) or not request["uid"]:
         raise ReviewError("AdmissionReview.request.uid is missing")
-    obj = request.get("object")
+    obj, old = request.get("object"), request.get("oldObject")
     if obj is not None and not isinstance(obj, dict):
         raise ReviewError("AdmissionReview.request.object must be an object")
+    if old is not None and not isinstance(old, dict):
+        raise ReviewError("AdmissionReview.request.oldObject must be an object")
+    resource, user = request.get("resource"), request.get("userInfo")
     return AdmissionRequest(
         uid=request["uid"],
         operation=str(request.get("operation", "")),
         namespace=str(request.get("namespace") or ""),
         object=obj,
         sub_resource=str(request.get("subResource") or ""),
+        resource=str(resource.get("resource") or "") if isinstance(resource, dict) else "",
+        name=str(request.get("name") or ""),
+        old_object=old,
+        username=str(user.get("username") or "") if isinstance(user, dict) else "",
     )
 
 

@@ -37,6 +37,7 @@ from voltgrid.errors import VoltgridError
 from voltgrid.webhooks import certs, mutate, validate
 from voltgrid.webhooks import contract as k
 from voltgrid.webhooks.kube import api_client
+from voltgrid.webhooks.lookup import FactLookupError, FactSource, KubernetesFacts
 from voltgrid.webhooks.review import AdmissionRequest, ReviewError, Verdict, parse_review, review_response
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class ServerSettings:
     port: int = k.DEFAULT_PORT
     #: Claims that hold session directories in every namespace, besides a pod's own annotation.
     session_claims: frozenset[str] = field(default_factory=frozenset)
+    #: Users (Voltgrid's own service accounts) allowed to create session pods; see validate.py.
+    trusted_users: frozenset[str] = field(default_factory=frozenset)
     #: Keep our own CA in a Secret and write tls_cert/tls_key from it (no cert-manager).
     manage_certs: bool = False
     #: Where the own CA lives and which configurations get its bundle (with ``manage_certs``).
@@ -85,6 +88,12 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Server
         help="a claim holding session directories (repeatable; env VOLTGRID_WEBHOOK_SESSION_CLAIMS, comma-separated)",
     )
     p.add_argument(
+        "--trusted-user",
+        action="append",
+        help="a user allowed to create session pods, e.g. system:serviceaccount:voltgrid-system:voltgrid-gateway "
+        "(repeatable; env VOLTGRID_WEBHOOK_TRUSTED_USERS, comma-separated); at least one is required",
+    )
+    p.add_argument(
         "--manage-certs",
         action="store_true",
         default=env.get("VOLTGRID_WEBHOOK_MANAGE_CERTS", "").lower() in ("1", "true", "yes"),
@@ -108,6 +117,7 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Server
         host=args.host,
         port=args.port,
         session_claims=frozenset(args.session_claim or _env_list(env.get("VOLTGRID_WEBHOOK_SESSION_CLAIMS"))),
+        trusted_users=frozenset(args.trusted_user or _env_list(env.get("VOLTGRID_WEBHOOK_TRUSTED_USERS"))),
         manage_certs=args.manage_certs,
         cert_settings=certs.CertSettings(
             namespace=args.namespace,
@@ -166,7 +176,27 @@ class CertReloader:
             self.reload()
 
 
-Decide = Callable[[AdmissionRequest], Verdict]
+Decide = Callable[[AdmissionRequest], Awaitable[Verdict]]
+
+
+def _validator(policy: validate.ValidationPolicy, source: FactSource) -> Decide:
+    """The validating decision, with the cluster reads it needs first (a failed read refuses)."""
+
+    async def decide(review: AdmissionRequest) -> Verdict:
+        needs = validate.lookups_needed(review, policy)
+        facts = validate.ClusterFacts()
+        if needs.session_claims or needs.target_pod:
+            try:
+                facts = await source.facts(review, needs)
+            except FactLookupError as exc:
+                return Verdict(allowed=False, message=f"voltgrid: {exc}")
+        return validate.review(review, policy, facts)
+
+    return decide
+
+
+async def _mutator(review: AdmissionRequest) -> Verdict:
+    return mutate.review(review)
 
 
 def _handler(decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -177,7 +207,7 @@ def _handler(decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]
             except ValueError as exc:
                 raise ReviewError(f"body is not JSON: {exc}") from exc
             review = parse_review(body)
-            verdict = decide(review)
+            verdict = await decide(review)
         except ReviewError as exc:
             return web.json_response({"code": "BadRequest", "message": str(exc)}, status=400)
         except (AttributeError, TypeError, KeyError) as exc:
@@ -193,11 +223,11 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(policy: validate.ValidationPolicy) -> web.Application:
+def make_app(policy: validate.ValidationPolicy, source: FactSource) -> web.Application:
     """The aiohttp application (no TLS, no cert management): routes to the pure decisions."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
-    app.router.add_post(k.MUTATE_PATH, _handler(mutate.review))
-    app.router.add_post(k.VALIDATE_PATH, _handler(lambda review: validate.review(review, policy)))
+    app.router.add_post(k.MUTATE_PATH, _handler(_mutator))
+    app.router.add_post(k.VALIDATE_PATH, _handler(_validator(policy, source)))
     app.router.add_get(k.HEALTHZ_PATH, _healthz)
     return app
 
@@ -238,18 +268,26 @@ class RunningServer:
             await closer()
 
 
-async def start(settings: ServerSettings) -> RunningServer:
-    """Bootstrap certificates (with ``manage_certs``), then listen; ``port=0`` picks a free port."""
+async def start(settings: ServerSettings, source: FactSource | None = None) -> RunningServer:
+    """Bootstrap certificates (with ``manage_certs``), then listen; ``port=0`` picks a free port.
+
+    ``source`` answers the validating webhook's cluster reads (default: the apiserver, through the
+    same client the certificate upkeep uses)."""
     tasks: list[asyncio.Task[None]] = []
     closers: list[Callable[[], Awaitable[Any]]] = []
     store: certs.CertStore | None = None
-    if settings.manage_certs:
+    if settings.manage_certs or source is None:
         client = await api_client(settings.kubeconfig)
         closers.append(client.close)
-        store = certs.KubernetesCertStore(client, settings.cert_settings)
-        await certs.reconcile(store, settings.cert_settings, datetime.now(UTC), (settings.tls_cert, settings.tls_key))
+        source = source or KubernetesFacts(client)
+        if settings.manage_certs:
+            store = certs.KubernetesCertStore(client, settings.cert_settings)
+            await certs.reconcile(
+                store, settings.cert_settings, datetime.now(UTC), (settings.tls_cert, settings.tls_key)
+            )
     reloader = CertReloader(settings.tls_cert, settings.tls_key)
-    runner = web.AppRunner(make_app(validate.ValidationPolicy(settings.session_claims)))
+    policy = validate.ValidationPolicy(settings.session_claims, settings.trusted_users)
+    runner = web.AppRunner(make_app(policy, source))
     await runner.setup()
     sock = socket.create_server((settings.host, settings.port), reuse_port=False)
     port: int = sock.getsockname()[1]
@@ -278,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``voltgrid webhook``: serve the admission webhooks until terminated; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv, os.environ)
+    if not settings.trusted_users:
+        log.error(
+            "voltgrid webhook: no --trusted-user (VOLTGRID_WEBHOOK_TRUSTED_USERS): name the service accounts "
+            "of Voltgrid's operator and gateway, the only users allowed to create session pods"
+        )
+        return 2
     try:
         asyncio.run(serve(settings))
     except (OSError, ssl.SSLError, VoltgridError) as exc:

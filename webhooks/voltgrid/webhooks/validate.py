@@ -1,22 +1,32 @@
-"""The validating webhook: storage isolation between sessions in Voltgrid-managed namespaces.
+"""The validating webhook: storage isolation between sessions, and who may speak for a session.
 
 Why validate what the mutating webhook already builds: the mutating webhook only sees managed pods
-(objectSelector) and only at CREATE, while anyone allowed to create pods in the namespace could write
-a pod that mounts the shared claim at its root, another session's sub-path, or the node's disk. This
-webhook sees *every* pod in namespaces labelled ``voltgrid.dev/enabled=true`` (CREATE, UPDATE and the
-``pods/ephemeralcontainers`` subresource, which ``kubectl debug`` uses to add a container) and runs
-after all mutations, so it judges the pod as it will be stored.
+(objectSelector) and only at CREATE, while anyone allowed to create pods in the namespace (a tenant
+with ``edit``) could write a pod that mounts the shared claim at its root, another session's sub-path,
+or the node's disk, or one that carries another session's labels and so gets its directory. This
+webhook sees *every* pod in namespaces labelled ``voltgrid.dev/enabled=true`` (CREATE, UPDATE, the
+``pods/ephemeralcontainers`` subresource ``kubectl debug`` uses, and CONNECT to ``pods/exec``,
+``pods/attach`` and ``pods/portforward``), every claim there, and runs after all mutations.
 
-Rules (each violation names the container and volume; all are reported at once):
+The trust model is decided from the request's ``userInfo``, never from the pod: only *trusted users*
+(Voltgrid's own service accounts: the operator and the gateway, which build session pods from the
+API models) may create pods that carry Voltgrid's identity labels or mount a session claim. Everyone
+else — a tenant, or the ReplicaSet controller acting for a tenant's Deployment — is refused with a
+message, and may not relabel, debug, exec into, attach to or port-forward to a session pod, clone a
+session claim, or take the session-storage label off one.
 
-* no ``hostPath`` volume;
-* no ``subPath``/``subPathExpr`` that is absolute or has a ``..`` component, on any volume;
+Rules for everyone (each violation names the container and volume; all are reported at once):
+
+* no ``hostPath`` volume; no ``subPath``/``subPathExpr`` that is absolute or has a ``..`` component;
 * a session id (``voltgrid.dev/session``) and function (``voltgrid.dev/function``) must be DNS labels;
-* a *session volume* — one backed by the pod's ``voltgrid.dev/storage-claim``, by a claim the server
-  was told holds session directories (``--session-claim``), or named ``voltgrid-session`` — may be
-  mounted only by a pod with a session label, only with a literal ``subPath`` (``subPathExpr`` expands
-  at runtime and cannot be judged), and only at or below ``<namespace>/<function>/<session-id>`` of
-  that pod's own labels. Mounting it at its root would expose every session.
+* a *session volume* — one backed by a session claim (the pod's ``voltgrid.dev/storage-claim``, a
+  claim given with ``--session-claim``, a claim a Function or Sandbox in the namespace names in its
+  ``storage``, or one labelled ``voltgrid.dev/session-storage=true``) or named ``voltgrid-session`` — may
+  be mounted only with the literal ``subPath`` ``<namespace>/<function>/<session-id>`` of the pod's own
+  labels: not its root (every session), not ``subPathExpr`` (expands at runtime), not another session's,
+  and not a path *below* its own (a session can plant a symlink in its own directory, and the kubelet
+  follows it within the volume; the three components of the exact path are directories the kubelet
+  creates and no session pod can write).
 """
 
 from __future__ import annotations
@@ -31,14 +41,51 @@ from voltgrid.webhooks import contract as k
 from voltgrid.webhooks.review import AdmissionRequest, Verdict
 
 _ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
+#: Labels that make a pod speak for a Function or a session: the gateway adopts pods by them and the
+#: mutating webhook mounts a session's directory by them.
+IDENTITY_LABELS: Final = (c.LABEL_MANAGED, c.LABEL_FUNCTION, c.LABEL_SESSION, c.LABEL_ROLE, c.LABEL_SANDBOX)
+#: Pod subresources whose CONNECT reaches into a running pod (and so into its session's files).
+CONNECT_SUBRESOURCES: Final = frozenset({"exec", "attach", "portforward"})
+PODS: Final = "pods"
+CLAIMS: Final = "persistentvolumeclaims"
 
 
 @dataclass(frozen=True)
 class ValidationPolicy:
-    """What the validating webhook knows beyond the pod itself."""
+    """What the validating webhook is configured with."""
 
     #: Claims that hold session directories in every namespace (the chart's session claim).
     session_claims: frozenset[str] = field(default_factory=frozenset)
+    #: Usernames (``system:serviceaccount:<ns>:<name>``) allowed to create session pods.
+    trusted_users: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the server looked up in the cluster for one request (see :func:`lookups_needed`)."""
+
+    #: Claims in the request's namespace that hold session directories (named by a Function's or
+    #: Sandbox's ``storage``, or labelled ``voltgrid.dev/session-storage=true``).
+    session_claims: frozenset[str] = frozenset()
+    #: For CONNECT: the labels of the pod connected to (None: not looked up, or no such pod).
+    target_labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """Which cluster reads a request needs before it can be judged (none for trusted users)."""
+
+    session_claims: bool = False
+    target_pod: bool = False
+
+
+def lookups_needed(request: AdmissionRequest, policy: ValidationPolicy) -> Lookups:
+    """Reads are needed only for untrusted users, so Voltgrid's own cold starts never wait on them."""
+    if request.username in policy.trusted_users:
+        return Lookups()
+    if request.operation == "CONNECT":
+        return Lookups(target_pod=request.sub_resource in CONNECT_SUBRESOURCES)
+    return Lookups(session_claims=request.object is not None)
 
 
 def _containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -76,12 +123,17 @@ def _session_mount_problem(where: str, mount: dict[str, Any], labels: dict[str, 
         return f"{where} mounts session storage but the pod has no {c.LABEL_SESSION} label"
     if mount.get("subPathExpr"):
         return f"{where} uses subPathExpr on session storage; use the literal subPath of its own session"
-    own = k.session_subpath(namespace, function, session)
+    own = c.session_subpath(namespace, function, session)
     sub = str(mount.get("subPath") or "").strip("/")
     if not sub:
         return f"{where} mounts the root of session storage (every session's directory); use subPath {own!r}"
-    if sub == own or sub.startswith(own + "/"):
+    if sub == own:
         return None
+    if sub.startswith(own + "/"):
+        return (
+            f"{where} mounts {sub!r}, below its session's directory: only {own!r} itself may be mounted "
+            "(a path inside it may pass through a link the session wrote)"
+        )
     parts = sub.split("/")
     if len(parts) >= 3 and parts[2] != session:
         return (
@@ -91,17 +143,63 @@ def _session_mount_problem(where: str, mount: dict[str, Any], labels: dict[str, 
     return f"{where} mounts subPath {sub!r} outside its session's directory {own!r}"
 
 
-def violations(pod: dict[str, Any], namespace: str, policy: ValidationPolicy) -> list[str]:
-    """Every rule the pod breaks, as messages naming the container and volume; empty when allowed."""
+def _claim_sources(template_spec: dict[str, Any]) -> Iterator[str]:
+    """Claims a claim spec copies from (``dataSource``/``dataSourceRef`` of kind PersistentVolumeClaim)."""
+    for key in ("dataSource", "dataSourceRef"):
+        source = template_spec.get(key) or {}
+        if source.get("kind") == "PersistentVolumeClaim" and not source.get("apiGroup"):
+            yield str(source.get("name", ""))
+
+
+def _untrusted_pod_problems(pod: dict[str, Any], user: str, guarded: set[str], session_volumes: set[str]) -> list[str]:
+    """What a pod written by someone other than Voltgrid may not do."""
+    labels = dict((pod.get("metadata") or {}).get("labels") or {})
+    problems = []
+    carried = [f"{key}={labels[key]}" for key in IDENTITY_LABELS if key in labels]
+    if carried:
+        problems.append(
+            f"only Voltgrid's own service accounts may create pods labelled {', '.join(carried)} "
+            f"(they speak for a Function or a session); {user or 'this user'} is not one of them"
+        )
+    for name in sorted(session_volumes):
+        problems.append(
+            f"volume {name!r} is session storage: only Voltgrid's session pods may mount it, "
+            f"{user or 'this user'} may not"
+        )
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        template = ((volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}).get("spec") or {}
+        for source in _claim_sources(template):
+            if source in guarded:
+                problems.append(f"volume {volume.get('name')!r} clones session storage claim {source!r}")
+        if template.get("volumeName"):
+            problems.append(
+                f"volume {volume.get('name')!r} binds PersistentVolume {template['volumeName']!r} by name "
+                "in an ephemeral claim; create a PersistentVolumeClaim instead"
+            )
+    return problems
+
+
+def violations(
+    pod: dict[str, Any],
+    namespace: str,
+    policy: ValidationPolicy,
+    *,
+    facts: ClusterFacts = ClusterFacts(),
+    user: str | None = None,
+) -> list[str]:
+    """Every rule the pod breaks, as messages naming the container and volume; empty when allowed.
+
+    ``user`` is the creator of a new pod when it is not a trusted user (None: trusted, or an update).
+    """
     meta = pod.get("metadata") or {}
     labels: dict[str, str] = dict(meta.get("labels") or {})
     annotations: dict[str, str] = dict(meta.get("annotations") or {})
     spec = pod.get("spec") or {}
     identity_problems = _identity_problems(labels)
     problems = list(identity_problems)
-    session_claims = set(policy.session_claims)
-    if annotations.get(k.ANNOTATION_STORAGE_CLAIM):
-        session_claims.add(annotations[k.ANNOTATION_STORAGE_CLAIM])
+    guarded = set(policy.session_claims) | set(facts.session_claims)
+    if annotations.get(c.ANNOTATION_STORAGE_CLAIM):
+        guarded.add(annotations[c.ANNOTATION_STORAGE_CLAIM])
     session_volumes: set[str] = set()
     for volume in spec.get("volumes") or []:
         name = volume.get("name", "")
@@ -109,8 +207,10 @@ def violations(pod: dict[str, Any], namespace: str, policy: ValidationPolicy) ->
             path = (volume.get("hostPath") or {}).get("path", "")
             problems.append(f"volume {name!r} is a hostPath ({path}): hostPath volumes are not allowed")
         claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-        if name == k.SESSION_VOLUME or (claim is not None and claim in session_claims):
+        if name == c.SESSION_VOLUME or (claim is not None and claim in guarded):
             session_volumes.add(name)
+    if user is not None:
+        problems.extend(_untrusted_pod_problems(pod, user, guarded, session_volumes))
     for container in _containers(spec):
         for mount in container.get("volumeMounts") or []:
             where = f"container {container.get('name')!r} (volume {mount.get('name')!r})"
@@ -125,12 +225,68 @@ def violations(pod: dict[str, Any], namespace: str, policy: ValidationPolicy) ->
     return problems
 
 
-def review(request: AdmissionRequest, policy: ValidationPolicy) -> Verdict:
-    """The validating webhook's answer to one admission request."""
-    if request.object is None or request.operation not in ("CREATE", "UPDATE"):
+def _identity(obj: dict[str, Any] | None) -> dict[str, str]:
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return {key: labels[key] for key in IDENTITY_LABELS if key in labels}
+
+
+def _untrusted_update_problems(request: AdmissionRequest) -> list[str]:
+    old, new = _identity(request.old_object), _identity(request.object)
+    problems = []
+    if old != new:
+        problems.append(
+            f"only Voltgrid's own service accounts may change a pod's Voltgrid labels ({old} -> {new}); "
+            f"{request.username or 'this user'} is not one of them"
+        )
+    if request.sub_resource == "ephemeralcontainers" and c.LABEL_SESSION in old:
+        problems.append(
+            f"{request.username or 'this user'} may not add containers to session pod {request.name!r} "
+            "(they would see the session's files)"
+        )
+    return problems
+
+
+def _claim_problems(request: AdmissionRequest, guarded: set[str]) -> list[str]:
+    claim = request.object or {}
+    problems = []
+    for source in _claim_sources(claim.get("spec") or {}):
+        if source in guarded:
+            problems.append(f"claim {request.name or '?'} clones session storage claim {source!r}")
+    old_labels = ((request.old_object or {}).get("metadata") or {}).get("labels") or {}
+    new_labels = (claim.get("metadata") or {}).get("labels") or {}
+    if old_labels.get(c.LABEL_SESSION_STORAGE) == "true" and new_labels.get(c.LABEL_SESSION_STORAGE) != "true":
+        problems.append(
+            f"only Voltgrid's own service accounts may remove label {c.LABEL_SESSION_STORAGE} from a "
+            "claim that holds session directories"
+        )
+    return problems
+
+
+def review(request: AdmissionRequest, policy: ValidationPolicy, facts: ClusterFacts = ClusterFacts()) -> Verdict:
+    """The validating webhook's answer to one admission request (``facts`` as :func:`lookups_needed` asked)."""
+    trusted = request.username in policy.trusted_users
+    namespace = request.namespace or ((request.object or {}).get("metadata") or {}).get("namespace", "")
+    problems: list[str] = []
+    if request.operation == "CONNECT":
+        if (
+            not trusted
+            and request.sub_resource in CONNECT_SUBRESOURCES
+            and c.LABEL_SESSION in (facts.target_labels or {})
+        ):
+            problems.append(
+                f"{request.username or 'this user'} may not {request.sub_resource} into session pod "
+                f"{request.name!r} (it would reach the session's files)"
+            )
+    elif request.object is None or request.operation not in ("CREATE", "UPDATE"):
         return Verdict(allowed=True)
-    namespace = request.namespace or request.object.get("metadata", {}).get("namespace", "")
-    problems = violations(request.object, namespace, policy)
+    elif request.resource == CLAIMS:
+        if not trusted:
+            problems = _claim_problems(request, set(policy.session_claims) | set(facts.session_claims))
+    else:
+        creator = None if trusted or request.operation != "CREATE" else request.username
+        problems = violations(request.object, namespace, policy, facts=facts, user=creator)
+        if not trusted and request.operation == "UPDATE":
+            problems.extend(_untrusted_update_problems(request))
     if problems:
-        return Verdict(allowed=False, message="voltgrid: pod rejected: " + "; ".join(problems))
+        return Verdict(allowed=False, message="voltgrid: request rejected: " + "; ".join(problems))
     return Verdict(allowed=True)
