@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ def clean_slate(cluster: Any, helm: str) -> None:
     for namespace in (HELM_NS, MANIFEST_NS):
         run(cluster, "kubectl", "delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
         run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{namespace}", "--ignore-not-found")
+    for namespace in ("default", JOURNEY_NS):
+        drop_example_claim(cluster, namespace)
 
 
 def session_volume(cluster: Any, namespace: str) -> None:
@@ -97,6 +100,33 @@ def session_volume(cluster: Any, namespace: str) -> None:
         },
     }
     ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pv)))
+
+
+def example_claim_volume(cluster: Any, namespace: str) -> None:
+    """A hostPath PV pre-bound to ``<namespace>/sessions``, the claim of examples/storage/ (no provisioner
+    here); its root is world-writable as the kubelet gives sub-paths the root's mode (docs/webhooks.md)."""
+    root = Path(f"/tmp/voltgrid-e2e-sessions/example-{namespace}")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o777)
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"voltgrid-example-sessions-{namespace}"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": "sessions"},
+            "hostPath": {"path": str(root), "type": "Directory"},
+        },
+    }
+    ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pv)))
+
+
+def drop_example_claim(cluster: Any, namespace: str) -> None:
+    run(cluster, "kubectl", "delete", "-n", namespace, "pvc", "sessions", "--ignore-not-found", "--wait=true")
+    run(cluster, "kubectl", "delete", "pv", f"voltgrid-example-sessions-{namespace}", "--ignore-not-found")
 
 
 def all_ready(cluster: Any, namespace: str) -> None:
@@ -137,6 +167,7 @@ def follow_notes(cluster: Any, notes: str) -> str:
 @pytest.mark.timeout(IMAGE_BUILD_TIMEOUT_S + HELM_TIMEOUT_S + 300)
 def test_helm_install_brings_every_component_to_ready(cluster: Any, helm: str, voltgrid_image: str) -> None:
     session_volume(cluster, HELM_NS)
+    example_claim_volume(cluster, "default")
     sets = [f"--set={k}={v}" for k, v in IMAGE.items()]
     ok(
         run(
@@ -184,6 +215,70 @@ def test_helm_upgrade_with_changed_values(cluster: Any, helm: str) -> None:
     # The echo Function from the NOTES still answers through the upgraded gateway.
     notes = ok(run(cluster, helm, "get", "notes", RELEASE, "-n", HELM_NS))
     follow_notes(cluster, notes)
+
+
+JOURNEY_NS = "vg-journey"
+
+
+def call_gateway(cluster: Any, session: str, body: str) -> dict[str, Any]:
+    """POST through the gateway Service's ClusterIP (the host is the node: kube-proxy balances over
+    both replicas, as any in-cluster client would see them)."""
+    ip = ok(
+        run(cluster, "kubectl", "-n", HELM_NS, "get", "svc", "voltgrid-gateway", "-o", "jsonpath={.spec.clusterIP}")
+    )
+    request = urllib.request.Request(
+        f"http://{ip}:80/fn/{JOURNEY_NS}/echo/", data=body.encode(), headers={"X-Voltgrid-Session": session}
+    )
+    with urllib.request.urlopen(request, timeout=180) as answer:
+        out: dict[str, Any] = json.loads(answer.read())
+        return out
+
+
+def instance_pods(cluster: Any) -> list[str]:
+    listed = ok(
+        run(cluster, "kubectl", "-n", JOURNEY_NS, "get", "pods", "-l", "voltgrid.dev/function=echo", "-o", "name")
+    )
+    return listed.split()
+
+
+@pytest.mark.timeout(600)
+def test_a_sessions_files_survive_idle_release_and_wake_through_two_gateways(cluster: Any) -> None:
+    """The user's path: kubectl apply the echo example (claim + Function with storage) in a Voltgrid
+    namespace, call it through the two gateway replicas, let the session idle out (its pod is deleted),
+    call again: a new pod, the same count continues from the session's directory."""
+    ok(run(cluster, "kubectl", "create", "namespace", JOURNEY_NS))
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", JOURNEY_NS, "voltgrid.dev/enabled=true"))
+        example_claim_volume(cluster, JOURNEY_NS)
+        ok(run(cluster, "kubectl", "apply", "-n", JOURNEY_NS, "-f", "examples/storage/sessions-claim.yaml"))
+        ok(run(cluster, "kubectl", "apply", "-n", JOURNEY_NS, "-f", "examples/echo-function.yaml"))
+        patch = {"spec": {"sessions": {"idleTimeout": "5s"}}}
+        ok(run(cluster, "kubectl", "patch", "-n", JOURNEY_NS, "function/echo", "--type=merge", "-p", json.dumps(patch)))
+        ok(
+            run(
+                cluster, "kubectl", "wait", "-n", JOURNEY_NS, "function/echo", "--for=condition=Ready", "--timeout=120s"
+            )
+        )
+        first = [call_gateway(cluster, "journey-1", f"call {i}") for i in range(4)]
+        assert [a["requests"] for a in first] == [1, 2, 3, 4], first
+        assert len({a["instance"] for a in first}) == 1
+        deadline = time.monotonic() + 120
+        while instance_pods(cluster):  # idle release: preStop, then the pod is deleted
+            assert time.monotonic() < deadline, "the idle session's pod was never released"
+            time.sleep(2)
+        woken = call_gateway(cluster, "journey-1", "again")
+        assert woken["requests"] == 5, woken  # read back from the session's directory on the claim
+        assert woken["instance"] != first[0]["instance"]
+        other = call_gateway(cluster, "journey-2", "hello")
+        assert other["requests"] == 1  # another session starts from its own, empty directory
+        stored = json.loads(ok(run(cluster, "kubectl", "-n", JOURNEY_NS, "get", "pods", "-o", "json")))["items"]
+        for pod in stored:
+            assert [v["name"] for v in pod["spec"]["volumes"]] == ["voltgrid-session"], pod["spec"]["volumes"]
+        root = Path(f"/tmp/voltgrid-e2e-sessions/example-{JOURNEY_NS}/{JOURNEY_NS}/echo")
+        assert (root / "journey-1" / "requests").read_text() == "5"
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", JOURNEY_NS, "--ignore-not-found", "--wait=true", timeout=300)
+        run(cluster, "kubectl", "delete", "pv", f"voltgrid-example-sessions-{JOURNEY_NS}", "--ignore-not-found")
 
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
@@ -276,3 +371,4 @@ def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster:
         )
         run(cluster, "kubectl", "delete", "namespace", MANIFEST_NS, "--ignore-not-found", "--wait=true", timeout=300)
         run(cluster, "kubectl", "delete", "pv", f"voltgrid-sessions-{MANIFEST_NS}", "--ignore-not-found")
+        drop_example_claim(cluster, "default")

@@ -7,6 +7,10 @@ so the Secret, the caBundle patches and the hot reload are the real ones) and th
 a URL ``clientConfig`` (``https://127.0.0.1:<port>``); the chart points them at a Service instead.
 Their namespaceSelector also requires the label ``voltgrid-e2e/webhooks`` so that other e2e tests'
 Voltgrid namespaces never reach this short-lived process.
+
+The test's own user (the cluster admin, as ``kubectl auth whoami`` names it) is the webhook's trusted
+user here, standing in for Voltgrid's service accounts; the *tenant* is a ServiceAccount bound to the
+built-in ``edit`` ClusterRole in the apps namespace, whom the tests impersonate (``kubectl --as``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ SYSTEM_NS, APP_NS, PLAIN_NS = "vgwh-system", "vgwh-apps", "vgwh-plain"
 PREFIX = "vgwh-e2e"
 IMAGE = "localhost/voltgrid/python:3.11"
 E2E_LABEL = "voltgrid-e2e/webhooks"
+TENANT = f"system:serviceaccount:{APP_NS}:tenant"
 
 
 def kubectl(cluster: Any, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -114,9 +119,19 @@ def webhook(cluster: Any, storage_root: Path, tmp_path_factory: pytest.TempPathF
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": "vgwh-sessions",
                  "resources": {"requests": {"storage": "1Gi"}}},
     }  # fmt: skip
-    apply(cluster, namespace(SYSTEM_NS, False), namespace(APP_NS, True), namespace(PLAIN_NS, False), pv, pvc)
+    pvc["metadata"]["labels"] = {"voltgrid.dev/session-storage": "true"}  # guarded by its label
+    tenant = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant", "namespace": APP_NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "tenant-edit", "namespace": APP_NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+         "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": APP_NS}]},
+    ]  # fmt: skip
+    apply(cluster, namespace(SYSTEM_NS, False), namespace(APP_NS, True), namespace(PLAIN_NS, False), pv, pvc, *tenant)
     apply(cluster, *configurations)
+    me = kubectl(cluster, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout.strip()
     argv = [
+        "--trusted-user", me,
         "--host", "127.0.0.1", "--port", str(port), "--manage-certs", "--namespace", SYSTEM_NS,
         "--configuration-prefix", PREFIX, "--extra-name", "127.0.0.1", "--kubeconfig", str(cluster.kubeconfig),
         "--tls-cert", str(files / "tls.crt"), "--tls-key", str(files / "tls.key"),
@@ -293,6 +308,155 @@ def test_janitor_on_the_real_directory(cluster: Any, webhook: dict[str, Any], st
     assert run_janitor(cluster, storage_root) == {"s-a": "keep", "s-b": "remove"}  # s-a: pod sess-a2 exists
     assert not (storage_root / APP_NS / "fn" / "s-b").exists()
     assert (storage_root / APP_NS / "fn" / "s-a" / "s-a.txt").exists()
+
+
+SLEEPER = "import time; time.sleep(600)"
+TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def as_tenant(cluster: Any, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return kubectl(cluster, f"--as={TENANT}", *args, stdin=stdin, check=False)
+
+
+def running_session_pod(cluster: Any, name: str, session: str) -> None:
+    apply(cluster, session_pod(name, session, SLEEPER))
+    kubectl(cluster, "wait", "-n", APP_NS, f"pod/{name}", "--for=condition=Ready", "--timeout=90s")
+
+
+def plain_pod(name: str, volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], **labels: str) -> dict[str, Any]:
+    spec = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "c", "image": IMAGE, "command": ["python3", "-c", "pass"], "volumeMounts": mounts}],
+        "volumes": volumes,
+    }
+    meta = {"name": name, "namespace": APP_NS, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+ALL = [MOUNT]
+TENANT_TRICKS: list[tuple[str, dict[str, Any], str]] = [
+    ("the claim's root, no labels", plain_pod("t1", CLAIM, ALL), "volume 'store' is session storage"),
+    ("another session's sub-path, no labels", plain_pod("t2", CLAIM, [MOUNT | {"subPath": f"{APP_NS}/fn/s-a"}]),
+     "volume 'store' is session storage"),
+    ("subPathExpr, no labels", plain_pod("t3", CLAIM, [MOUNT | {"subPathExpr": "$(POD_NAME)"}]),
+     "volume 'store' is session storage"),
+    ("labelled as session s-a (impersonation)", session_pod("t4", "s-a", "pass"),
+     "only Voltgrid's own service accounts may create pods labelled"),
+    ("a Function's labels, for the gateway to adopt",
+     plain_pod("t5", [], [], **{"voltgrid.dev/managed": "true", "voltgrid.dev/function": "fn"}),
+     "only Voltgrid's own service accounts may create pods labelled voltgrid.dev/managed=true"),
+    ("a clone of the claim as an ephemeral volume",
+     plain_pod("t6", [{"name": "copy", "ephemeral": {"volumeClaimTemplate": {"spec": {
+         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+         "dataSource": {"kind": "PersistentVolumeClaim", "name": "sessions"}}}}}], []),
+     "volume 'copy' clones session storage claim 'sessions'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TENANT_TRICKS, ids=[c[0] for c in TENANT_TRICKS])
+def test_a_tenant_with_edit_rights_cannot_reach_session_files(
+    cluster: Any, webhook: dict[str, Any], case: tuple[str, dict[str, Any], str]
+) -> None:
+    _, pod, message = case
+    done = as_tenant(cluster, "create", "-f", "-", stdin=json.dumps(pod))
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert kubectl(cluster, "get", "-n", APP_NS, "pod", pod["metadata"]["name"], "--ignore-not-found").stdout == ""
+
+
+def test_a_tenant_cannot_shell_into_debug_or_relabel_session_pods(cluster: Any, webhook: dict[str, Any]) -> None:
+    running_session_pod(cluster, "victim", "s-v")
+    exec_ = as_tenant(cluster, "exec", "-n", APP_NS, "victim", "--", "cat", f"/data/{APP_NS}")
+    assert exec_.returncode != 0 and "may not exec into session pod 'victim'" in exec_.stderr, exec_.stderr
+    forward = as_tenant(cluster, "port-forward", "-n", APP_NS, "pod/victim", "0:8080", "--pod-running-timeout=5s")
+    assert forward.returncode != 0 and "may not portforward into session pod" in forward.stderr, forward.stderr
+    debug = as_tenant(cluster, "debug", "-n", APP_NS, "victim", f"--image={IMAGE}", "--", "true")
+    assert debug.returncode != 0 and "may not add containers to session pod 'victim'" in debug.stderr, debug.stderr
+    relabel = as_tenant(cluster, "label", "-n", APP_NS, "pod/victim", "voltgrid.dev/session=s-a", "--overwrite")
+    assert relabel.returncode != 0 and "may change a pod's Voltgrid labels" in relabel.stderr, relabel.stderr
+    # Its own plain pod cannot be turned into a Function's pod either (the gateway would adopt it).
+    assert as_tenant(cluster, "create", "-f", "-", stdin=json.dumps(plain_pod("mine", [], []))).returncode == 0
+    adopt = as_tenant(
+        cluster, "label", "-n", APP_NS, "pod/mine", "voltgrid.dev/managed=true", "voltgrid.dev/function=fn"
+    )
+    assert adopt.returncode != 0 and "may change a pod's Voltgrid labels" in adopt.stderr, adopt.stderr
+    # The admin (trusted here) still can: the rules follow the user, not the pod.
+    assert kubectl(cluster, "exec", "-n", APP_NS, "victim", "--", "true", check=False).returncode == 0
+    kubectl(cluster, "delete", "-n", APP_NS, "pod/victim", "pod/mine", "--wait=false")
+
+
+def test_a_tenants_deployment_cannot_start_session_pods(cluster: Any, webhook: dict[str, Any]) -> None:
+    """The ReplicaSet controller creates the pods, and it is not Voltgrid either."""
+    deploy = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "sneaky", "namespace": APP_NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "sneaky"}},
+                 "template": session_pod("x", "s-a", SLEEPER) | {"metadata": {"labels": {
+                     "app": "sneaky", "voltgrid.dev/managed": "true", "voltgrid.dev/function": "fn",
+                     "voltgrid.dev/session": "s-a"}}}},
+    }  # fmt: skip
+    deploy["spec"]["template"].pop("apiVersion")
+    deploy["spec"]["template"].pop("kind")
+    deploy["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+    assert as_tenant(cluster, "apply", "-f", "-", stdin=json.dumps(deploy)).returncode == 0
+    deadline = time.monotonic() + 60
+    events = ""
+    while "only Voltgrid's own service accounts" not in events:
+        assert time.monotonic() < deadline, events
+        time.sleep(1)
+        events = kubectl(cluster, "get", "events", "-n", APP_NS, "--field-selector", "reason=FailedCreate").stdout
+    assert kubectl(cluster, "get", "pods", "-n", APP_NS, "-l", "app=sneaky", "-o", "name").stdout == ""
+    kubectl(cluster, "delete", "-n", APP_NS, "deployment/sneaky", "--wait=false")
+
+
+def test_a_tenant_cannot_clone_or_unguard_the_claim(cluster: Any, webhook: dict[str, Any]) -> None:
+    clone = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "copy", "namespace": APP_NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                 "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "sessions"}},
+    }  # fmt: skip
+    done = as_tenant(cluster, "create", "-f", "-", stdin=json.dumps(clone))
+    assert done.returncode != 0 and "clones session storage claim 'sessions'" in done.stderr, done.stderr
+    done = as_tenant(cluster, "label", "-n", APP_NS, "pvc/sessions", "voltgrid.dev/session-storage-")
+    assert done.returncode != 0 and "may remove label voltgrid.dev/session-storage" in done.stderr, done.stderr
+
+
+def test_a_claim_a_function_names_is_guarded(cluster: Any, webhook: dict[str, Any], voltgrid_crds: Any) -> None:
+    function = {
+        "apiVersion": "voltgrid.dev/v1alpha1", "kind": "Function", "metadata": {"name": "fn", "namespace": APP_NS},
+        "spec": {"image": IMAGE, "storage": {"claimName": "fn-claim"}},
+    }  # fmt: skip
+    apply(cluster, function)
+    pod = plain_pod("t7", [{"name": "s", "persistentVolumeClaim": {"claimName": "fn-claim"}}], [MOUNT | {"name": "s"}])
+    done = as_tenant(cluster, "create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
+    assert done.returncode != 0 and "volume 's' is session storage" in done.stderr, done.stderr
+    kubectl(cluster, "delete", "-n", APP_NS, "function/fn", "--wait=false")
+
+
+def test_session_pods_have_no_token_file_and_one_claim_volume(cluster: Any, webhook: dict[str, Any]) -> None:
+    """No automount field and the claim mounted by the writer under its own name: the apiserver injects
+    the token volume, the webhook removes it; the two mounts of one claim become one."""
+    script = f"import os, json; print(json.dumps({{'token': os.path.exists({TOKEN!r}), 'files': os.listdir('/data')}}))"
+    pod = session_pod("tokenless", "s-t", script)
+    pod["spec"]["volumes"] = [{"name": "mine", "persistentVolumeClaim": {"claimName": "sessions"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "mine", "mountPath": "/data", "subPath": f"{APP_NS}/fn/s-t"}
+    ]
+    assert run_pod(cluster, pod) == {"token": False, "files": []}
+    stored = json.loads(kubectl(cluster, "get", "-n", APP_NS, "pod/tokenless", "-o", "json").stdout)
+    assert [v["name"] for v in stored["spec"]["volumes"]] == ["voltgrid-session"]
+
+
+def test_a_link_in_a_sessions_directory_leads_nowhere(
+    cluster: Any, webhook: dict[str, Any], storage_root: Path
+) -> None:
+    """Session s-a plants ``to-b -> ../s-b``; a pod of s-a asking for sub-path ``s-a/to-b`` is refused, even
+    from Voltgrid's own user: only the session's directory itself is ever mounted."""
+    plant = "import os; os.symlink('../s-b', os.path.join(os.environ['VOLTGRID_STORAGE_DIR'], 'to-b')); print('{}')"
+    run_pod(cluster, session_pod("planter", "s-a", plant))
+    assert (storage_root / APP_NS / "fn" / "s-a" / "to-b").is_symlink()
+    spec = {"volumes": CLAIM, "containers": [{"name": "c", "image": IMAGE, "command": ["true"],
+            "volumeMounts": [MOUNT | {"subPath": f"{APP_NS}/fn/s-a/to-b"}]}]}  # fmt: skip
+    done = dry_run(cluster, session_pod("escape", "s-a", "pass", spec=spec))
+    assert done.returncode != 0 and "below its session's directory" in done.stderr, done.stderr
 
 
 def test_webhook_down_blocks_voltgrid_namespaces_only(cluster: Any, webhook: dict[str, Any]) -> None:

@@ -1,36 +1,73 @@
-"""`voltgrid run`: bring Voltgrid up for a newcomer with one command.
+"""`voltgrid run`: Voltgrid as a platform team deploys it, on the local cluster, with one command.
 
-It uses the kube context when one is reachable; otherwise it installs what the local single-node
-cluster needs (Debian packages, Kubernetes built from pinned Go modules) and starts it
-(`e2e/cluster/up.sh`). Then it applies the CRDs,
-starts the operator and the gateway as child processes against that cluster, applies the example
-Function, and prints the curl command that calls it. Ctrl-C stops the children (the local cluster
-stays up for the next run; `make cluster-down` stops it).
+What it does: the local single-node cluster (``e2e/cluster``: Debian packages, Kubernetes built from
+pinned Go modules) started when it is not up; Voltgrid's image built and imported into its containerd;
+the Helm chart installed (release ``voltgrid`` in ``voltgrid-system``: the operator, two gateway
+replicas, the webhooks, the session claim on a local volume, the janitor); the examples applied in
+``default`` with their session storage; the gateway Service relayed to ``127.0.0.1:<port>`` (so both
+replicas serve, as behind any load balancer); a short tour printed. Then it watches: a component that
+restarts or stops being ready is reported (Kubernetes restarts it; nothing else is stopped).
+Ctrl-C removes what it installed (the release, the examples' Functions) and, when this run started the
+local cluster, stops it; session data (the claims) is kept.
+
+Why never the current kube context: a newcomer's default context may be production. Another cluster
+is used only when named (``--kubeconfig`` or ``$VOLTGRID_KUBECONFIG``) *and* confirmed with
+``--yes-use-this-cluster``; there the chart's published image is used and the gateway is reached
+through ``kubectl port-forward`` (one replica).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from voltgrid.errors import ClusterError
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[3]
 LOCAL_CLUSTER_DIR: Final = Path(os.environ.get("VOLTGRID_CLUSTER_DIR", "/tmp/voltgrid-cluster"))
 REACHABILITY_TIMEOUT_S: Final = 5
-CHILD_STOP_TIMEOUT_S: Final = 15
 DEFAULT_GATEWAY_PORT: Final = 8080
-EXAMPLE: Final = REPO_ROOT / "examples" / "echo-function.yaml"
+RELEASE: Final = "voltgrid"
+NAMESPACE: Final = "voltgrid-system"
+EXAMPLES_NAMESPACE: Final = "default"
+#: The examples `make run` applies, in order (the claim first: the Functions' storage names it).
+EXAMPLES: Final = (
+    "examples/storage/sessions-claim.yaml",
+    "examples/echo-function.yaml",
+    "examples/sse-agent.yaml",
+    "examples/mcp-server.yaml",
+)
+#: Where the local cluster's session volumes live (hostPath PVs; no provisioner there).
+LOCAL_VOLUMES: Final = Path(os.environ.get("VOLTGRID_RUN_VOLUMES", "/var/lib/voltgrid-run"))
+HELM_TIMEOUT: Final = "5m"
+WATCH_INTERVAL_S: Final = 5.0
+CONFIRM_FLAG: Final = "--yes-use-this-cluster"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster `voltgrid run` deploys to."""
+
+    kubeconfig: str
+    local: bool
+    #: Directory of the kubectl matching the local cluster (None: kubectl on PATH).
+    bin_dir: Path | None = None
+    #: Whether this run started the local cluster (and so stops it on Ctrl-C).
+    started: bool = False
 
 
 def kube_context_reachable(kubeconfig: str | None) -> bool:
-    """Whether the (explicit or default) kube context answers /version within a short timeout."""
+    """Whether the given kubeconfig's cluster answers /version within a short timeout."""
     env = dict(os.environ)
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
@@ -47,116 +84,303 @@ def kube_context_reachable(kubeconfig: str | None) -> bool:
     return done.returncode == 0
 
 
+def named_cluster(flag: str | None, env: Mapping[str, str], confirmed: bool) -> str | None:
+    """The kubeconfig of a cluster the user named, None for the local cluster.
+
+    Raises ClusterError when one is named without the confirmation flag: the message says which.
+    """
+    named = flag or env.get("VOLTGRID_KUBECONFIG") or None
+    if named and not confirmed:
+        raise ClusterError(
+            f"{named} names a cluster other than the local one: Voltgrid would install its CRDs, webhooks "
+            f"and a release there. Add {CONFIRM_FLAG} if that is what you want."
+        )
+    return named
+
+
 def _script(name: str) -> Path:
     path = REPO_ROOT / "e2e" / "cluster" / name
     if not path.exists():
-        raise ClusterError(f"{path} not found: `voltgrid run` starts a local cluster only from a source checkout")
+        raise ClusterError(f"{path} not found: `voltgrid run` starts the local cluster only from a source checkout")
     return path
 
 
-def ensure_cluster(kubeconfig: str | None) -> tuple[str, Path | None]:
-    """A kubeconfig for a reachable cluster, and the local cluster's bin dir when we started it."""
-    if kube_context_reachable(kubeconfig):
-        print(f"using the reachable kube context ({kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')})")
-        return kubeconfig or os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")), None
-    print("no reachable kube context: starting the local single-node cluster (e2e/cluster/up.sh)")
-    subprocess.run(["bash", str(_script("install-deps.sh"))], check=True)  # a no-op once the packages are there
-    bin_dir = Path(
-        subprocess.run(["bash", str(_script("build-k8s.sh"))], check=True, capture_output=True, text=True)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+def _last_line(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+def local_cluster() -> Target:
+    """The local cluster, started (after installing what it runs on) when it is not up."""
+    bin_dir = Path(_last_line(["bash", str(_script("build-k8s.sh"))]))
+    kubeconfig = LOCAL_CLUSTER_DIR / "kubeconfig"
+    if kubeconfig.exists() and kube_context_reachable(str(kubeconfig)):
+        print(f"using the local cluster ({LOCAL_CLUSTER_DIR})")
+        return Target(str(kubeconfig), local=True, bin_dir=bin_dir)
+    print("starting the local single-node cluster (e2e/cluster/up.sh)")
+    subprocess.run(["bash", str(_script("install-deps.sh"))], check=True)  # a no-op once installed
+    subprocess.run(["bash", str(_script("build-kube-router.sh"))], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["bash", str(_script("up.sh"))], check=True)
-    return str(LOCAL_CLUSTER_DIR / "kubeconfig"), bin_dir
+    return Target(str(kubeconfig), local=True, bin_dir=bin_dir, started=True)
 
 
-def load_example_image(kubeconfig: str) -> None:
-    """On the local cluster (no registry) the example's image, Voltgrid's own, is the one built here:
-    the build tags it with the chart's default image name too, and the import makes it visible."""
-    if Path(kubeconfig).resolve() != (LOCAL_CLUSTER_DIR / "kubeconfig").resolve():
-        return
-    script = REPO_ROOT / "e2e" / "images" / "build-voltgrid-image.sh"
-    subprocess.run(["bash", str(script), "--import"], check=True, stdout=subprocess.DEVNULL)
+def chart_values(target: Target, port: int) -> dict[str, str]:
+    """``--set`` values of the release: two gateway replicas; on the local cluster the image built here."""
+    values = {"gateway.replicas": "2", "operator.urlBase": f"http://127.0.0.1:{port}"}
+    if target.local:
+        values |= {"image.repository": "localhost/voltgrid/voltgrid", "image.tag": "dev", "image.pullPolicy": "Never"}
+    return values
 
 
-def _kubectl(bin_dir: Path | None, kubeconfig: str, *args: str) -> None:
-    exe = str(bin_dir / "kubectl") if bin_dir else "kubectl"
-    subprocess.run([exe, "--kubeconfig", kubeconfig, *args], check=True)
+def host_volume(name: str, namespace: str, claim: str, path: Path) -> dict[str, Any]:
+    """A hostPath PersistentVolume pre-bound to ``namespace/claim`` (the local cluster has no provisioner).
+
+    The directory is world-writable: the kubelet creates each session's sub-path with the root's mode,
+    and instances run as non-root users (docs/webhooks.md)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "voltgrid-run"}},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": claim},
+            "hostPath": {"path": str(path), "type": "Directory"},
+        },
+    }
 
 
-def _start(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    log = (logs / f"{name}.log").open("ab")
-    print(f"starting {name}: logs in {logs / (name + '.log')}")
-    return subprocess.Popen(
-        [sys.executable, "-m", "voltgrid.cli.main", *argv], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+@dataclass
+class Platform:
+    """Commands against the target cluster."""
+
+    target: Target
+    helm: str
+    log: Callable[[str], None] = print
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        path = f"{self.target.bin_dir}{os.pathsep}{os.environ['PATH']}" if self.target.bin_dir else os.environ["PATH"]
+        self.env = {**os.environ, "KUBECONFIG": self.target.kubeconfig, "PATH": path}
+
+    def run(self, *argv: str, stdin: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            list(argv), env=self.env, cwd=REPO_ROOT, input=stdin, capture_output=True, text=True, check=False
+        )
+        if check and done.returncode != 0:
+            raise ClusterError(f"{' '.join(argv[:4])} ... failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return self.run("kubectl", *args, stdin=stdin, check=check)
+
+    def local_volumes(self) -> None:
+        for name, namespace, claim in (
+            ("voltgrid-run-sessions", NAMESPACE, "voltgrid-sessions"),
+            ("voltgrid-run-example-sessions", EXAMPLES_NAMESPACE, "sessions"),
+        ):
+            path = LOCAL_VOLUMES / name
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
+            self.kubectl("apply", "-f", "-", stdin=json.dumps(host_volume(name, namespace, claim, path)))
+
+    def install(self, values: dict[str, str]) -> None:
+        sets = [f"--set={key}={value}" for key, value in values.items()]
+        self.log(f"installing the chart (release {RELEASE} in {NAMESPACE}; up to {HELM_TIMEOUT})")
+        self.run(
+            self.helm, "upgrade", "--install", RELEASE, "charts/voltgrid", "-n", NAMESPACE, "--create-namespace",
+            *sets, "--wait", "--timeout", HELM_TIMEOUT,
+        )  # fmt: skip
+
+    def examples(self) -> None:
+        self.kubectl("label", "namespace", EXAMPLES_NAMESPACE, "voltgrid.dev/enabled=true", "--overwrite")
+        for example in EXAMPLES:
+            self.kubectl("apply", "-n", EXAMPLES_NAMESPACE, "-f", example)
+        self.kubectl("wait", "-n", EXAMPLES_NAMESPACE, "function", "--all", "--for=condition=Ready", "--timeout=120s")
+
+    def gateway_address(self) -> str:
+        jsonpath = "jsonpath={.spec.clusterIP}"
+        return self.kubectl("-n", NAMESPACE, "get", "svc", f"{RELEASE}-gateway", "-o", jsonpath).strip()
+
+    def component_states(self) -> dict[str, tuple[bool, int]]:
+        """``pod name -> (ready, restarts)`` of the release's long-running components."""
+        selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component!=janitor"
+        pods = json.loads(self.kubectl("-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "json"))["items"]
+        states = {}
+        for pod in pods:
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            ready = bool(statuses) and all(s.get("ready") for s in statuses)
+            states[pod["metadata"]["name"]] = (ready, sum(s.get("restartCount", 0) for s in statuses))
+        return states
+
+    def remove(self) -> None:
+        """Undo :meth:`install` and :meth:`examples` (claims and their data stay)."""
+        for example in reversed(EXAMPLES[1:]):
+            self.kubectl("delete", "-n", EXAMPLES_NAMESPACE, "-f", example, "--ignore-not-found", check=False)
+        self.run(self.helm, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--ignore-not-found", check=False)
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
-    for child in children:
+def component_changes(before: dict[str, tuple[bool, int]], after: dict[str, tuple[bool, int]]) -> list[str]:
+    """What to report between two looks at the components (restarts, readiness lost or regained)."""
+    lines = []
+    for name, (ready, restarts) in sorted(after.items()):
+        was_ready, had_restarts = before.get(name, (ready, restarts))  # a new pod: nothing to say yet
+        if restarts > had_restarts:
+            lines.append(f"{name} restarted ({restarts} restarts): kubectl -n {NAMESPACE} logs --previous {name}")
+        if was_ready and not ready:
+            lines.append(f"{name} is not ready: kubectl -n {NAMESPACE} describe pod {name}")
+        if ready and not was_ready:
+            lines.append(f"{name} is ready again")
+    for name in sorted(set(before) - set(after)):
+        lines.append(f"{name} is gone (replaced)")
+    return lines
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+async def relay(host: str, port: int, upstream: tuple[str, int]) -> asyncio.Server:
+    """A TCP relay ``host:port -> upstream`` (the gateway Service: the node's kube-proxy balances it)."""
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            up_reader, up_writer = await asyncio.open_connection(*upstream)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await w.wait_closed()
+
+    return await asyncio.start_server(connect, host, port)
+
+
+def tour(port: int, local: bool) -> str:
+    base = f"http://127.0.0.1:{port}"
+    via = "both gateway replicas (kube-proxy)" if local else "one gateway replica (kubectl port-forward)"
+    return f"""
+Voltgrid is running: release {RELEASE} in {NAMESPACE} (operator, 2 gateways, webhooks, janitor), the
+gateway at {base} ({via}). A short tour:
+
+  1. Call the echo agent; a session id is minted and returned in X-Voltgrid-Session:
+       curl -i {base}/fn/default/echo/
+  2. Keep a session: its count lives in its own directory on the claim `sessions`:
+       curl -H 'X-Voltgrid-Session: demo-1' -d hi {base}/fn/default/echo/     # "requests": 1, 2, 3, ...
+  3. Idle release and wake with the same storage: let demo-1 idle (idleTimeout 5m; or make it short:
+       kubectl patch -n default function/echo --type=merge -p '{{"spec":{{"sessions":{{"idleTimeout":"10s"}}}}}}')
+     watch its pod go (kubectl get pods -n default -w), call again: a new instance, the count goes on.
+  4. Sessions, from the Session API:
+       .venv/bin/voltgrid sessions --gateway {base} -f default/echo list
+  5. Streaming and MCP: curl -N '{base}/fn/default/sse-agent/?prompt=hello+there'
+                        any MCP client at {base}/fn/default/notes/mcp
+  6. Isolation: as a tenant with `edit` rights, try to read the sessions' files (docs/webhooks.md, "Trust
+     model"); each attempt is refused by the webhook with a message.
+
+Ctrl-C removes the release and the examples{" and stops the local cluster" if local else ""}; session data is kept.
+"""
+
+
+async def _supervise(platform: Platform, port: int, stop: asyncio.Event) -> None:
+    server: asyncio.Server | None = None
+    forward: asyncio.subprocess.Process | None = None
+    if platform.target.local:
+        server = await relay("127.0.0.1", port, (platform.gateway_address(), 80))
+    else:
+        forward = await asyncio.create_subprocess_exec(*forward_args(port), env=platform.env)
+    print(tour(port, platform.target.local), flush=True)
+    states = await asyncio.to_thread(platform.component_states)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_S)
+            if forward is not None and forward.returncode is not None:
+                print("kubectl port-forward exited; restarting it", file=sys.stderr)
+                forward = await asyncio.create_subprocess_exec(*forward_args(port), env=platform.env)
+            try:
+                now = await asyncio.to_thread(platform.component_states)
+            except ClusterError as exc:
+                print(f"cannot read the components' state: {exc}", file=sys.stderr)
+                continue
+            for line in component_changes(states, now):
+                print(line, file=sys.stderr, flush=True)
+            states = now
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        if forward is not None and forward.returncode is None:
+            forward.terminate()
+            await forward.wait()
+
+
+def forward_args(port: int) -> list[str]:
+    return ["kubectl", "-n", NAMESPACE, "port-forward", f"svc/{RELEASE}-gateway", f"{port}:80"]
+
+
+async def _serve(platform: Platform, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await _supervise(platform, port, stop)
 
 
 def run(args: argparse.Namespace) -> int:
-    kubeconfig, bin_dir = ensure_cluster(args.kubeconfig)
-    _kubectl(bin_dir, kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-    _kubectl(
-        bin_dir,
-        kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/functions.voltgrid.dev",
-        "crd/sessions.voltgrid.dev",
-        "crd/sandboxes.voltgrid.dev",
-    )
-    env = {**os.environ, "KUBECONFIG": kubeconfig}
-    logs = Path(args.logs)
-    logs.mkdir(parents=True, exist_ok=True)
-    children = [
-        # Function status URLs point at this gateway, so `kubectl get fn` shows what to curl.
-        _start("operator", ["operator"], {**env, "VOLTGRID_OPERATOR_URL_BASE": f"http://127.0.0.1:{args.port}"}, logs),
-        _start("gateway", ["gateway", "--backend", "kubernetes", "--port", str(args.port)], env, logs),
-    ]
-    load_example_image(kubeconfig)
-    _kubectl(bin_dir, kubeconfig, "apply", "-n", "default", "-f", str(EXAMPLE))
-    print(
-        "\nVoltgrid is running. Call the example Function (a session is minted and returned in the header):\n"
-        f"  curl -i http://127.0.0.1:{args.port}/fn/default/echo/\n"
-        f"  curl -i -H 'X-Voltgrid-Session: demo-1' http://127.0.0.1:{args.port}/fn/default/echo/\n"
-        "Ctrl-C stops the operator and the gateway; `make cluster-down` stops the local cluster.\n"
-    )
-    stopping = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    print(f"a component exited with {child.returncode}; see {logs}", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+        named = named_cluster(args.kubeconfig, os.environ, args.yes_use_this_cluster)
+    except ClusterError as exc:
+        print(f"voltgrid run: {exc}", file=sys.stderr)
+        return 2
+    target: Target | None = None
+    platform: Platform | None = None
+    try:
+        target = Target(named, local=False) if named else local_cluster()
+        platform = Platform(target, _last_line(["bash", str(_script("build-helm.sh"))]))
+        if target.local:
+            script = REPO_ROOT / "e2e" / "images" / "build-voltgrid-image.sh"
+            print("building Voltgrid's image and importing it into the local cluster")
+            subprocess.run(["bash", str(script), "--import"], check=True, stdout=subprocess.DEVNULL)
+            platform.local_volumes()
+        platform.install(chart_values(target, args.port))
+        platform.examples()
+        asyncio.run(_serve(platform, args.port))
+    except (ClusterError, subprocess.CalledProcessError) as exc:
+        print(f"voltgrid run: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the gateway was up: clean up all the same
     finally:
-        _stop(children)
+        if platform is not None:
+            print("removing the release and the examples", flush=True)
+            platform.remove()
+        if target is not None and target.started:
+            print("stopping the local cluster (e2e/cluster/down.sh)", flush=True)
+            subprocess.run(["bash", str(_script("down.sh"))], check=False)
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("run", help="run Voltgrid (local cluster when no kube context is reachable)")
-    parser.add_argument("--kubeconfig", default=None, help="use this kubeconfig (default: $KUBECONFIG)")
+    parser = sub.add_parser("run", help="run Voltgrid on the local cluster (the chart, examples, a tour)")
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="deploy to this cluster instead of the local one (env VOLTGRID_KUBECONFIG); needs " + CONFIRM_FLAG,
+    )
+    parser.add_argument(
+        CONFIRM_FLAG, action="store_true", help="confirm deploying to the cluster named by --kubeconfig"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_GATEWAY_PORT, help="gateway port on 127.0.0.1")
-    parser.add_argument("--logs", default=str(LOCAL_CLUSTER_DIR / "logs" / "voltgrid"), help="component logs")
     parser.set_defaults(handler=run)
