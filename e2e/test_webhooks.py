@@ -126,7 +126,18 @@ def webhook(cluster: Any, storage_root: Path, tmp_path_factory: pytest.TempPathF
          "metadata": {"name": "tenant-edit", "namespace": APP_NS},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
          "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": APP_NS}]},
+        # `edit` lacks `kubectl debug`; grant it, so that the webhook is what refuses a session pod.
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "debugger", "namespace": APP_NS},
+         "rules": [{"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch", "update"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "tenant-debugger", "namespace": APP_NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
+         "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": APP_NS}]},
     ]  # fmt: skip
+    for ns in (APP_NS, PLAIN_NS, SYSTEM_NS):  # an earlier run's teardown does not wait for its deletions
+        kubectl(cluster, "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=180s")
+    kubectl(cluster, "delete", "pv", "vgwh-sessions", "--ignore-not-found", "--wait=true")
     apply(cluster, namespace(SYSTEM_NS, False), namespace(APP_NS, True), namespace(PLAIN_NS, False), pv, pvc, *tenant)
     apply(cluster, *configurations)
     me = kubectl(cluster, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout.strip()
@@ -214,7 +225,7 @@ FORBIDDEN: list[tuple[str, dict[str, Any], str]] = [
     ("hostPath", {"volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}, "volume 'h' is a hostPath (/etc)"),
     ("other session", {"volumes": CLAIM, "containers": [{"name": "c", "image": IMAGE,
                        "volumeMounts": [MOUNT | {"subPath": f"{APP_NS}/fn/s-b"}]}]},
-     "container 'c' (volume 'store') mounts the directory of session 's-b'"),
+     "(volume 'voltgrid-session') mounts the directory of session 's-b'"),
     ("claim root", {"volumes": CLAIM, "containers": [{"name": "c", "image": IMAGE, "volumeMounts": [MOUNT]}]},
      "mounts the root of session storage"),
     ("subPathExpr", {"volumes": CLAIM, "containers": [{"name": "c", "image": IMAGE,
@@ -369,7 +380,7 @@ def test_a_tenant_cannot_shell_into_debug_or_relabel_session_pods(cluster: Any, 
     assert exec_.returncode != 0 and "may not exec into session pod 'victim'" in exec_.stderr, exec_.stderr
     forward = as_tenant(cluster, "port-forward", "-n", APP_NS, "pod/victim", "0:8080", "--pod-running-timeout=5s")
     assert forward.returncode != 0 and "may not portforward into session pod" in forward.stderr, forward.stderr
-    debug = as_tenant(cluster, "debug", "-n", APP_NS, "victim", f"--image={IMAGE}", "--", "true")
+    debug = as_tenant(cluster, "debug", "-n", APP_NS, "victim", f"--image={IMAGE}", "--profile=general", "--", "true")
     assert debug.returncode != 0 and "may not add containers to session pod 'victim'" in debug.stderr, debug.stderr
     relabel = as_tenant(cluster, "label", "-n", APP_NS, "pod/victim", "voltgrid.dev/session=s-a", "--overwrite")
     assert relabel.returncode != 0 and "may change a pod's Voltgrid labels" in relabel.stderr, relabel.stderr

@@ -230,3 +230,50 @@ def test_namespace_from_request_when_pod_has_none() -> None:
     ops = mutate.review(request).patch
     assert any(op.get("value") == [{"name": "voltgrid-session", "mountPath": "/data", "subPath": "other/f/s"}]
                for op in ops)  # fmt: skip
+
+
+def _session_pod(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "labels": {"voltgrid.dev/managed": "true", "voltgrid.dev/function": "f", "voltgrid.dev/session": "s"},
+            "annotations": {c.ANNOTATION_STORAGE_CLAIM: "claim"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "i", "volumeMounts": mounts}], "volumes": volumes},
+    }
+
+
+TOKEN_VOLUME = {
+    "name": "kube-api-access-x7k2p",
+    "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}, {"configMap": {"name": "kube-root-ca.crt"}}]},
+}
+TOKEN_MOUNT = {"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+
+
+def test_the_injected_token_volume_and_its_mount_are_removed() -> None:
+    out = mutate.mutate(_session_pod([TOKEN_VOLUME], [TOKEN_MOUNT]), "ns")
+    assert [v["name"] for v in out["spec"]["volumes"]] == ["voltgrid-session"]
+    assert [m["mountPath"] for m in out["spec"]["containers"][0]["volumeMounts"]] == ["/data"]
+    assert out["spec"]["automountServiceAccountToken"] is False
+
+
+def test_a_writers_own_volume_of_the_claim_is_merged_not_doubled() -> None:
+    mine = [{"name": "mine", "persistentVolumeClaim": {"claimName": "claim"}}]
+    out = mutate.mutate(_session_pod(mine, [{"name": "mine", "mountPath": "/data", "subPath": "ns/f/s"}]), "ns")
+    assert out["spec"]["volumes"] == [{"name": "voltgrid-session", "persistentVolumeClaim": {"claimName": "claim"}}]
+    assert out["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "voltgrid-session", "mountPath": "/data", "subPath": "ns/f/s"}
+    ]
+    assert mutate.mutate(out, "ns") == out
+
+
+def test_a_writers_mount_of_another_sessions_directory_is_kept_for_validation_to_refuse() -> None:
+    from voltgrid.webhooks import validate  # noqa: PLC0415
+
+    mine = [{"name": "mine", "persistentVolumeClaim": {"claimName": "claim"}}]
+    out = mutate.mutate(_session_pod(mine, [{"name": "mine", "mountPath": "/x", "subPath": "ns/f/other"}]), "ns")
+    assert len(out["spec"]["volumes"]) == 1
+    problems = validate.violations(out, "ns", validate.ValidationPolicy())
+    assert problems == [
+        "container 'app' (volume 'voltgrid-session') mounts the directory of session 'other' "
+        "(subPath 'ns/f/other'), but the pod belongs to session 's'"
+    ]

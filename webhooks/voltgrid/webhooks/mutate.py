@@ -108,8 +108,17 @@ def _set_env(container: dict[str, Any], env: dict[str, str]) -> None:
 
 
 def _set_mount(container: dict[str, Any], mount: dict[str, str]) -> None:
-    mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != c.SESSION_VOLUME]
+    """The session's mount at the mount path, replacing one of the session volume there; the writer's
+    mounts of that volume elsewhere stay for the validating webhook to judge (and name)."""
+    target = posixpath.normpath(mount["mountPath"])
+    mounts = [
+        m
+        for m in container.get("volumeMounts") or []
+        if not (m.get("name") == c.SESSION_VOLUME and posixpath.normpath(m.get("mountPath", "")) == target)
+    ]
     for other in mounts:
+        if other.get("name") == c.SESSION_VOLUME:
+            continue
         if posixpath.normpath(other.get("mountPath", "")) == posixpath.normpath(mount["mountPath"]):
             raise MutationError(
                 f"container {container.get('name')!r} already mounts volume {other.get('name')!r} at "
@@ -160,6 +169,13 @@ def _drop_volumes(spec: dict[str, Any], containers: list[dict[str, Any]], names:
             container["volumeMounts"] = [m for m in container["volumeMounts"] if m.get("name") not in names]
 
 
+def _rename_mounts(containers: list[dict[str, Any]], names: set[str]) -> None:
+    for container in containers:
+        for mount in container.get("volumeMounts") or []:
+            if mount.get("name") in names:
+                mount["name"] = c.SESSION_VOLUME
+
+
 def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The pod as it should be stored (a new object); idempotent: ``mutate(mutate(p)) == mutate(p)``.
 
@@ -179,14 +195,14 @@ def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
         if storage:
             claim, mount_path = storage
             # One volume for the claim: a writer's own volume of it (under any name) is merged into
-            # ours, and its mounts replaced by the session's one (two volumes of one claim would leave
-            # the pod in ContainerCreating).
+            # ours and its mounts renamed (two volumes of one claim leave the pod in ContainerCreating).
             same_claim = {
                 v.get("name", "")
                 for v in spec.get("volumes") or []
                 if v.get("name") == c.SESSION_VOLUME or (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
             }
-            _drop_volumes(spec, containers, same_claim)
+            _rename_mounts(containers, same_claim)
+            _drop_volumes(spec, [], same_claim)
             spec.setdefault("volumes", []).append(
                 {"name": c.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
             )
