@@ -57,8 +57,8 @@ cluster-up: k8s-binaries  ## Start the local single-node cluster
 cluster-down:  ## Stop the local cluster and remove everything it made
 	bash e2e/cluster/down.sh
 
-bench: install  ## Benchmarks (print figures and ratios; see docs/benchmarks.md)
-	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+bench: install  ## Benchmarks this machine allows, saying what it skipped (cluster ones: BENCH_KUBECONFIG=PATH); see docs/benchmarks.md
+	$(PY) bench/run_all.py $(if $(BENCH_KUBECONFIG),--kubeconfig $(BENCH_KUBECONFIG))
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

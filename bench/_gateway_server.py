@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from voltgrid.api.function import Function
@@ -40,6 +42,9 @@ class StaticBackend:
     async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
         return []
 
+    async def checkpoint(self, instance: Instance, when: float) -> None:
+        """Nobody watches these instances: nothing to record (a no-op, as the protocol allows)."""
+
     async def close(self) -> None:
         pass
 
@@ -54,13 +59,11 @@ def upstream(port: int) -> None:
 
 
 def bare(port: int, upstream_url: str) -> None:
-    import aiohttp  # noqa: PLC0415
-
     async def relay(request: web.Request) -> web.Response:
         async with request.app[CLIENT].get(upstream_url + request.path) as r:
             return web.Response(body=await r.read(), status=r.status)
 
-    async def client(app: web.Application):  # type: ignore[no-untyped-def]
+    async def client(app: web.Application) -> AsyncIterator[None]:
         app[CLIENT] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         yield
         await app[CLIENT].close()
@@ -71,7 +74,7 @@ def bare(port: int, upstream_url: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-CLIENT: web.AppKey = web.AppKey("client")
+CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("client", aiohttp.ClientSession)
 
 
 def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None:

@@ -1,14 +1,18 @@
 """Control-plane scale: N Functions applied to a real apiserver, until every one reports Ready.
 
-Creates a namespace, applies N Functions (no pool: they must cost nothing until used), starts the
-operator (``voltgrid.controllers``) scoped to that namespace as a child process, and measures:
-the time from operator start until all N report ``Ready=True``, the operator's peak RSS and CPU
-time, the apiserver's CPU time meanwhile, and the number of pods created (must be 0). Readiness is
-counted from a WATCH (one event per status write; a LIST of 100,000 objects per poll would load the
-apiserver being measured). The anchor, measured in the same run, is the time the apiserver took to
-accept the N creates: the ratio says how much the operator adds on top of merely storing the
-objects; ``--status-ceiling`` measures the other anchor, the apiserver taking the N status writes
-from the bench itself. Usage:
+One run measures both sides of the ratio on the same cluster, with the same concurrency:
+
+1. the ceiling: N Functions applied to ``NAMESPACE-ceiling``, then their N status writes sent by
+   the bench itself, ``FUNCTION_WORKERS`` (the operator's worker count) at a time, with the exact
+   status the operator's own builders produce and no operator running: what the apiserver alone
+   sustains of the operator's only write;
+2. the operator: N Functions applied to ``NAMESPACE`` (no pool, ``allowUnsandboxed``: they must
+   cost nothing until used), then the operator (``voltgrid.controllers``) started as a child
+   process scoped to it, timed until all N report ``Ready=True``, with its peak RSS and CPU time,
+   the apiserver's CPU time meanwhile, and the number of pods created (must be 0).
+
+Readiness is counted from a WATCH (one event per status write; a LIST of 100,000 objects per poll
+would load the apiserver being measured). The ratio printed is operator time / ceiling time.
 
     .venv/bin/python bench/bench_functions_scale.py --kubeconfig /tmp/voltgrid-cluster/kubeconfig -n 10000
 """
@@ -32,9 +36,14 @@ from voltgrid.api.function import Function
 from voltgrid.controllers.builders import status as st
 from voltgrid.controllers.builders.pods import count
 from voltgrid.controllers.builders.runtime import select_runtime
+from voltgrid.controllers.core import FUNCTION_WORKERS
 from voltgrid.controllers.kube import KubeClient, core_path, voltgrid_path
 from voltgrid.controllers.settings import OperatorSettings
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, skip
+
+#: Concurrent creates of the anchor (not part of the ratio).
 CREATE_CONCURRENCY: Final = 64
 #: Seconds between progress lines.
 REPORT_INTERVAL: Final = 15.0
@@ -86,8 +95,9 @@ def operator_status(ns: str, i: int) -> dict[str, Any]:
 
 
 async def patch_all_statuses(client: KubeClient, ns: str, n: int) -> float:
-    """The apiserver's own ceiling for the operator's only write: N status PATCHes, no operator."""
-    sem = asyncio.Semaphore(CREATE_CONCURRENCY)
+    """The apiserver's own ceiling for the operator's only write: N status PATCHes, no operator, as
+    many in flight as the operator has workers."""
+    sem = asyncio.Semaphore(FUNCTION_WORKERS)
 
     async def one(i: int) -> None:
         async with sem:
@@ -135,75 +145,94 @@ def apiserver_pid() -> int | None:
     return int(found.stdout.split()[0]) if found.stdout.split() else None
 
 
-async def bench(
-    kubeconfig: str, n: int, *, ns: str, wait_s: float, status_ceiling: bool = False, keep: bool = False
-) -> int:
+async def bench(kubeconfig: str, n: int, *, ns: str, wait_s: float, keep: bool = False) -> int:
     os.environ["KUBECONFIG"] = kubeconfig
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=logging.getLogger("bench"))
     assert info is not None, "no credentials in the kubeconfig"
     client = KubeClient(info)
+    ceiling_ns = f"{ns}-ceiling"
+    made: list[str] = []
     try:
-        await client.create(
-            core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        for name in (ceiling_ns, ns):
+            await client.create(
+                core_path("namespaces"), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+            )
+            made.append(name)
+        create_s = await create_all(client, ceiling_ns, n)
+        print(f"ceiling: applied {n} Functions in {create_s:.1f} s ({n / create_s:.0f}/s)", flush=True)
+        ceiling_s = await patch_all_statuses(client, ceiling_ns, n)
+        print(
+            f"ceiling: {n} status PATCHes in {ceiling_s:.1f} s ({n / ceiling_s:.0f}/s, "
+            f"{FUNCTION_WORKERS} concurrent, no operator)",
+            flush=True,
         )
         create_s = await create_all(client, ns, n)
-        print(f"applied {n} Functions in {create_s:.1f} s ({n / create_s:.0f}/s): the anchor")
-        if status_ceiling:
-            patch_s = await patch_all_statuses(client, ns, n)
-            print(
-                f"RESULT n={n} direct_status_patches={patch_s:.1f} s ({n / patch_s:.0f}/s, "
-                f"{CREATE_CONCURRENCY} concurrent, no operator): the apiserver's ceiling for the operator's writes"
-            )
-            return 0
-        env = {
-            **os.environ,
-            "VOLTGRID_OPERATOR_NAMESPACES": ns,
-            "VOLTGRID_OPERATOR_LIVENESS": "",
-            "VOLTGRID_OPERATOR_METRICS": "",
-        }
-        ready: set[str] = set()
-        watcher = asyncio.create_task(watch_ready(client, ns, await current_version(client, ns), n, ready))
-        apiserver = apiserver_pid()
-        apiserver_cpu0 = cpu_seconds(apiserver) if apiserver else 0.0
-        start = time.monotonic()
-        proc = subprocess.Popen(  # noqa: ASYNC220 (a benchmark driver, nothing else runs)
-            [sys.executable, "-c", OPERATOR_CMD],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            peak = 0
-            while not watcher.done() and time.monotonic() - start < wait_s:
-                await asyncio.wait([watcher], timeout=REPORT_INTERVAL)
-                peak = max(peak, rss_kib(proc.pid)[1])
-                print(
-                    f"  t={time.monotonic() - start:6.1f} s ready={len(ready)}/{n} rss_peak={peak / 1024:.0f} MiB",
-                    flush=True,
-                )
-            ready_s = time.monotonic() - start
-            rss, peak = rss_kib(proc.pid)
-            operator_cpu = cpu_seconds(proc.pid)
-            apiserver_cpu = (cpu_seconds(apiserver) - apiserver_cpu0) if apiserver else float("nan")
-            pods = len(await client.list(core_path("pods", ns)))
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            proc.terminate()
-            proc.wait(timeout=60)
+        print(f"operator: applied {n} Functions in {create_s:.1f} s ({n / create_s:.0f}/s): the anchor", flush=True)
+        result = await run_operator(client, ns, n, wait_s)
+        ready_s = result["time_to_all_ready"]
         print(
-            f"RESULT n={n} ready={len(ready)} time_to_all_ready={ready_s:.1f} s ({len(ready) / ready_s:.0f}/s) "
-            f"operator_rss={rss / 1024:.0f} MiB operator_rss_peak={peak / 1024:.0f} MiB "
-            f"operator_cpu={operator_cpu:.0f} s apiserver_cpu={apiserver_cpu:.0f} s pods_created={pods} "
-            f"ratio_ready_vs_apply={ready_s / create_s:.2f}"
+            f"RESULT n={n} ceiling={ceiling_s:.1f} s "
+            + " ".join(f"{k}={v}" for k, v in result.items() if k != "time_to_all_ready")
+            + f" time_to_all_ready={ready_s:.1f} s ratio_operator_vs_ceiling={ready_s / ceiling_s:.2f} "
+            f"(same run, same cluster, {FUNCTION_WORKERS} concurrent writes on both sides)"
         )
-        return 0 if len(ready) == n and pods == 0 else 1
+        return 0 if result["ready"] == n and result["pods_created"] == 0 else 1
     finally:
         if keep:
-            print(f"kept namespace {ns} and its {n} Functions")
+            print(f"kept namespaces {made} and their Functions")
         else:
-            await delete_namespace(client, ns)
+            for name in made:
+                await delete_namespace(client, name)
         await client.close()
+
+
+async def run_operator(client: KubeClient, ns: str, n: int, wait_s: float) -> dict[str, Any]:
+    """Start the operator on ``ns`` and follow it until all ``n`` Functions are Ready (or ``wait_s``)."""
+    env = {
+        **os.environ,
+        "VOLTGRID_OPERATOR_NAMESPACES": ns,
+        "VOLTGRID_OPERATOR_LIVENESS": "",
+        "VOLTGRID_OPERATOR_METRICS": "",
+    }
+    ready: set[str] = set()
+    watcher = asyncio.create_task(watch_ready(client, ns, await current_version(client, ns), n, ready))
+    apiserver = apiserver_pid()
+    apiserver_cpu0 = cpu_seconds(apiserver) if apiserver else 0.0
+    start = time.monotonic()
+    proc = subprocess.Popen(  # noqa: ASYNC220 (a benchmark driver, nothing else runs)
+        [sys.executable, "-c", OPERATOR_CMD],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        peak = 0
+        while not watcher.done() and time.monotonic() - start < wait_s:
+            await asyncio.wait([watcher], timeout=REPORT_INTERVAL)
+            peak = max(peak, rss_kib(proc.pid)[1])
+            print(
+                f"  t={time.monotonic() - start:6.1f} s ready={len(ready)}/{n} rss_peak={peak / 1024:.0f} MiB",
+                flush=True,
+            )
+        ready_s = time.monotonic() - start
+        rss, peak = rss_kib(proc.pid)
+        operator_cpu = cpu_seconds(proc.pid)
+        apiserver_cpu = (cpu_seconds(apiserver) - apiserver_cpu0) if apiserver else float("nan")
+        pods = len(await client.list(core_path("pods", ns)))
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {
+        "ready": len(ready),
+        "time_to_all_ready": ready_s,
+        "operator_rss": f"{rss / 1024:.0f}MiB",
+        "operator_rss_peak": f"{peak / 1024:.0f}MiB",
+        "operator_cpu": f"{operator_cpu:.0f}s",
+        "apiserver_cpu": f"{apiserver_cpu:.0f}s",
+        "pods_created": pods,
+    }
 
 
 async def delete_namespace(client: KubeClient, ns: str) -> None:
@@ -218,32 +247,21 @@ async def delete_namespace(client: KubeClient, ns: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--kubeconfig", help="the cluster to measure (without it, nothing runs)")
     parser.add_argument("-n", "--functions", type=int, default=10_000)
-    parser.add_argument("--namespace", default="voltgrid-bench")
+    parser.add_argument("--namespace", default="voltgrid-bench", help="and NAMESPACE-ceiling for the ceiling")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for all Ready")
-    parser.add_argument(
-        "--status-ceiling",
-        action="store_true",
-        help="instead of running the operator, PATCH every status from here: what the apiserver alone sustains",
-    )
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="leave the namespace: the apiserver deletes Functions at ~30/s, so at 100,000 tearing the "
+        help="leave the namespaces: the apiserver deletes Functions at ~125/s, so at 100,000 tearing the "
         "throwaway cluster down is faster",
     )
     args = parser.parse_args()
-    return asyncio.run(
-        bench(
-            args.kubeconfig,
-            args.functions,
-            ns=args.namespace,
-            wait_s=args.timeout,
-            status_ceiling=args.status_ceiling,
-            keep=args.keep,
-        )
-    )
+    if not args.kubeconfig:
+        skip("needs a cluster: --kubeconfig PATH (e.g. /tmp/voltgrid-cluster/kubeconfig of e2e/cluster/up.sh)")
+    print(machine())
+    return asyncio.run(bench(args.kubeconfig, args.functions, ns=args.namespace, wait_s=args.timeout, keep=args.keep))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import time
+from pathlib import Path
 
 from voltgrid.registry.ids import mint_session_id
 from voltgrid.registry.scheduler import DeadlineScheduler
 from voltgrid.registry.store import SessionRegistry
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine
 
 
 def rss_bytes() -> int:
@@ -28,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     args = parser.parse_args()
+    print(machine())
     gc.collect()
     before = rss_bytes()
     reg = SessionRegistry()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import pytest
 
@@ -53,6 +53,14 @@ class Cluster:
         if check and done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done
+
+    def without_gvisor(self, why: str) -> NoReturn:
+        """A test that needs gVisor found none. The local cluster of ``up.sh`` always installs it, so
+        there its absence is a failure (CI must not go green without the sandbox); a user's cluster
+        may lack it, so there the test is skipped with the reason."""
+        if self.state_dir is not None:
+            pytest.fail(f"the local cluster has no gVisor: {why}", pytrace=False)
+        pytest.skip(f"this cluster has no gVisor: {why}")
 
 
 def script_env(state_dir: Path) -> dict[str, str]:

@@ -101,7 +101,7 @@ def test_runc_pod_serves_http_on_its_pod_ip(cluster: Cluster, namespace: str) ->
 def test_gvisor_pod_runs_on_the_gvisor_kernel(cluster: Cluster, namespace: str) -> None:
     runtime_classes = cluster.kubectl("get", "runtimeclass", "-o", "name").stdout.split()
     if "runtimeclass.node.k8s.io/gvisor" not in runtime_classes:
-        pytest.skip("the cluster has no RuntimeClass gvisor")
+        cluster.without_gvisor("no RuntimeClass gvisor")
     pod, took = start(cluster, namespace, web_pod("gvisor", "uname -r; dmesg", runtime_class="gvisor"))
     print(f"gvisor pod: create -> Running in {took:.2f}s")
     assert "Directory listing" in http_get(pod)

@@ -137,6 +137,16 @@ INVALID = [
         },
         "spec.network.egress[0].cidr",
     ),
+    (
+        "sandbox-cidr-prefix-out-of-range",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "cidr-99"},
+            "spec": {"image": "x", "network": {"egress": [{"cidr": "10.0.0.0/99"}]}},
+        },
+        "must be an IPv4 or IPv6 CIDR",
+    ),
 ]
 
 

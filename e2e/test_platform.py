@@ -173,8 +173,11 @@ class Platform:
 
 
 def _runtime(cluster: Any) -> dict[str, Any]:
-    """gVisor when the cluster has it, else an explicit opt in to the node's default runtime."""
+    """gVisor when the cluster has it; on a user's cluster without it, an explicit opt in to the
+    node's default runtime. The local cluster always installs gVisor: its absence fails there."""
     found = cluster.kubectl("get", "runtimeclass", "gvisor", check=False).returncode == 0
+    if not found and cluster.state_dir is not None:
+        cluster.without_gvisor("no RuntimeClass gvisor")
     return {"runtimeClassName": "gvisor"} if found else {"allowUnsandboxed": True}
 
 

@@ -90,6 +90,10 @@ def test_session_rejects(spec: dict[str, Any], message: str) -> None:
         ({"image": "x", "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"}, "at most one of ttl"),
         ({"image": "x", "storage": {"claimName": "c"}}, "storage needs sessionRef"),
         ({"image": "x", "network": {"egress": [{"cidr": "not-a-cidr"}]}}, "cidr"),
+        # The pattern's shape, yet no CIDR: the apiserver would refuse the NetworkPolicy built from it.
+        ({"image": "x", "network": {"egress": [{"cidr": "10.0.0.0/99"}]}}, "'10.0.0.0/99' is not a CIDR"),
+        ({"image": "x", "network": {"egress": [{"cidr": "300.1.2.3/8"}]}}, "'300.1.2.3/8' is not a CIDR"),
+        ({"image": "x", "network": {"egress": [{"cidr": "fd00::/129"}]}}, "'fd00::/129' is not a CIDR"),
     ],
 )
 def test_sandbox_rejects(spec: dict[str, Any], message: str) -> None:
@@ -102,3 +106,16 @@ def test_sandbox_secure_by_default() -> None:
     assert s.spec.isolation.allow_unsandboxed is False
     assert s.spec.network.egress == []
     assert s.spec.network.allow_dns is False
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/8", "1.1.1.1/32", "10.0.0.1/24", "fd00::/64", "::/0"])
+def test_sandbox_accepts_cidrs(cidr: str) -> None:
+    spec = Sandbox.model_validate({"spec": {"image": "x", "network": {"egress": [{"cidr": cidr}]}}}).spec
+    assert spec.network.egress[0].cidr == cidr
+
+
+def test_sandbox_crd_checks_cidrs_with_cel() -> None:
+    """The CRD refuses what the model refuses: the apiserver evaluates ``isCIDR`` on apply."""
+    schema = Sandbox.model_json_schema(by_alias=True, mode="validation")
+    rule = schema["$defs"]["EgressRule"]["properties"]["cidr"]["x-kubernetes-validations"]
+    assert [r["rule"] for r in rule] == ["isCIDR(self)"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,7 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
 
     yield start
     for replica in started:
-        with contextlib.suppress(Exception):
-            await replica.runner.cleanup()
+        await replica.stop()
     for local in backends:
         await local.stop_all()
 

@@ -60,10 +60,17 @@ class Replica:
     gateway: Gateway
     runner: web.AppRunner
     backend: InstanceBackend
+    stopped: bool = False
 
     async def kill(self) -> None:
         """Stop serving at once (its instances stay, like pods when a gateway pod dies)."""
-        await self.runner.cleanup()
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Shut the replica's app down, once (a killed replica is not cleaned up again at teardown)."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
 
 
 class FakeBackend:

@@ -7,6 +7,8 @@ import asyncio
 import aiohttp
 from gwhelpers import function
 
+from voltgrid.registry.ownership import rank
+
 HDR = "X-Voltgrid-Session"
 
 
@@ -49,25 +51,42 @@ async def test_killing_one_of_two_replicas_mid_traffic_loses_no_session(replicas
                 assert (await r.json())["instance"] == instance
 
 
+def ids_owned_by_each(members: list[str], per_member: int) -> list[str]:
+    """Client-chosen session ids, ``per_member`` owned by each member: taken from the ring, not left
+    to luck (the replicas' ports are the OS's, so a fixed list would all hash to one of them at times)."""
+    owned: dict[str, list[str]] = {m: [] for m in members}
+    i = 0
+    while any(len(ids) < per_member for ids in owned.values()):
+        candidate = f"user-{i}"
+        owner = rank(candidate, members)[0]
+        if len(owned[owner]) < per_member:
+            owned[owner].append(candidate)
+        i += 1
+    return [sid for pair in zip(*owned.values(), strict=True) for sid in pair]
+
+
 async def test_session_api_lists_sessions_of_every_replica(replicas) -> None:
     a, b = await replicas([function("echo")], n=2)
     api = "/_voltgrid/v1/functions/default/echo/sessions"
+    wanted = ids_owned_by_each([a.url, b.url], 3)
     async with aiohttp.ClientSession() as http:
         ids = []
-        for i in range(6):
-            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": f"user-{i}"}) as r:
+        for i, sid in enumerate(wanted):
+            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": sid}) as r:
                 assert r.status == 201, await r.text()
                 ids.append((await r.json())["sessionId"])
+        assert ids == wanted
         async with http.get(f"{a.url}{api}") as r:
             listed = [s["sessionId"] for s in (await r.json())["items"]]
         assert sorted(listed) == sorted(ids)
-        async with http.post(f"{b.url}{api}", json={"sessionId": "user-0"}) as r:
+        async with http.post(f"{b.url}{api}", json={"sessionId": ids[0]}) as r:
             assert r.status == 409
         owners = {a.gateway.membership.owner(s) for s in ids}
         assert owners == {a.url, b.url}
-        async with http.post(f"{a.url}{api}/user-3/renew", json={"maxLifetime": "2h"}) as r:
-            assert r.status == 200 and (await r.json())["sessionId"] == "user-3"
-        async with http.delete(f"{b.url}{api}/user-3") as r:
+        other = ids[3]  # owned by b: renewed through a (one hop), deleted through b
+        async with http.post(f"{a.url}{api}/{other}/renew", json={"maxLifetime": "2h"}) as r:
+            assert r.status == 200 and (await r.json())["sessionId"] == other
+        async with http.delete(f"{b.url}{api}/{other}") as r:
             assert r.status == 200
-        async with http.get(f"{a.url}{api}/user-3") as r:
+        async with http.get(f"{a.url}{api}/{other}") as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"

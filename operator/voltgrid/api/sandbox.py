@@ -8,11 +8,12 @@ denied unless allow-listed.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from voltgrid.api import constants as c
 from voltgrid.api.common import (
@@ -30,10 +31,28 @@ from voltgrid.api.common import (
 )
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
 
+
+def _check_cidr(text: str) -> str:
+    """The apiserver refuses a NetworkPolicy whose ``ipBlock.cidr`` does not parse (``10.0.0.0/99``);
+    caught here and by the CRD's CEL ``isCIDR`` so that such a Sandbox is refused when applied,
+    not left without a pod."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR: {exc}") from None
+    return text
+
+
 Cidr = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$", max_length=64),
-    Field(description="An IPv4 or IPv6 CIDR, e.g. '10.0.0.0/8'."),
+    AfterValidator(_check_cidr),
+    Field(
+        description="An IPv4 or IPv6 CIDR, e.g. '10.0.0.0/8'.",
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("isCIDR(self)", "must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8")]
+        },
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from voltgrid.api import podspec
 from voltgrid.api.function import Function
+from voltgrid.controllers import children
 from voltgrid.controllers.builders import status as st
 from voltgrid.controllers.builders.pods import PodInfo, count, plan_pool
 from voltgrid.controllers.builders.runtime import RuntimeChoice, select_runtime
@@ -79,7 +80,11 @@ class FunctionController:
         choice = self.choose(fn)
         pods = self.ctx.pods.for_function(ns, name)
         if choice.runnable:
-            pods = await self._size_pool(fn, choice, pods)
+            try:
+                pods = await self._size_pool(fn, choice, pods)
+            except children.ChildRejected as exc:
+                await self._rejected(fn, current, exc)
+                return
         patch = st.function_status(
             current,
             generation=fn.metadata.generation,
@@ -110,6 +115,23 @@ class FunctionController:
         else:
             self.active.pop(key, None)
 
+    async def _rejected(self, fn: Function, current: Json, exc: children.ChildRejected) -> None:
+        """The apiserver refused a warm pod: Ready=False saying so, with an Event (the gateway's pods
+        of this Function would be refused alike). A refusal that may pass is raised again, for the
+        work queue's retry with backoff; any other waits for a new spec."""
+        ns, name = str(fn.metadata.namespace), str(fn.metadata.name)
+        patch = st.not_ready_status(
+            current, generation=fn.metadata.generation, reason=exc.reason, message=str(exc), now=self.ctx.clock()
+        )
+        if st.changed(current, patch):
+            written = await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})
+            if written is not None:
+                self.ctx.metrics.status_writes.labels(resource="functions").inc()
+                self._expect_echo((ns, name), written, fn.metadata.generation)
+            await self.ctx.events.post(self._ref(fn), WARNING, exc.reason, str(exc))
+        if exc.transient:
+            raise exc
+
     async def _size_pool(self, fn: Function, choice: RuntimeChoice, pods: list[PodInfo]) -> list[PodInfo]:
         plan = plan_pool(fn.spec.scaling, pods)
         ns = str(fn.metadata.namespace)
@@ -120,7 +142,7 @@ class FunctionController:
             manifest = podspec.build_instance_pod(
                 fn, podspec.new_session_id(), role=podspec.Role.WARM, runtime_class_name=choice.runtime_class_name
             )
-            created = await self.ctx.client.create(core_path("pods", ns), manifest)
+            created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), manifest)
             # Index it now, before its watch event: the next reconcile must not create it again.
             self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
         if plan.create_warm:

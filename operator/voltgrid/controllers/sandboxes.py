@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox, SandboxPhase
+from voltgrid.controllers import children
 from voltgrid.controllers.builders import sandbox as sb
 from voltgrid.controllers.builders import status as st
 from voltgrid.controllers.builders.pods import PodInfo, parse_time
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 TERMINAL = frozenset({SandboxPhase.SUCCEEDED, SandboxPhase.FAILED, SandboxPhase.EXPIRED})
+#: When the apiserver refused a child object for a reason that may pass, the next try.
+CHILD_RETRY = timedelta(seconds=10)
 
 
 class SandboxController:
@@ -125,10 +128,17 @@ class SandboxController:
         pod_manifest = podspec.build_sandbox_pod(
             sandbox, runtime_class_name=choice.runtime_class_name, function=function
         )
-        await self.ctx.client.create(
-            group_path("networking.k8s.io/v1", "networkpolicies", ns), sb.network_policy(sandbox)
-        )
-        created = await self.ctx.client.create(core_path("pods", ns), pod_manifest)
+        try:
+            await children.create(
+                self.ctx.client,
+                "NetworkPolicy",
+                group_path("networking.k8s.io/v1", "networkpolicies", ns),
+                sb.network_policy(sandbox),
+            )
+            created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), pod_manifest)
+        except children.ChildRejected as exc:
+            await self._rejected(sandbox, current, exc)
+            return
         pod = PodInfo.from_pod(created or pod_manifest)
         self.ctx.pods.upsert(pod)
         await self.ctx.events.post(
@@ -139,6 +149,22 @@ class SandboxController:
             {"podName": pod.name, "runtimeClassName": choice.runtime_class_name, "sandboxed": choice.sandboxed}
         )
         self.live[key] = (sandbox, await self._write(key, current, patch))
+
+    async def _rejected(self, sandbox: Sandbox, current: Json, exc: children.ChildRejected) -> None:
+        """The apiserver refused the NetworkPolicy or the pod: NotStarted, saying so, with an Event.
+        A refusal that may pass (overload) is retried after :data:`CHILD_RETRY`; any other waits for
+        a new spec (its watch event reconciles again)."""
+        ns, name = str(sandbox.metadata.namespace), str(sandbox.metadata.name)
+        now = self.ctx.clock()
+        patch = st.not_ready_status(
+            current, generation=sandbox.metadata.generation, reason=exc.reason, message=str(exc), now=now
+        )
+        patch["phase"] = SandboxPhase.NOT_STARTED
+        if st.changed(current, patch):
+            await self.ctx.events.post(self._ref(sandbox), WARNING, exc.reason, str(exc))
+        await self._write((ns, name), current, patch)
+        if exc.transient:
+            self.ctx.scheduler.schedule(("sandbox", ns, name), now + CHILD_RETRY)
 
     def _from_pod(self, sandbox: Sandbox, pod: PodInfo | None, current: Json, expires: datetime | None) -> Json:
         phase = sb.phase_of(pod)

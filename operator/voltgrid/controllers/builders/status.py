@@ -97,8 +97,16 @@ def function_status(
 
 def invalid_status(previous: Mapping[str, Any] | None, *, generation: int | None, message: str, now: datetime) -> Json:
     """Status of an object whose spec the operator cannot run (what the CRD schema cannot catch)."""
+    return not_ready_status(previous, generation=generation, reason=REASON_INVALID, message=message, now=now)
+
+
+def not_ready_status(
+    previous: Mapping[str, Any] | None, *, generation: int | None, reason: str, message: str, now: datetime
+) -> Json:
+    """Status of an object the operator could not make run: ``Ready=False`` saying why (an invalid
+    spec, or an object of its own that the apiserver refused: ``PodRejected``...)."""
     conditions = (previous or {}).get("conditions")
     return {
-        "conditions": [condition(conditions, READY, False, REASON_INVALID, message, generation=generation, now=now)],
+        "conditions": [condition(conditions, READY, False, reason, message, generation=generation, now=now)],
         "observedGeneration": generation,
     }
