@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VOLTGRID_CLUSTER_DIR ?= /tmp/voltgrid-cluster
 
-.PHONY: install run test unit e2e lint crds chart cluster-up cluster-down k8s-binaries helm bench clean
+.PHONY: install run test unit e2e lint crds chart cluster-up cluster-down cluster-deps k8s-binaries helm bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ test: install  ## Everything CI runs: lint, unit tests, end-to-end tests on a re
 unit: install  ## Fast tests: no cluster
 	$(VENV)/bin/pytest -m 'not e2e' -p no:cacheprovider
 
-e2e: install k8s-binaries helm  ## End-to-end tests against a real Kubernetes (the local one unless VOLTGRID_KUBECONFIG is set)
+e2e: install cluster-deps k8s-binaries helm  ## End-to-end tests against a real Kubernetes (the local one unless VOLTGRID_KUBECONFIG is set)
 	$(VENV)/bin/pytest -m e2e -p no:cacheprovider e2e
 	bash e2e/cluster/check-clean.sh
 
@@ -47,6 +47,9 @@ chart: helm  ## Sync crds/ and runtimeclasses/ into the chart and re-render depl
 
 helm:  ## Build helm from its Go module (cached in ~/.cache/voltgrid)
 	bash e2e/cluster/build-helm.sh
+
+cluster-deps:  ## What the local cluster runs on: Debian packages, kube-router (no-op once there; skipped with VOLTGRID_KUBECONFIG)
+	@if [ -z "$${VOLTGRID_KUBECONFIG:-}" ]; then bash e2e/cluster/install-deps.sh && bash e2e/cluster/build-kube-router.sh >/dev/null; fi
 
 k8s-binaries:  ## Build the pinned Kubernetes components from Go modules (cached in ~/.cache/voltgrid)
 	bash e2e/cluster/build-k8s.sh

@@ -241,6 +241,10 @@ def instance_pods(cluster: Any) -> list[str]:
     return listed.split()
 
 
+def pod_uid(cluster: Any, name: str) -> str:
+    return ok(run(cluster, "kubectl", "-n", JOURNEY_NS, "get", "pod", name, "-o", "jsonpath={.metadata.uid}"))
+
+
 @pytest.mark.timeout(600)
 def test_a_sessions_files_survive_idle_release_and_wake_through_two_gateways(cluster: Any) -> None:
     """The user's path: kubectl apply the echo example (claim + Function with storage) in a Voltgrid
@@ -262,13 +266,14 @@ def test_a_sessions_files_survive_idle_release_and_wake_through_two_gateways(clu
         first = [call_gateway(cluster, "journey-1", f"call {i}") for i in range(4)]
         assert [a["requests"] for a in first] == [1, 2, 3, 4], first
         assert len({a["instance"] for a in first}) == 1
+        released_uid = pod_uid(cluster, first[0]["instance"])
         deadline = time.monotonic() + 120
         while instance_pods(cluster):  # idle release: preStop, then the pod is deleted
             assert time.monotonic() < deadline, "the idle session's pod was never released"
             time.sleep(2)
         woken = call_gateway(cluster, "journey-1", "again")
         assert woken["requests"] == 5, woken  # read back from the session's directory on the claim
-        assert woken["instance"] != first[0]["instance"]
+        assert pod_uid(cluster, woken["instance"]) != released_uid  # a new pod (names are per session)
         other = call_gateway(cluster, "journey-2", "hello")
         assert other["requests"] == 1  # another session starts from its own, empty directory
         stored = json.loads(ok(run(cluster, "kubectl", "-n", JOURNEY_NS, "get", "pods", "-o", "json")))["items"]
