@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -106,7 +107,8 @@ def example_claim_volume(cluster: Any, namespace: str) -> None:
     """A hostPath PV pre-bound to ``<namespace>/sessions``, the claim of examples/storage/ (no provisioner
     here); its root is world-writable as the kubelet gives sub-paths the root's mode (docs/webhooks.md)."""
     root = Path(f"/tmp/voltgrid-e2e-sessions/example-{namespace}")
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # an earlier run's sessions
+    root.mkdir(parents=True)
     root.chmod(0o777)
     pv = {
         "apiVersion": "v1",
