@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
+from voltgrid.cli.run import host_volume
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,45 +86,24 @@ def clean_slate(cluster: Any, helm: str) -> None:
         drop_example_claim(cluster, namespace)
 
 
-def session_volume(cluster: Any, namespace: str) -> None:
-    """A hostPath PV pre-bound to the chart's claim (the local cluster has no dynamic provisioner)."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"voltgrid-sessions-{namespace}"},
-        "spec": {
-            "capacity": {"storage": "10Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "claimRef": {"namespace": namespace, "name": "voltgrid-sessions"},
-            "hostPath": {"path": f"/tmp/voltgrid-e2e-sessions/{namespace}", "type": "DirectoryOrCreate"},
-        },
-    }
-    ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pv)))
-
-
-def example_claim_volume(cluster: Any, namespace: str) -> None:
-    """A hostPath PV pre-bound to ``<namespace>/sessions``, the claim of examples/storage/ (no provisioner
-    here); its root is world-writable as the kubelet gives sub-paths the root's mode (docs/webhooks.md)."""
-    root = Path(f"/tmp/voltgrid-e2e-sessions/example-{namespace}")
+def volume_for(cluster: Any, name: str, namespace: str, claim: str) -> None:
+    """A fresh, world-writable hostPath PV pre-bound to ``namespace/claim`` (no provisioner here; the
+    same one `voltgrid run` makes)."""
+    root = Path(f"/tmp/voltgrid-e2e-sessions/{name}")
     shutil.rmtree(root, ignore_errors=True)  # an earlier run's sessions
     root.mkdir(parents=True)
     root.chmod(0o777)
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"voltgrid-example-sessions-{namespace}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "claimRef": {"namespace": namespace, "name": "sessions"},
-            "hostPath": {"path": str(root), "type": "Directory"},
-        },
-    }
-    ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pv)))
+    ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(host_volume(name, namespace, claim, root))))
+
+
+def session_volume(cluster: Any, namespace: str) -> None:
+    """The chart's claim's volume."""
+    volume_for(cluster, f"voltgrid-sessions-{namespace}", namespace, "voltgrid-sessions")
+
+
+def example_claim_volume(cluster: Any, namespace: str) -> None:
+    """The volume of ``<namespace>/sessions``, the claim of examples/storage/."""
+    volume_for(cluster, f"voltgrid-example-sessions-{namespace}", namespace, "sessions")
 
 
 def drop_example_claim(cluster: Any, namespace: str) -> None:
@@ -281,7 +261,7 @@ def test_a_sessions_files_survive_idle_release_and_wake_through_two_gateways(clu
         stored = json.loads(ok(run(cluster, "kubectl", "-n", JOURNEY_NS, "get", "pods", "-o", "json")))["items"]
         for pod in stored:
             assert [v["name"] for v in pod["spec"]["volumes"]] == ["voltgrid-session"], pod["spec"]["volumes"]
-        root = Path(f"/tmp/voltgrid-e2e-sessions/example-{JOURNEY_NS}/{JOURNEY_NS}/echo")
+        root = Path(f"/tmp/voltgrid-e2e-sessions/voltgrid-example-sessions-{JOURNEY_NS}/{JOURNEY_NS}/echo")
         assert (root / "journey-1" / "requests").read_text() == "5"
     finally:
         run(cluster, "kubectl", "delete", "namespace", JOURNEY_NS, "--ignore-not-found", "--wait=true", timeout=300)

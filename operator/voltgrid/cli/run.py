@@ -268,7 +268,7 @@ async def relay(host: str, port: int, upstream: tuple[str, int]) -> asyncio.Serv
     return await asyncio.start_server(connect, host, port)
 
 
-def tour(port: int, local: bool) -> str:
+def tour(port: int, local: bool, stops_cluster: bool) -> str:
     base = f"http://127.0.0.1:{port}"
     via = "both gateway replicas (kube-proxy)" if local else "one gateway replica (kubectl port-forward)"
     return f"""
@@ -279,9 +279,11 @@ gateway at {base} ({via}). A short tour:
        curl -i {base}/fn/default/echo/
   2. Keep a session: its count lives in its own directory on the claim `sessions`:
        curl -H 'X-Voltgrid-Session: demo-1' -d hi {base}/fn/default/echo/     # "requests": 1, 2, 3, ...
-  3. Idle release and wake with the same storage: let demo-1 idle (idleTimeout 5m; or make it short:
-       kubectl patch -n default function/echo --type=merge -p '{{"spec":{{"sessions":{{"idleTimeout":"10s"}}}}}}')
-     watch its pod go (kubectl get pods -n default -w), call again: a new instance, the count goes on.
+  3. Idle release and wake with the same storage. A session keeps the idleTimeout it started with
+     (5m); make it short for new sessions, then use a new one:
+       kubectl patch -n default function/echo --type=merge -p '{{"spec":{{"sessions":{{"idleTimeout":"10s"}}}}}}'
+       curl -H 'X-Voltgrid-Session: demo-2' -d hi {base}/fn/default/echo/   # twice
+     watch its pod go (kubectl get pods -n default -w), call again: a new pod, the count goes on.
   4. Sessions, from the Session API:
        .venv/bin/voltgrid sessions --gateway {base} -f default/echo list
   5. Streaming and MCP: curl -N '{base}/fn/default/sse-agent/?prompt=hello+there'
@@ -289,7 +291,8 @@ gateway at {base} ({via}). A short tour:
   6. Isolation: as a tenant with `edit` rights, try to read the sessions' files (docs/webhooks.md, "Trust
      model"); each attempt is refused by the webhook with a message.
 
-Ctrl-C removes the release and the examples{" and stops the local cluster" if local else ""}; session data is kept.
+Ctrl-C removes the release and the examples{" and stops the local cluster" if stops_cluster else ""}; \
+session data is kept.
 """
 
 
@@ -300,7 +303,7 @@ async def _supervise(platform: Platform, port: int, stop: asyncio.Event) -> None
         server = await relay("127.0.0.1", port, (platform.gateway_address(), 80))
     else:
         forward = await asyncio.create_subprocess_exec(*forward_args(port), env=platform.env)
-    print(tour(port, platform.target.local), flush=True)
+    print(tour(port, platform.target.local, platform.target.started), flush=True)
     states = await asyncio.to_thread(platform.component_states)
     try:
         while not stop.is_set():
