@@ -67,11 +67,10 @@ def threaded_gateway(**overrides: Any) -> Iterator[HostileGateway]:
         options.update(overrides)
         backend = FakeBackend(f"http://127.0.0.1:{up_port}")
         backend_box.append(backend)
-        app = build_app(
-            GatewaySettings(**options),
-            backend,
-            [function("open"), function("secured"), function("mcp", affinity="MCP")],
-        )
+        functions = [function("open"), function("secured"), function("mcp", affinity="MCP")]
+        for fn in functions:  # every request without a session starts an instance: never run out
+            fn.spec.scaling.max_instances = 10_000
+        app = build_app(GatewaySettings(**options), backend, functions)
         runner = GatewayRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
