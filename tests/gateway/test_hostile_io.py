@@ -146,3 +146,50 @@ async def test_parser_rejections_are_single_lines_rate_limited(replicas, caplog:
     assert not [r for r in caplog.records if r.exc_info]
     rejections = [r for r in caplog.records if "refused a request" in r.getMessage()]
     assert 1 <= len(rejections) <= LOG_BURST
+
+
+def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    return head[0] & 0x0F, await reader.readexactly(size)
+
+
+async def test_an_unmasked_client_frame_closes_the_websocket_with_1002(replicas) -> None:
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    async with serving(echo) as url:
+        (gw,) = await replicas([function("open")], backend=FakeBackend(url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+        try:
+            writer.write(
+                b"GET /fn/default/open/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            long_text = b"y" * 300  # a 16-bit extended length, its frame split across two writes
+            frame = masked_frame(long_text)
+            for part in (masked_frame(b"hi"), frame[:3], frame[3:]):
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            assert await read_frame(reader) == (0x1, b"hi")
+            assert await read_frame(reader) == (0x1, long_text)
+            writer.write(b"\x81\x05hello")  # no mask bit
+            assert await asyncio.wait_for(read_frame(reader), 3) == (0x8, (1002).to_bytes(2, "big"))
+            assert await asyncio.wait_for(reader.read(), 3) == b""  # then closed
+        finally:
+            writer.transport.abort()

@@ -12,6 +12,8 @@ A client may do all three on purpose, so each gateway connection is a :class:`Gu
   Time in which the gateway itself stopped reading (flow control) never counts;
 * **pending cap** — at most ``max_pending_connections`` connections may be waiting for their
   request head at once; a connection beyond it is closed as it opens;
+* **masked frames only** — a WebSocket client frame without a mask (RFC 6455 section 5.1) closes
+  the connection with 1002 (protocol error), before the frame goes anywhere;
 * **quiet rejections** — a malformed request or a client gone mid-request is one log line without
   traceback, at most :data:`LOG_BURST` lines per :data:`LOG_WINDOW` seconds (then a count).
 
@@ -23,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_websocket import WebSocketReader
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -36,6 +40,11 @@ from voltgrid.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
+#: A server close frame with code 1002 (protocol error).
+CLOSE_PROTOCOL_ERROR: Final = b"\x88\x02\x03\xea"
+MASK_BIT: Final = 0x80
+#: Longest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask.
+MAX_FRAME_HEADER: Final = 14
 #: Lines a burst of rejected requests may log per window; the rest are counted.
 LOG_BURST: Final = 10
 LOG_WINDOW: Final = 10.0
@@ -135,6 +144,17 @@ class GuardedRequestHandler(RequestHandler):
         elif data and self._head_since is None and not self._upgraded and not self._in_body():
             self._set_head_pending(now)
 
+    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
+        """aiohttp hands the WebSocket reader over here: frames are checked for a mask first."""
+        checked = cast(WebSocketReader, _MaskedFramesOnly(parser, self._unmasked_frame))  # the same two methods
+        super().set_parser(checked, data_received_cb)
+
+    def _unmasked_frame(self) -> None:
+        self._guard.log.warning(self._loop.time(), "closed a WebSocket: the client sent a frame without a mask")
+        if self.transport is not None:
+            self.transport.write(CLOSE_PROTOCOL_ERROR)
+        self.force_close()
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
         if isinstance(exc, (HttpProcessingError, ConnectionError)):
@@ -190,6 +210,53 @@ class GuardedRequestHandler(RequestHandler):
         self._lingering_time = 0.0  # do not wait for the rest of the body after answering
         self.close()
         self._body.set_exception(BodyTimeoutError(self._guard.body_idle))
+
+
+class _MaskedFramesOnly:
+    """Stands in front of aiohttp's WebSocket reader and follows the frame headers: a frame without
+    the mask bit calls ``on_unmasked`` and nothing more is read."""
+
+    def __init__(self, reader: Any, on_unmasked: Callable[[], None]) -> None:
+        self._reader = reader
+        self._on_unmasked = on_unmasked
+        self._head = b""  # the start of a frame header split across reads
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._failed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._failed:
+            return False, b""
+        if not self._all_masked(bytes(data)):
+            self._failed = True
+            self._on_unmasked()
+            return False, b""
+        result: tuple[bool, bytes] = self._reader.feed_data(data)
+        return result
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+    def _all_masked(self, data: bytes) -> bool:
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            head = self._head + data[pos : pos + MAX_FRAME_HEADER - len(self._head)]
+            if len(head) >= 2 and not head[1] & MASK_BIT:
+                return False
+            size = head[1] & 0x7F if len(head) >= 2 else 0
+            extended = {126: 2, 127: 8}.get(size, 0)
+            full = 2 + extended + 4
+            if len(head) < full:  # the rest of the header comes with the next read
+                self._head = head
+                return True
+            pos += full - len(self._head)
+            self._head = b""
+            self._skip = int.from_bytes(head[2 : 2 + extended], "big") if extended else size
+        return True
 
 
 def _describe(exc: BaseException) -> str:
