@@ -74,7 +74,9 @@ def build_app(
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     if functions_api is not None:
-        app.cleanup_ctx.append(_function_watch(FunctionWatcher(functions_api, gateway.catalog, functions_namespace)))
+        watcher = FunctionWatcher(functions_api, gateway.catalog, functions_namespace)
+        gateway.catalog_synced = watcher.synced
+        app.cleanup_ctx.append(_function_watch(watcher))
     return app
 
 

@@ -56,6 +56,9 @@ class Gateway:
         self.http: aiohttp.ClientSession | None = None
         self.lifecycle: Lifecycle | None = None
         self.peers: Peers | None = None
+        #: Set once the Function catalog has been listed from the cluster (None: no cluster catalog);
+        #: until then the replica is not ready (see ``/_voltgrid/readyz``).
+        self.catalog_synced: asyncio.Event | None = None
         self._jobs: list[asyncio.Task[Any]] = []
         self._membership_changed = asyncio.Event()
 
