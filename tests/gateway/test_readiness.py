@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from apifake import scripted_apiserver
 from gwhelpers import FakeBackend, free_port, function
 
+from apifake import scripted_apiserver
 from voltgrid.api import constants as c
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.server import GatewayRunner
@@ -38,7 +38,7 @@ async def test_not_ready_until_the_function_catalog_is_listed() -> None:
                 assert await status(http, f"{base}/healthz") == 200  # alive all the same
                 apiserver.pages += [{"items": [], "metadata": {"resourceVersion": "1"}}] * 3
                 async with asyncio.timeout(10):
-                    while await status(http, f"{base}/readyz") != 200:
+                    while await status(http, f"{base}/readyz") != 200:  # noqa: ASYNC110 (polling what is tested)
                         await asyncio.sleep(0.1)
         finally:
             await runner.cleanup()

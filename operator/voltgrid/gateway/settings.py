@@ -7,7 +7,9 @@ limit and timeout of the gateway is a field here, with its default a named const
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,8 +75,9 @@ class JwtPolicy:
 class GatewaySettings:
     """Everything the gateway can be told. Durations are seconds, sizes bytes."""
 
-    #: Address and port to listen on.
+    #: Address to listen on.
     host: str = "0.0.0.0"
+    #: Port to listen on.
     port: int = DEFAULT_PORT
     #: This replica's base URL as peers reach it (default ``http://127.0.0.1:<port>``).
     replica_url: str | None = None
@@ -82,7 +85,9 @@ class GatewaySettings:
     peers: list[str] = field(default_factory=list)
     #: Gateway Service whose EndpointSlices list the replicas (in a cluster; overrides ``peers``).
     membership_service: str | None = None
+    #: Namespace of the membership Service.
     membership_namespace: str = "voltgrid-system"
+    #: Port name of the membership Service's endpoints (None: the first port).
     membership_port_name: str | None = "http"
     #: Shared secret that marks internal hops between replicas (required with peers).
     internal_token: str = ""
@@ -96,8 +101,9 @@ class GatewaySettings:
     max_stream_duration: float = DEFAULT_MAX_STREAM_DURATION
     #: Largest request body streamed through; larger gets 413.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    #: Largest request line / header field, and most header fields; beyond them, 400/431.
+    #: Largest request line or header field; beyond it, 400/431.
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    #: Most header fields of a request; beyond it, 431.
     max_headers: int = DEFAULT_MAX_HEADERS
     #: Seconds a client has to send a request's line and headers; then 408 and the connection closes.
     header_read_timeout: float = DEFAULT_HEADER_READ_TIMEOUT
@@ -164,6 +170,47 @@ class GatewaySettings:
     def self_url(self) -> str:
         assert self.replica_url is not None
         return self.replica_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class SettingReference:
+    """One setting as ``--help`` and the docs list it."""
+
+    name: str
+    flag: str
+    env: str
+    default: str
+    doc: str
+
+
+#: Settings only a ``--config`` file can hold (mappings of policies).
+FILE_ONLY: Final = ("jwt", "api_jwt")
+
+
+def settings_reference() -> list[SettingReference]:
+    """Every setting with its flag, environment variable, default and documentation. The text is
+    the ``#:`` comment above the field in this module, so that it is written in one place."""
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(GatewaySettings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif (match := re.match(r"(\w+): ", text)) and pending:
+            comments[match.group(1)] = " ".join(pending)
+            pending = []
+    out = []
+    for f in dataclasses.fields(GatewaySettings):
+        if not f.init:
+            continue
+        default: Any = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        shown = ",".join(default) if isinstance(default, list) else "" if default in (None, {}) else str(default)
+        flag = "" if f.name in FILE_ONLY else "--" + f.name.replace("_", "-")
+        env = "" if f.name in FILE_ONLY else ENV_PREFIX + f.name.upper()
+        out.append(SettingReference(f.name, flag, env, shown, comments.get(f.name, "")))
+    return out
 
 
 def _policy(value: JwtPolicy | Mapping[str, Any]) -> JwtPolicy:
