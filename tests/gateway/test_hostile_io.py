@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import socket
 import time
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from gwhelpers import FakeBackend, function, serving
@@ -193,3 +195,23 @@ async def test_an_unmasked_client_frame_closes_the_websocket_with_1002(replicas)
             assert await asyncio.wait_for(reader.read(), 3) == b""  # then closed
         finally:
             writer.transport.abort()
+
+
+async def test_a_body_held_back_by_a_slow_instance_is_not_idle_but_a_silent_client_is(replicas) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        size = 0
+        while chunk := await request.content.read(64 * 1024):
+            size += len(chunk)
+            await asyncio.sleep(0.1)  # the instance reads slowly: the gateway stops reading its client
+        return web.json_response({"size": size})
+
+    async with serving(slow) as url:
+        (gw,) = await replicas([function("open")], backend=FakeBackend(url), body_idle_timeout=0.3)
+        body = b"z" * (3 * 1024 * 1024)
+        target = f"{gw.url}/fn/default/open/x"
+        async with aiohttp.ClientSession() as http, http.post(target, data=io.BytesIO(body)) as r:
+            assert (r.status, await r.json()) == (200, {"size": len(body)})
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+        writer.write(b"POST /fn/default/open/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 300000\r\n\r\n" + b"z" * 1000)
+        assert (await asyncio.wait_for(reader.readline(), 3)).startswith(b"HTTP/1.1 408")
+        writer.close()

@@ -141,6 +141,9 @@ class GuardedRequestHandler(RequestHandler):
         if self._request_count != count:
             self._body = self._messages[-1][1] if self._messages else None
             self._set_head_pending(None)
+            if self._in_body() and self._check_handle is not None:
+                self._check_handle.cancel()  # due at the header timeout: the body's is sooner
+                self._schedule(now)
         elif data and self._head_since is None and not self._upgraded and not self._in_body():
             self._set_head_pending(now)
 
