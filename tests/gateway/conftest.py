@@ -16,6 +16,7 @@ from voltgrid.backends.base import InstanceBackend
 from voltgrid.backends.local import LocalProcessBackend
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.core import GATEWAY
+from voltgrid.gateway.server import GatewayRunner
 from voltgrid.gateway.settings import GatewaySettings
 
 StartReplicas = Callable[..., Any]
@@ -43,7 +44,7 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
                 port=port, replica_url=url, peers=urls if n > 1 else [], internal_token=TOKEN, **overrides
             )
             app = build_app(settings, b, functions)
-            runner = web.AppRunner(app, shutdown_timeout=1.0)
+            runner = GatewayRunner(app, shutdown_timeout=1.0)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             replica = Replica(url, app[GATEWAY], runner, b)

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from gwhelpers import function
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from voltgrid.api import constants as c
 from voltgrid.api import podspec
 from voltgrid.api.function import FunctionStatus
-from voltgrid.backends.base import InstanceBackend
-from voltgrid.backends.kubernetes import instance_pod, rfc3339
+from voltgrid.backends.base import ControlPlaneUnavailableError, InstanceBackend
+from voltgrid.backends.kubernetes import control_plane, instance_pod, rfc3339
 from voltgrid.backends.local import LocalProcessBackend
 from voltgrid.errors import RuntimeUnavailableError
 from voltgrid.gateway.catalog_watch import runtime_status
@@ -94,3 +96,20 @@ async def test_a_second_backend_object_lists_and_deletes_instances_it_did_not_st
         assert await first.list() == []
     finally:
         await first.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("raised", "unavailable"),
+    [
+        (ApiException(status=503, reason="Service Unavailable"), True),
+        (ApiException(status=429, reason="Too Many Requests"), True),
+        (ApiException(status=504, reason="Gateway Timeout"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (ConnectionResetError("reset by peer"), True),
+        (ApiException(status=403, reason="Forbidden"), False),
+        (ApiException(status=422, reason="Unprocessable Entity"), False),
+    ],
+)
+def test_apiserver_failures_that_a_retry_may_fix_are_classified(raised: Exception, unavailable: bool) -> None:
+    with pytest.raises(ControlPlaneUnavailableError if unavailable else ApiException), control_plane("list pods"):
+        raise raised

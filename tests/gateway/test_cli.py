@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import yaml
 from aiohttp import web
 from gwhelpers import free_port, function, serving
 
-from voltgrid.cli import dev, sessions
+from voltgrid.cli import dev, gateway, sessions
+from voltgrid.gateway.settings import FILE_ONLY, GatewaySettings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -107,3 +109,28 @@ async def test_dev_serves_a_function_yaml_with_a_loud_warning(tmp_path: Path) ->
         proc.terminate()
         await proc.communicate()
     assert list((tmp_path / "state" / "instances").glob("*.json")) == []  # instances stopped with it
+
+
+def test_gateway_help_and_the_operations_guide_list_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="voltgrid")
+    gateway.add_parser(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["gateway", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    guide = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    for name in (f.name for f in dataclasses.fields(GatewaySettings) if f.init):
+        assert f"`{name}`" in guide, name
+        if name in FILE_ONLY:
+            assert name in text, name
+            continue
+        flag, env = "--" + name.replace("_", "-"), f"VOLTGRID_GATEWAY_{name.upper()}"
+        assert flag in text and env in text, name
+    assert "--peers" in text and "--replica-url" in text and "--internal-token" in text
+    assert "[env VOLTGRID_GATEWAY_HEADER_READ_TIMEOUT; default 15.0]" in text
+
+
+def test_gateway_flags_reach_the_settings(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser(prog="voltgrid")
+    gateway.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["gateway", "--body-idle-timeout", "7", "--trusted-proxies", "10.0.0.0/8"])
+    assert args.setting_body_idle_timeout == "7" and args.setting_trusted_proxies == "10.0.0.0/8"

@@ -23,6 +23,9 @@ from voltgrid.api import constants as c
 
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+#: Longest duration: what Go's ``time.Duration`` (int64 nanoseconds, so CEL's ``duration()`` and the
+#: apiserver) can hold, about 292 years; longer ones are refused instead of overflowing later.
+MAX_DURATION_SECONDS: Final = (2**63 - 1) / 1e9
 
 
 def parse_duration(text: str) -> timedelta:
@@ -30,6 +33,8 @@ def parse_duration(text: str) -> timedelta:
     if not re.fullmatch(c.DURATION_PATTERN, text):
         raise ValueError(f"invalid duration {text!r}: use a number with a unit ms, s, m or h, e.g. '15m'")
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"invalid duration {text!r}: longer than the longest duration, 2562047h")
     return timedelta(seconds=seconds)
 
 

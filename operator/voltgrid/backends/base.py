@@ -23,6 +23,14 @@ class InstanceStartError(BackendError):
     """An instance failed to start or did not become ready in time."""
 
 
+class ControlPlaneUnavailableError(BackendError):
+    """The control plane (the Kubernetes apiserver) could not be reached or asked to retry later.
+
+    Nothing was changed (or the change is safe to repeat: pod names are deterministic), so the
+    caller may retry; the gateway holds a cold start while it lasts, then answers 503.
+    """
+
+
 def function_key(function: Function) -> str:
     """``namespace/name`` of a Function: how the data plane names it everywhere."""
     meta = function.metadata

@@ -16,6 +16,10 @@ Interface (the pod contract is in :mod:`voltgrid.controllers`' docstring):
   ONE pod LIST by label selector and returns the Ready, non-terminating instance pods.
 * ``checkpoint(instance, when)`` patches the pod's ``voltgrid.dev/last-active`` annotation (one
   PATCH; the gateway calls it coarsely, never per request).
+* Every method raises :class:`~voltgrid.backends.base.ControlPlaneUnavailableError` when the
+  apiserver cannot be reached (connection refused or reset, no answer) or answers "try later"
+  (:data:`RETRY_LATER_STATUSES`): the caller may retry, nothing half-done is left behind that a
+  retry does not find (pod names are deterministic).
 """
 
 from __future__ import annotations
@@ -23,17 +27,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import aiohttp
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from voltgrid.api import constants as c
 from voltgrid.api import podspec
 from voltgrid.api.function import Function
-from voltgrid.backends.base import BackendError, Instance, InstanceStartError, function_key
+from voltgrid.backends.base import (
+    BackendError,
+    ControlPlaneUnavailableError,
+    Instance,
+    InstanceStartError,
+    function_key,
+)
 from voltgrid.errors import SpecError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +58,24 @@ TERMINAL_PHASES: Final = ("Failed", "Succeeded")
 #: Every pod of an instance (sandbox pods are Voltgrid pods too, but never instances).
 INSTANCE_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE}!={podspec.Role.SANDBOX}"
 
+#: Apiserver answers that mean "try again later": throttled, overloaded, or a proxy in front of it
+#: that lost it (a restarting apiserver behind a load balancer).
+RETRY_LATER_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+
 PodBuilder = Callable[[Function, str, bool], dict[str, Any]]
+
+
+@contextlib.contextmanager
+def control_plane(action: str) -> Iterator[None]:
+    """Turn "the apiserver is unreachable or asks to retry" raised inside into :class:`ControlPlaneUnavailableError`."""
+    try:
+        yield
+    except ApiException as e:
+        if e.status in RETRY_LATER_STATUSES:
+            raise ControlPlaneUnavailableError(f"the apiserver answered {e.status} {e.reason} to {action}") from e
+        raise
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as e:
+        raise ControlPlaneUnavailableError(f"cannot reach the apiserver to {action}: {type(e).__name__}") from e
 
 
 def instance_pod(function: Function, session_id: str, warm: bool) -> dict[str, Any]:
@@ -124,8 +152,10 @@ class KubernetesBackend:
         try:
             async with asyncio.timeout(self._ready_timeout):
                 while True:
-                    created = await self._post(namespace, manifest) or created
-                    instance = await self._wait_ready(namespace, name, function.spec.port)
+                    with control_plane(f"create pod {namespace}/{name}"):
+                        created = await self._post(namespace, manifest) or created
+                    with control_plane(f"watch pod {namespace}/{name}"):
+                        instance = await self._wait_ready(namespace, name, function.spec.port)
                     if instance is not None:
                         return instance
         except TimeoutError:
@@ -142,6 +172,8 @@ class KubernetesBackend:
             if e.status == HTTP_CONFLICT:
                 logger.info("pod %s/%s exists already: waiting for it", namespace, manifest["metadata"]["name"])
                 return False
+            if e.status in RETRY_LATER_STATUSES:
+                raise
             name = manifest["metadata"]["name"]
             raise InstanceStartError(f"cannot create pod {namespace}/{name}: {e.status} {e.reason}") from e
         return True
@@ -180,7 +212,8 @@ class KubernetesBackend:
     async def delete(self, instance: Instance) -> None:
         namespace = instance.function.split("/", 1)[0]
         try:
-            await self._core.delete_namespaced_pod(instance.id, namespace)
+            with control_plane(f"delete pod {namespace}/{instance.id}"):
+                await self._core.delete_namespaced_pod(instance.id, namespace)
         except ApiException as e:
             if e.status != HTTP_NOT_FOUND:
                 raise BackendError(f"cannot delete pod {namespace}/{instance.id}: {e.reason}") from e
@@ -193,10 +226,11 @@ class KubernetesBackend:
             selector.append(f"{c.LABEL_SESSION}={session}")
         namespace = function.split("/", 1)[0] if function else self._namespace
         try:
-            if namespace:
-                listing = await self._core.list_namespaced_pod(namespace, label_selector=",".join(selector))
-            else:
-                listing = await self._core.list_pod_for_all_namespaces(label_selector=",".join(selector))
+            with control_plane("list instance pods"):
+                if namespace:
+                    listing = await self._core.list_namespaced_pod(namespace, label_selector=",".join(selector))
+                else:
+                    listing = await self._core.list_pod_for_all_namespaces(label_selector=",".join(selector))
         except ApiException as e:
             raise BackendError(f"cannot list instance pods: {e.reason}") from e
         return [_to_instance(pod) for pod in listing.items if _ready(pod)]
@@ -205,7 +239,8 @@ class KubernetesBackend:
         namespace = instance.function.split("/", 1)[0]
         patch = {"metadata": {"annotations": {podspec.ANNOTATION_LAST_ACTIVE: rfc3339(when)}}}
         try:
-            await self._core.patch_namespaced_pod(instance.id, namespace, patch)
+            with control_plane(f"checkpoint pod {namespace}/{instance.id}"):
+                await self._core.patch_namespaced_pod(instance.id, namespace, patch)
         except ApiException as e:
             if e.status != HTTP_NOT_FOUND:
                 raise BackendError(f"cannot checkpoint pod {namespace}/{instance.id}: {e.reason}") from e

@@ -22,15 +22,26 @@ BACKENDS = ("kubernetes", "local")
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("gateway", help="run the gateway (session affinity, cold start, Session API)")
+    from voltgrid.gateway.settings import FILE_ONLY, settings_reference  # noqa: PLC0415 (yaml only)
+
+    p = subparsers.add_parser(
+        "gateway",
+        help="run the gateway (session affinity, cold start, Session API)",
+        description="Settings: flag > environment variable > --config YAML (keys as the setting names) > default.",
+        epilog=f"Only in the --config file: {', '.join(FILE_ONLY)} (JWT policies, see docs/operations.md).",
+    )
     p.add_argument("--backend", choices=BACKENDS, default="kubernetes", help="where instances run")
     p.add_argument("--functions", nargs="*", type=Path, default=[], help="Function YAML files to serve as well")
     p.add_argument("--namespace", default=None, help="serve only this namespace's Functions (default: all)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
-    p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--config", type=Path, default=None, help="gateway settings YAML")
     p.add_argument("--state-dir", type=Path, default=Path(".voltgrid/state"), help="local backend: instance state")
     p.add_argument("--storage-dir", type=Path, default=Path(".voltgrid/storage"), help="local backend: sessions")
+    settings = p.add_argument_group("gateway settings")
+    for ref in settings_reference():
+        if ref.flag:
+            default = ref.default or "none"
+            text = f"{ref.doc} [env {ref.env}; default {default}]".replace("%", "%%")
+            settings.add_argument(ref.flag, dest=f"setting_{ref.name}", metavar="VALUE", default=None, help=text)
     p.set_defaults(handler=run)
 
 
@@ -65,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         functions = load_functions(args.functions) if args.functions else []
         # In a cluster the operator keeps the warm pools; the gateway claims what it created.
         defaults = {"manage_warm_pool": False} if args.backend == "kubernetes" else {}
-        settings = load_settings(args.config, os.environ, {"port": args.port, "host": args.host}, defaults)
+        flags = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+        settings = load_settings(args.config, os.environ, flags, defaults)
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

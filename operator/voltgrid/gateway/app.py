@@ -25,6 +25,7 @@ from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.invoke import invoke
 from voltgrid.gateway.middlewares import INVOKE_ROUTE, PIPELINE
+from voltgrid.gateway.server import GatewayRunner
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.registry.ownership import Membership
 
@@ -73,7 +74,9 @@ def build_app(
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     if functions_api is not None:
-        app.cleanup_ctx.append(_function_watch(FunctionWatcher(functions_api, gateway.catalog, functions_namespace)))
+        watcher = FunctionWatcher(functions_api, gateway.catalog, functions_namespace)
+        gateway.catalog_synced = watcher.synced
+        app.cleanup_ctx.append(_function_watch(watcher))
     return app
 
 
@@ -109,7 +112,7 @@ async def run_gateway(
         functions_api=functions_api,
         functions_namespace=functions_namespace,
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)

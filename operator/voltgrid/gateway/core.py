@@ -18,6 +18,7 @@ from aiohttp import web
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.gateway.auth import JwtVerifier
+from voltgrid.gateway.controlplane import PATIENCE_SHARE, PatientBackend
 from voltgrid.gateway.functions import FunctionCatalog
 from voltgrid.gateway.lifecycle import Lifecycle
 from voltgrid.gateway.manager import SessionManager
@@ -44,15 +45,20 @@ class Gateway:
         membership: Membership | None = None,
     ) -> None:
         self.settings = settings
-        self.backend = backend
+        # Placement waits out control-plane outages (bounded by the cold-start timeout): see controlplane.
+        patience = settings.cold_start_timeout * PATIENCE_SHARE
+        self.backend: InstanceBackend = PatientBackend(backend, patience=patience, retry_after=settings.retry_after)
         self.catalog = FunctionCatalog(settings, functions)
         self.membership = membership or Membership(settings.self_url, settings.peers)
         self.metrics = GatewayMetrics()
         self.api_verifier = JwtVerifier(settings.api_jwt) if settings.api_jwt else None
-        self.manager = SessionManager(settings, backend, self.catalog, self.membership, self.metrics)
+        self.manager = SessionManager(settings, self.backend, self.catalog, self.membership, self.metrics)
         self.http: aiohttp.ClientSession | None = None
         self.lifecycle: Lifecycle | None = None
         self.peers: Peers | None = None
+        #: Set once the Function catalog has been listed from the cluster (None: no cluster catalog);
+        #: until then the replica is not ready (see ``/_voltgrid/readyz``).
+        self.catalog_synced: asyncio.Event | None = None
         self._jobs: list[asyncio.Task[Any]] = []
         self._membership_changed = asyncio.Event()
 

@@ -10,6 +10,7 @@ served here, or sent to the new owner.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -17,13 +18,25 @@ from aiohttp.typedefs import Handler
 from voltgrid.gateway import tracing
 from voltgrid.gateway.core import GATEWAY
 from voltgrid.gateway.peers import FORWARDED_HEADER
-from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
+from voltgrid.gateway.proxy import Traffic, Trust, UpstreamConnectError, relay, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 
 
 def is_forwarded(request: web.Request, token: str) -> bool:
     value = request.headers.get(FORWARDED_HEADER)
     return value is not None and hmac.compare_digest(value.encode(), token.encode())
+
+
+def client_trust(request: web.Request) -> Trust:
+    """Whether the request's ``X-Forwarded-*`` come from another replica, a trusted proxy, or a client."""
+    settings = request.app[GATEWAY].settings
+    if is_forwarded(request, settings.internal_token):
+        return Trust.REPLICA
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return Trust.CLIENT
+    return Trust.PROXY if any(peer in net for net in settings.proxy_networks) else Trust.CLIENT
 
 
 async def forward(request: web.Request, key: str, handler: Handler) -> web.StreamResponse:
@@ -34,10 +47,8 @@ async def forward(request: web.Request, key: str, handler: Handler) -> web.Strea
         owner = gw.membership.owner(key)
         if owner == gw.membership.self_id:
             break
-        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token})
-        headers.popall("X-Forwarded-For", None)
-        if "X-Forwarded-For" in request.headers:
-            headers["X-Forwarded-For"] = request.headers["X-Forwarded-For"]
+        # The owner relays these X-Forwarded-* as they are (Trust.REPLICA): set here, as the client's.
+        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token}, client_trust(request))
         tracing.inject(headers)
         url = owner + request.raw_path
         traffic = Traffic()
@@ -62,6 +73,7 @@ async def forward(request: web.Request, key: str, handler: Handler) -> web.Strea
                     max_body=gw.settings.max_body_bytes,
                     header_timeout=gw.settings.upstream_timeout + gw.settings.cold_start_timeout,
                     max_stream=gw.settings.max_stream_duration,
+                    connect_timeout=gw.settings.forward_connect_timeout,
                 )
         except UpstreamConnectError:
             gw.metrics.forwarded.labels("owner_unreachable").inc()

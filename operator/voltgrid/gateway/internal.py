@@ -1,6 +1,9 @@
 """Endpoints for replicas and operators: bindings hand-off, touch, session listing, health, metrics.
 
 The ``/_voltgrid/internal/`` endpoints answer only requests that carry the shared internal token.
+``/_voltgrid/healthz`` says the process serves (liveness); ``/_voltgrid/readyz`` also says it can
+route: it answers 503 until the cluster's Function catalog has been listed once, so that a new
+replica gets no traffic it would answer 404 "no such function".
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def readyz(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    if gw.catalog_synced is not None and not gw.catalog_synced.is_set():
+        raise GatewayError(503, "not_ready", "the Function catalog has not been listed from the cluster yet")
+    return web.json_response({"ok": True, "functions": sum(1 for _ in gw.catalog)})
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     for fn in gw.catalog:
@@ -85,4 +95,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(INTERNAL_PREFIX + "/touch", touch)
     app.router.add_get(INTERNAL_PREFIX + "/sessions", sessions)
     app.router.add_get("/_voltgrid/healthz", healthz)
+    app.router.add_get("/_voltgrid/readyz", readyz)
     app.router.add_get("/_voltgrid/metrics", metrics)

@@ -23,6 +23,7 @@ from voltgrid.backends.base import Instance
 from voltgrid.gateway import tracing
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
 from voltgrid.gateway.core import GATEWAY, Gateway
+from voltgrid.gateway.forward import client_trust
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.middlewares import FUNCTION, KEY, PREFIX, TAIL
 from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
@@ -92,7 +93,7 @@ async def _relay(
     lifecycle = gw.lifecycle
     record = exchange.record
     assert record is not None
-    headers = upstream_headers(request, {SESSION_ID_HEADER: record.storage_id})
+    headers = upstream_headers(request, {SESSION_ID_HEADER: record.storage_id}, client_trust(request))
     tracing.inject(headers)
     url = instance.url + request[TAIL]
     settings = gw.settings
@@ -156,7 +157,7 @@ async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -
         instance, _ = await manager.least_loaded(fn)
         traffic = Traffic()
         manager.instance_inflight[instance.id] = manager.instance_inflight.get(instance.id, 0) + 1
-        headers = upstream_headers(request)
+        headers = upstream_headers(request, trust=client_trust(request))
         tracing.inject(headers)
         url = instance.url + request[TAIL]
         try:

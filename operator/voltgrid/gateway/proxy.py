@@ -9,9 +9,10 @@ responses with a known length are read whole. The relay reports how many bytes m
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -37,6 +38,10 @@ HOP_BY_HOP: Final = frozenset(
         INTERNAL_TOKEN_HEADER,
     )
 )
+#: What a client says about where it came from: replaced unless it is a trusted proxy (see Trust).
+_FORWARDED: Final = frozenset(
+    istr(h) for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+)
 #: Request bodies up to this size with a known length are read at once instead of streamed.
 SMALL_REQUEST_BODY: Final = 64 * 1024
 #: Responses up to this size with a known length are read at once instead of streamed.
@@ -59,41 +64,63 @@ class UpstreamConnectError(GatewayError):
 
 
 class Traffic:
-    """Bytes moved by one exchange (request body in, response body out)."""
+    """Bytes moved by one exchange (request body in, response body out); ``client_error`` is why
+    reading the client's body failed (too large, stalled, the client left), if it did."""
 
-    __slots__ = ("bytes_in", "bytes_out", "status")
+    __slots__ = ("bytes_in", "bytes_out", "client_error", "status")
 
     def __init__(self) -> None:
         self.bytes_in = 0
         self.bytes_out = 0
         self.status = 0
+        self.client_error: Exception | None = None
 
 
-def upstream_headers(request: web.Request, extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
-    """The request's headers minus hop-by-hop and internal ones, plus ``X-Forwarded-*`` and ``extra``."""
+class Trust(enum.Enum):
+    """How far the ``X-Forwarded-*`` headers a request arrives with are believed."""
+
+    #: A client: its own values are replaced by what the gateway sees.
+    CLIENT = "client"
+    #: A proxy the settings trust: its values are kept, the proxy's address appended.
+    PROXY = "proxy"
+    #: Another replica (an internal hop): the values it set are final.
+    REPLICA = "replica"
+
+
+def upstream_headers(
+    request: web.Request, extra: Mapping[str, str] | None = None, trust: Trust = Trust.CLIENT
+) -> CIMultiDict[str]:
+    """The request's headers minus hop-by-hop and internal ones, plus ``X-Forwarded-*`` (believed as
+    far as ``trust`` says) and ``extra``."""
     headers: CIMultiDict[str] = CIMultiDict()
     connection = request.headers.get(hdrs.CONNECTION)
     listed = {istr(t.strip()) for t in connection.split(",")} if connection else set()
+    drop = _FORWARDED if trust is Trust.CLIENT else frozenset()
     for name, value in request.headers.items():
-        if name not in HOP_BY_HOP and name not in listed:
+        if name not in HOP_BY_HOP and name not in listed and name not in drop:
             headers.add(name, value)
-    peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    if request.host:
-        headers.setdefault("X-Forwarded-Host", request.host)
+    if trust is not Trust.REPLICA:
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For") if trust is Trust.PROXY else None
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        headers.setdefault("X-Forwarded-Proto", request.scheme)
+        if request.host:
+            headers.setdefault("X-Forwarded-Host", request.host)
     if extra:
         headers.update(extra)
     return headers
 
 
 async def _stream_body(request: web.Request, traffic: Traffic, limit: int) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        traffic.bytes_in += len(chunk)
-        if traffic.bytes_in > limit:
-            raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
-        yield chunk
+    try:
+        async for chunk in request.content.iter_any():
+            traffic.bytes_in += len(chunk)
+            if traffic.bytes_in > limit:
+                raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
+            yield chunk
+    except Exception as e:  # the HTTP client wraps it in its own error: kept to answer the client
+        traffic.client_error = e
+        raise
 
 
 async def _request_body(request: web.Request, traffic: Traffic, limit: int) -> bytes | AsyncIterator[bytes] | None:
@@ -126,31 +153,21 @@ async def relay(
     max_body: int,
     header_timeout: float,
     max_stream: float,
+    connect_timeout: float | None = None,
     on_response: OnResponse | None = None,
     on_sse_endpoint: OnSseEndpoint | None = None,
 ) -> web.StreamResponse:
-    """Send ``request`` to ``url`` and stream the answer back to the client."""
+    """Send ``request`` to ``url`` and stream the answer back to the client (``connect_timeout``
+    replaces the pool's connect timeout, e.g. for a hop to another replica)."""
     data = await _request_body(request, traffic, max_body)
     try:
-        async with asyncio.timeout(header_timeout):
-            upstream = await http.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                auto_decompress=False,
-            )
-    except aiohttp.ConnectionTimeoutError as e:
-        # Checked before TimeoutError (it is one): nothing was sent, so the caller may re-place the
-        # request, e.g. the instance's pod is gone and its IP no longer answers.
-        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
-    except TimeoutError:
-        raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
-    except aiohttp.ClientConnectorError as e:
-        raise UpstreamConnectError(f"cannot connect to the instance: {e.os_error or e}") from None
-    except (aiohttp.ClientError, OSError) as e:
-        raise GatewayError(502, "upstream_error", f"the instance failed: {type(e).__name__}: {e}") from None
+        upstream = await _send(
+            http, request, url, headers, data, header_timeout=header_timeout, connect_timeout=connect_timeout
+        )
+    except Exception:
+        if traffic.client_error is None:
+            raise
+        raise traffic.client_error from None  # reading the client's body failed, not the instance
     try:
         traffic.status = upstream.status
         extra = await on_response(upstream) if on_response is not None else []
@@ -180,6 +197,43 @@ async def relay(
         return response
     finally:
         upstream.release()
+
+
+async def _send(
+    http: aiohttp.ClientSession,
+    request: web.Request,
+    url: str,
+    headers: CIMultiDict[str],
+    data: bytes | AsyncIterator[bytes] | None,
+    *,
+    header_timeout: float,
+    connect_timeout: float | None,
+) -> aiohttp.ClientResponse:
+    """The upstream's response (headers); the request's failure classified (see :class:`UpstreamConnectError`)."""
+    options: dict[str, Any] = {}
+    if connect_timeout is not None:
+        options["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+    try:
+        async with asyncio.timeout(header_timeout):
+            return await http.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                **options,
+            )
+    except aiohttp.ConnectionTimeoutError as e:
+        # Checked before TimeoutError (it is one): nothing was sent, so the caller may re-place the
+        # request, e.g. the instance's pod is gone and its IP no longer answers.
+        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
+    except TimeoutError:
+        raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
+    except aiohttp.ClientConnectorError as e:
+        raise UpstreamConnectError(f"cannot connect to the instance: {e.os_error or e}") from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise GatewayError(502, "upstream_error", f"the instance failed: {type(e).__name__}: {e}") from None
 
 
 async def _pump(

@@ -90,7 +90,7 @@ def _seconds(body: dict[str, Any], name: str) -> float | None:
         return None
     try:
         seconds = parse_duration(value).total_seconds() if isinstance(value, str) else float(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # OverflowError: a JSON integer beyond a float
         raise bad_request(f"{name}: {e}") from None
     if not 0 < seconds <= parse_duration(MAX_LIFETIME_CEILING).total_seconds():
         raise bad_request(f"{name} must be positive and at most {MAX_LIFETIME_CEILING}")

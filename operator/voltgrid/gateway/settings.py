@@ -7,6 +7,9 @@ limit and timeout of the gateway is a field here, with its default a named const
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import ipaddress
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +38,13 @@ DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
 DEFAULT_WARM_DISCOVERY_INTERVAL: Final = 1.0
 DEFAULT_SHARDS: Final = 64
 DEFAULT_INBOUND_BUFFER: Final = 64 * 1024
+#: A client gets this long to send a request's line and headers (from its first byte, or from the
+#: connection's opening) before the connection is answered 408 and closed: slowloris protection.
+DEFAULT_HEADER_READ_TIMEOUT: Final = 15.0
+#: Longest silence in the middle of a request body before the request is answered 408.
+DEFAULT_BODY_IDLE_TIMEOUT: Final = 30.0
+#: Most connections that have not yet sent a complete request head; more are closed at once.
+DEFAULT_MAX_PENDING_CONNECTIONS: Final = 1024
 
 
 class SettingsError(VoltgridError):
@@ -65,8 +75,9 @@ class JwtPolicy:
 class GatewaySettings:
     """Everything the gateway can be told. Durations are seconds, sizes bytes."""
 
-    #: Address and port to listen on.
+    #: Address to listen on.
     host: str = "0.0.0.0"
+    #: Port to listen on.
     port: int = DEFAULT_PORT
     #: This replica's base URL as peers reach it (default ``http://127.0.0.1:<port>``).
     replica_url: str | None = None
@@ -74,7 +85,9 @@ class GatewaySettings:
     peers: list[str] = field(default_factory=list)
     #: Gateway Service whose EndpointSlices list the replicas (in a cluster; overrides ``peers``).
     membership_service: str | None = None
+    #: Namespace of the membership Service.
     membership_namespace: str = "voltgrid-system"
+    #: Port name of the membership Service's endpoints (None: the first port).
     membership_port_name: str | None = "http"
     #: Shared secret that marks internal hops between replicas (required with peers).
     internal_token: str = ""
@@ -88,9 +101,20 @@ class GatewaySettings:
     max_stream_duration: float = DEFAULT_MAX_STREAM_DURATION
     #: Largest request body streamed through; larger gets 413.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    #: Largest request line / header field, and most header fields; beyond them, 400/431.
+    #: Largest request line or header field; beyond it, 400/431.
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    #: Most header fields of a request; beyond it, 431.
     max_headers: int = DEFAULT_MAX_HEADERS
+    #: Seconds a client has to send a request's line and headers; then 408 and the connection closes.
+    header_read_timeout: float = DEFAULT_HEADER_READ_TIMEOUT
+    #: Longest silence in the middle of a request body; then 408.
+    body_idle_timeout: float = DEFAULT_BODY_IDLE_TIMEOUT
+    #: Most connections at once that have not sent a complete request head (unauthenticated, maybe
+    #: slow on purpose); connections beyond it are closed as they open.
+    max_pending_connections: int = DEFAULT_MAX_PENDING_CONNECTIONS
+    #: Addresses or networks (CIDR) of proxies in front of the gateway whose ``X-Forwarded-For``,
+    #: ``-Proto`` and ``-Host`` are kept; from anyone else these headers are replaced.
+    trusted_proxies: list[str] = field(default_factory=list)
     #: Connect timeout of an internal hop to the owning replica.
     forward_connect_timeout: float = DEFAULT_FORWARD_CONNECT_TIMEOUT
     #: Retry-After seconds sent with 503.
@@ -116,6 +140,10 @@ class GatewaySettings:
     jwt: dict[str, JwtPolicy] = field(default_factory=dict)
     #: JWT policy of the Session API (falls back to the function's policy).
     api_jwt: JwtPolicy | None = None
+    #: ``trusted_proxies`` parsed (derived, not a setting).
+    proxy_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.replica_url is None:
@@ -128,6 +156,12 @@ class GatewaySettings:
             raise SettingsError("max_queue, max_body_bytes and shards must be positive")
         if self.checkpoint_interval <= 0:
             raise SettingsError("checkpoint_interval must be positive")
+        if min(self.header_read_timeout, self.body_idle_timeout, self.max_pending_connections) <= 0:
+            raise SettingsError("header_read_timeout, body_idle_timeout and max_pending_connections must be positive")
+        try:
+            self.proxy_networks = [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
+        except ValueError as e:
+            raise SettingsError(f"trusted_proxies: {e}") from None
         self.jwt = {k: _policy(v) for k, v in self.jwt.items()}
         if self.api_jwt is not None:
             self.api_jwt = _policy(self.api_jwt)
@@ -136,6 +170,47 @@ class GatewaySettings:
     def self_url(self) -> str:
         assert self.replica_url is not None
         return self.replica_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class SettingReference:
+    """One setting as ``--help`` and the docs list it."""
+
+    name: str
+    flag: str
+    env: str
+    default: str
+    doc: str
+
+
+#: Settings only a ``--config`` file can hold (mappings of policies).
+FILE_ONLY: Final = ("jwt", "api_jwt")
+
+
+def settings_reference() -> list[SettingReference]:
+    """Every setting with its flag, environment variable, default and documentation. The text is
+    the ``#:`` comment above the field in this module, so that it is written in one place."""
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(GatewaySettings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif (match := re.match(r"(\w+): ", text)) and pending:
+            comments[match.group(1)] = " ".join(pending)
+            pending = []
+    out = []
+    for f in dataclasses.fields(GatewaySettings):
+        if not f.init:
+            continue
+        default: Any = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        shown = ",".join(default) if isinstance(default, list) else "" if default in (None, {}) else str(default)
+        flag = "" if f.name in FILE_ONLY else "--" + f.name.replace("_", "-")
+        env = "" if f.name in FILE_ONLY else ENV_PREFIX + f.name.upper()
+        out.append(SettingReference(f.name, flag, env, shown, comments.get(f.name, "")))
+    return out
 
 
 def _policy(value: JwtPolicy | Mapping[str, Any]) -> JwtPolicy:
@@ -173,7 +248,7 @@ def load_settings(
 ) -> GatewaySettings:
     """Settings from a YAML ``file``, overridden by ``env``, overridden by ``flags`` (None = unset);
     ``defaults`` replace the dataclass defaults (e.g. those that depend on the backend)."""
-    fields = {f.name: f.type for f in dataclasses.fields(GatewaySettings)}
+    fields = {f.name: f.type for f in dataclasses.fields(GatewaySettings) if f.init}
     merged: dict[str, Any] = dict(defaults or {})
     if file is not None:
         data = yaml.safe_load(file.read_text()) or {}
