@@ -74,9 +74,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         except UpstreamConnectError:
             if attempt:
                 raise
-            gone = manager.forget_instance(instance.id)
-            if gone is not None:
-                manager.spawn(gw.backend.delete(gone))
+            manager.lost_instance(instance.id)
         finally:
             if exchange.heartbeat is not None:
                 exchange.heartbeat.cancel()

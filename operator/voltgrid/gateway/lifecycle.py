@@ -4,9 +4,16 @@ One :class:`~voltgrid.registry.scheduler.DeadlineScheduler` drives every timer. 
 been idle for its ``idleTimeout`` (nothing in flight), the instance's preStop is called once
 (``POST {"sessionId", "reason"}``, bounded by its timeout), the binding is dropped and the instance
 is deleted if no other session is bound to it; the session id stays valid and wakes on the next
-request. At ``maxLifetime`` the same happens and the session is forgotten. When membership changes,
-this replica adopts what it now owns from a LIST of instances (labels), and hands learned bindings
-(MCP ids) to their new owner.
+request. At ``maxLifetime`` the same happens and the session is forgotten.
+
+Only a session's owner (rendezvous ring) holds its authoritative record and fires its timers. A
+learned binding (an MCP id the instance minted) is kept by the owner, which pushes a passive
+:class:`~voltgrid.gateway.manager.BackupCopy` to its runner-up and tells it when the session ends;
+a replica that learns an id it does not own (the ``initialize`` landed there) hands the record to
+the owner and keeps nothing authoritative. When membership changes, every record whose owner
+moved is handed to the new owner, a backup whose key this replica now owns is promoted, and the
+replica adopts what it owns from a LIST of instances (labels). The state diagram is in
+docs/architecture.md.
 
 The only write is the coarse activity *checkpoint* (:meth:`InstanceBackend.checkpoint`: in a
 cluster the pod's ``voltgrid.dev/last-active`` annotation, which the operator's scale-to-zero
@@ -26,8 +33,9 @@ import aiohttp
 
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance
+from voltgrid.gateway.budget import instance_json, instance_of
 from voltgrid.gateway.functions import FunctionEntry
-from voltgrid.gateway.manager import INSTANCE_TIMER_PREFIX, SessionManager
+from voltgrid.gateway.manager import INSTANCE_TIMER_PREFIX, BackupCopy, SessionManager
 from voltgrid.gateway.peers import Peers
 from voltgrid.gateway.warm import unclaimed_warm
 from voltgrid.registry.records import RELEASING, UNBOUND, SessionRecord
@@ -42,6 +50,12 @@ EXPIRY_RECHECK: Final = 1.0
 MAX_HEARTBEAT_INTERVAL: Final = 30.0
 #: Scheduler key of the checkpoint pass (session keys cannot contain NUL).
 CHECKPOINT_KEY: Final = "\x00checkpoint"
+#: Scheduler keys of backup copies' expiry start with this.
+BACKUP_TIMER_PREFIX: Final = "\x00b:"
+#: Roles of a pushed binding: the receiver becomes its owner, keeps a passive copy, or drops it.
+OWNER, BACKUP, FORGET = "owner", "backup", "forget"
+#: Bindings per internal request when many move at once (membership change).
+HANDOFF_BATCH: Final = 500
 
 
 class Lifecycle:
@@ -51,6 +65,8 @@ class Lifecycle:
         self._peers = peers
         self.scheduler = DeadlineScheduler(self._on_due)
         manager.scheduler = self.scheduler
+        manager.budget.remote = peers.budget
+        manager.budget.peer_seats = peers.seats
         self.prestop_calls = 0
         self._checkpointing: asyncio.Task[int] | None = None
         self.scheduler.schedule(CHECKPOINT_KEY, manager.now() + manager.settings.checkpoint_interval)
@@ -63,26 +79,38 @@ class Lifecycle:
             return now + self.m.settings.checkpoint_interval
         if key.startswith(INSTANCE_TIMER_PREFIX):
             return self._instance_due(key[len(INSTANCE_TIMER_PREFIX) :], now)
+        if key.startswith(BACKUP_TIMER_PREFIX):
+            return self._backup_due(key[len(BACKUP_TIMER_PREFIX) :], now)
         record = self.m.registry.get(key)
         if record is None or record.state == RELEASING:
             return None
         busy = record.inflight > 0 or self.m.is_waking(key)
+        if not self.m.membership.is_owner(key):
+            # Only the owner decides about a session: a record held here is handed off, never fired.
+            if busy:
+                return now + EXPIRY_RECHECK
+            self.m.spawn(self.hand_off([record]))
+            return None
         if now >= record.expires_at:
             if busy:  # expire once the requests in flight (bounded by the stream limit) are done
                 return now + EXPIRY_RECHECK
             self.release(record, "expired", forget=True)
             return None
-        if record.passive:
-            if not self.m.membership.is_owner(key):
-                return now + record.idle_timeout
-            record.passive = False
-            record.last_active = now
         if busy:
             return now + record.idle_timeout
         if record.instance is not None and now >= record.last_active + record.idle_timeout:
             self.release(record, "idle", forget=False)
             return record.expires_at
         return record.due()
+
+    def _backup_due(self, key: str, now: float) -> float | None:
+        backup = self.m.backups.get(key)
+        if backup is None:
+            return None
+        if now < backup.expires_at:
+            return backup.expires_at
+        del self.m.backups[key]
+        return None
 
     def _instance_due(self, instance_id: str, now: float) -> float | None:
         instance = self.m.instances.get(instance_id)
@@ -105,7 +133,7 @@ class Lifecycle:
             return now
         for key in m.registry.sessions_on(instance_id):
             record = m.registry.get(key)
-            if record is None or record.passive:
+            if record is None:
                 continue
             if record.inflight:
                 return now
@@ -149,15 +177,16 @@ class Lifecycle:
             instance = self.m.instances.get(record.instance) if record.instance else None
             if instance is not None and fn is not None and fn.prestop_path:
                 await self._prestop(fn, instance, record, reason)
-            instance_id = self.m.unbind(record)
+            self.m.unbind(record)
             self.m.metrics.releases.labels(record.function, reason).inc()
-            if instance_id is not None and not self.m.registry.sessions_on(instance_id):
-                gone = self.m.forget_instance(instance_id)
-                if gone is not None:
-                    await self._delete(gone)
+            if instance is not None:
+                if not self.m.registry.sessions_on(instance.id):
+                    self.m.forget_instance(instance.id)
+                await self.m.budget.release(record.function, instance)  # its owner deletes it with the last seat
         finally:
             record.state = UNBOUND
             self.m.releasing.pop(record.key, None)
+            self.forget_backup(record)
             if forget:
                 self.m.registry.remove(record.key)
                 self.scheduler.cancel(record.key)
@@ -195,26 +224,22 @@ class Lifecycle:
         """Session ended by its client (Session API or MCP DELETE): release and forget it."""
         return self.release(record, reason, forget=True)
 
-    # -- learned bindings (MCP) -----------------------------------------------------------
-    def binding_payload(self, record: SessionRecord, instance: Instance, *, passive: bool) -> dict[str, Any]:
-        now = self.m.now()
+    # -- learned bindings (MCP) and hand-off ----------------------------------------------------
+    def binding_payload(self, record: SessionRecord, role: str) -> dict[str, Any]:
+        instance = self.m.instances.get(record.instance) if record.instance else None
         return {
+            "role": role,
             "key": record.key,
             "function": record.function,
             "storageId": record.storage_id,
-            "instance": {
-                "id": instance.id,
-                "url": instance.url,
-                "session": instance.session,
-                "created": instance.created,
-            },
+            "instance": instance_json(instance) if instance is not None else None,
             "idleTimeout": record.idle_timeout,
-            "expiresIn": max(0.0, record.expires_at - now),
-            "passive": passive,
+            "expiresIn": max(0.0, record.expires_at - self.m.now()),
         }
 
     async def learn(self, record: SessionRecord, key: str) -> SessionRecord:
-        """The instance minted ``key`` for the session of ``record``: re-key it and hand it over."""
+        """The instance minted ``key`` for the session of ``record``: re-key it, and hand it to the
+        owner of ``key`` unless that is this replica (then push its backup)."""
         m = self.m
         if key == record.key or record.instance is None:
             return record
@@ -231,45 +256,114 @@ class Lifecycle:
                 max_lifetime=record.expires_at - now,
             )
             learned.inflight, learned.active_since, learned.requests = record.inflight, record.active_since, 1
-            m.unbind(record)
+            m.unbind(record)  # the seat moves with the session: no budget call
             m.bind(learned, instance)
             m.registry.remove(record.key)
             self.scheduler.cancel(record.key)
             self.scheduler.schedule(key, learned.due())
-        owners = m.membership.owners(key, 2)
-        for rank, peer in enumerate(owners):
-            if peer != m.membership.self_id:
-                payload = self.binding_payload(learned, instance, passive=rank > 0)
-                delivered = await self._peers.push_binding(peer, payload)
-                if rank == 0 and delivered:
-                    learned.passive = m.membership.self_id not in owners
+        if m.membership.is_owner(key):
+            self.push_backup(learned)
+        else:
+            await self.hand_off([learned])
         return learned
 
-    def accept_binding(self, payload: dict[str, Any]) -> None:
-        """A peer hands this replica a learned binding (as its owner, or as its backup)."""
+    async def hand_off(self, records: list[SessionRecord]) -> None:
+        """Give records this replica does not own to their owners; each is dropped here once its
+        owner has it (a record whose owner cannot be reached stays, and is looked at again)."""
         m = self.m
-        inst = payload["instance"]
-        instance = Instance(
-            id=str(inst["id"]),
-            function=str(payload["function"]),
-            url=str(inst["url"]),
-            session=str(inst["session"]),
-            created=float(inst.get("created", 0.0)),
-        )
-        record = m.registry.get(payload["key"])
+        by_owner: dict[str, list[SessionRecord]] = {}
+        for record in records:
+            if m.registry.get(record.key) is record:
+                by_owner.setdefault(m.membership.owner(record.key), []).append(record)
+        for owner, mine in by_owner.items():
+            for start in range(0, len(mine), HANDOFF_BATCH):
+                batch = mine[start : start + HANDOFF_BATCH]
+                delivered = owner != m.membership.self_id and await self._peers.push_bindings(
+                    owner, [self.binding_payload(r, OWNER) for r in batch]
+                )
+                for record in batch:
+                    if delivered and m.registry.get(record.key) is record:
+                        self._drop_local(record)
+                    elif m.registry.get(record.key) is record:
+                        self.scheduler.schedule(record.key, min(record.due(), m.now() + EXPIRY_RECHECK))
+
+    def _drop_local(self, record: SessionRecord) -> None:
+        """Forget a record another replica now holds (its seat and instance stay: they moved)."""
+        m = self.m
+        instance_id = m.unbind(record)
+        m.registry.remove(record.key)
+        self.scheduler.cancel(record.key)
+        if instance_id is not None and not m.registry.sessions_on(instance_id):
+            m.forget_instance(instance_id)
+
+    def _runner_up(self, record: SessionRecord) -> str | None:
+        """Where the owner keeps the backup of a learned binding (None: not the owner, or alone)."""
+        if record.key == record.storage_id:
+            return None  # an id the instance is labelled with: a LIST finds it, no copy needed
+        owners = self.m.membership.owners(record.key, 2)
+        if len(owners) < 2 or owners[0] != self.m.membership.self_id:
+            return None
+        return owners[1]
+
+    def push_backup(self, record: SessionRecord) -> None:
+        peer = self._runner_up(record)
+        if peer is not None and record.instance is not None:
+            self.m.spawn(self._peers.push_bindings(peer, [self.binding_payload(record, BACKUP)]))
+
+    def forget_backup(self, record: SessionRecord) -> None:
+        peer = self._runner_up(record)
+        if peer is not None:
+            self.m.spawn(self._peers.push_bindings(peer, [{"role": FORGET, "key": record.key}]))
+
+    def accept_binding(self, payload: dict[str, Any]) -> None:
+        """A peer hands this replica a binding: as its new owner, as the owner's backup, or ends one."""
+        m = self.m
+        role = payload.get("role")
+        key = payload["key"]
+        if role not in (OWNER, BACKUP, FORGET) or not isinstance(key, str):
+            raise ValueError(f"role must be {OWNER}, {BACKUP} or {FORGET} and key a string")
+        if role == FORGET:
+            m.backups.pop(key, None)
+            return
+        instance = instance_of(payload["instance"]) if payload.get("instance") else None
+        now = m.now()
+        expires_at = now + float(payload["expiresIn"])
+        if role == BACKUP:
+            m.backups[key] = BackupCopy(
+                key,
+                str(payload["function"]),
+                str(payload["storageId"]),
+                instance,
+                float(payload["idleTimeout"]),
+                expires_at,
+            )
+            self.scheduler.schedule(BACKUP_TIMER_PREFIX + key, expires_at)
+            return
+        m.backups.pop(key, None)
+        record = m.registry.get(key)
         if record is None:
-            now = m.now()
             record = m.registry.create(
-                str(payload["key"]),
-                instance.function,
+                key,
+                str(payload["function"]),
                 now=now,
                 storage_id=str(payload["storageId"]),
                 idle_timeout=float(payload["idleTimeout"]),
                 max_lifetime=float(payload["expiresIn"]),
             )
-        m.bind(record, instance)
-        record.passive = bool(payload.get("passive"))
+        if instance is not None:
+            m.bind(record, instance)
         self.scheduler.schedule(record.key, record.due())
+        self.push_backup(record)
+
+    async def end_everywhere(self, key: str, reason: str) -> None:
+        """End a session wherever its authoritative record is (here, or on its owner)."""
+        record = self.m.registry.get(key)
+        if record is not None and record.state != RELEASING:
+            await self.end_session(record, reason)
+            return
+        owner = self.m.membership.owner(key)
+        if owner != self.m.membership.self_id:
+            await self._peers.end(owner, key, reason)
 
     def touch(self, key: str) -> bool:
         record = self.m.registry.get(key)
@@ -330,20 +424,32 @@ class Lifecycle:
                 m.bind(record, instance)
 
     async def rebalance(self) -> None:
-        """After a membership change: give away what others own now, then adopt what we own."""
+        """After a membership change: hand off what others own now, promote the backups this replica
+        now owns, refresh the backups of what it keeps, then adopt what it owns from a LIST."""
         m = self.m
         m.warm.drop_unowned()
+        m.budget.membership_changed()
+        away: list[SessionRecord] = []
+        backups: dict[str, list[dict[str, Any]]] = {}
         for shard in m.registry.shards():
             for record in list(shard.values()):
-                owners = m.membership.owners(record.key, 2)
-                if m.membership.self_id in owners or record.inflight or record.state == RELEASING:
-                    continue
-                instance = m.instances.get(record.instance) if record.instance else None
-                if instance is not None and record.key != record.storage_id:
-                    for rank, peer in enumerate(owners):
-                        await self._peers.push_binding(peer, self.binding_payload(record, instance, passive=rank > 0))
-                m.unbind(record)
-                m.registry.remove(record.key)
-                self.scheduler.cancel(record.key)
+                if m.membership.is_owner(record.key):
+                    peer = self._runner_up(record)
+                    if peer is not None and record.instance is not None:
+                        backups.setdefault(peer, []).append(self.binding_payload(record, BACKUP))
+                elif not record.inflight and record.state != RELEASING and not m.is_waking(record.key):
+                    away.append(record)
             await asyncio.sleep(0)
+        for key in list(m.backups):
+            if m.membership.is_owner(key):
+                promoted = m.promote(key)
+                peer = self._runner_up(promoted) if promoted is not None else None
+                if promoted is not None and peer is not None:
+                    backups.setdefault(peer, []).append(self.binding_payload(promoted, BACKUP))
+            elif m.membership.self_id not in m.membership.owners(key, 2):
+                del m.backups[key]
+        await self.hand_off(away)
+        for peer, items in backups.items():
+            for start in range(0, len(items), HANDOFF_BATCH):
+                await self._peers.push_bindings(peer, items[start : start + HANDOFF_BATCH])
         await self.resync()

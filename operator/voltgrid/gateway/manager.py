@@ -7,6 +7,13 @@ New sessions take a warm instance this replica owns, or get an id minted here an
 Cold starts wait in a bounded per-function queue; concurrent wakes of one session share one start.
 Claiming a warm instance writes its first activity checkpoint at once, in the background (the
 operator then counts it as in use and tops its pool up); later checkpoints are the lifecycle's.
+
+Every instance a session gets is a *seat* granted by the Function's budget
+(:mod:`voltgrid.gateway.budget`), which one replica holds for the whole gateway: so
+``maxInstances`` and ``sessionsPerInstance`` hold across replicas and under bursts. The registry
+holds only the sessions this replica is authoritative for; the passive copies it keeps for another
+replica (:class:`BackupCopy`) live apart in :attr:`SessionManager.backups`, where nothing fires,
+lists or counts them.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance, InstanceBackend, InstanceStartError
+from voltgrid.gateway.budget import Budgets
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found, unavailable
 from voltgrid.gateway.functions import FunctionCatalog, FunctionEntry
 from voltgrid.gateway.metrics import GatewayMetrics
@@ -35,6 +44,22 @@ logger = logging.getLogger(__name__)
 
 #: Scheduler keys of session-less instances start with this (session keys cannot contain NUL).
 INSTANCE_TIMER_PREFIX = "\x00i:"
+
+
+@dataclass(slots=True)
+class BackupCopy:
+    """A passive copy of a learned binding (MCP id -> instance), kept by the owner's runner-up.
+
+    It is data only: no timer but its expiry, no seat, no Session API row. It becomes a session
+    record only when this replica becomes the key's owner (:meth:`SessionManager.promote`).
+    """
+
+    key: str
+    function: str
+    storage_id: str
+    instance: Instance | None
+    idle_timeout: float
+    expires_at: float
 
 
 class SessionManager:
@@ -62,7 +87,9 @@ class SessionManager:
         self._waking: dict[str, asyncio.Future[Instance]] = {}
         self._queued: dict[str, int] = {}
         self.releasing: dict[str, asyncio.Task[None]] = {}
+        self.backups: dict[str, BackupCopy] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.budget = Budgets(settings, backend, catalog, membership, local_seats=self.seats, spawn=self.spawn)
         self.warm = WarmPools(
             backend,
             membership,
@@ -131,14 +158,14 @@ class SessionManager:
         record = self.registry.get(key)
         if record is not None:
             if record.function != fn.key:
-                raise not_found(f"session {key!r} belongs to another function", "session_not_found")
-            if record.passive:  # this replica has become the owner of a copy it kept as backup
-                record.passive = False
-                record.last_active = self.now()
+                raise not_found(f"session {key!r} not found", "session_not_found")
             return record
         if fn.affinity is Affinity.MCP:
             if not is_learned_key(key):
                 raise bad_request("malformed MCP session id", "bad_session_id")
+            promoted = self.promote(key)
+            if promoted is not None and promoted.function == fn.key:
+                return promoted
             # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
             raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
         if not is_session_id(key):
@@ -147,12 +174,40 @@ class SessionManager:
             )
         return self.create_session(fn, key)
 
+    def promote(self, key: str) -> SessionRecord | None:
+        """Turn the backup copy of ``key`` into the authoritative record (this replica owns it now)."""
+        backup = self.backups.pop(key, None)
+        now = self.now()
+        if backup is None or backup.expires_at <= now or self.registry.get(key) is not None:
+            return None
+        record = self.registry.create(
+            key,
+            backup.function,
+            now=now,
+            storage_id=backup.storage_id,
+            idle_timeout=backup.idle_timeout,
+            max_lifetime=backup.expires_at - now,
+        )
+        if backup.instance is not None:
+            self.bind(record, backup.instance)
+        self.schedule(key, record.due())
+        return record
+
+    def seats(self, function: str) -> dict[str, int]:
+        """Sessions of ``function`` held here, by the instance they are bound to (budget rebuilds)."""
+        seats: dict[str, int] = {}
+        for record in self.registry.by_function(function):
+            if record.instance is not None:
+                seats[record.instance] = seats.get(record.instance, 0) + 1
+        return seats
+
     async def new_session(self, fn: FunctionEntry) -> SessionRecord:
         """A brand-new session: on a warm instance this replica owns, else with an id minted here."""
         warm = await self.claim_warm(fn) if fn.sessions_per_instance == 1 else None
         if warm is not None:
             record = self.create_session(fn, warm.session)
             self.bind(record, warm)
+            self.spawn(self.budget.claimed(fn.key, warm))
             return record
         return self.create_session(fn, mint_owned_id(self.membership))
 
@@ -215,8 +270,14 @@ class SessionManager:
             self.instance_inflight.setdefault(instance.id, 0)
             self.metrics.instances.labels(instance.function).inc()
 
+    def lost_instance(self, instance_id: str) -> None:
+        """An instance was found dead: forget it here, and its slot in the budget (which deletes it)."""
+        gone = self.forget_instance(instance_id)
+        if gone is not None:
+            self.spawn(self.budget.lost(gone.function, gone))
+
     def forget_instance(self, instance_id: str) -> Instance | None:
-        """Drop an instance (deleted, or found dead) and unbind its sessions."""
+        """Drop an instance from this replica's view and unbind its sessions here (deletes nothing)."""
         instance = self.instances.pop(instance_id, None)
         self.instance_inflight.pop(instance_id, None)
         self.instance_last_active.pop(instance_id, None)
@@ -266,27 +327,27 @@ class SessionManager:
             self._waking.pop(record.key, None)
 
     async def _find_or_start(self, fn: FunctionEntry, record: SessionRecord) -> Instance:
-        if fn.sessions_per_instance > 1:
-            shared = self._with_capacity(fn)
-            if shared is not None:
-                return shared
-        existing = await self.backend.list(fn.key, session=record.storage_id)
-        if existing:
-            return existing[0]
-        return await self.cold_start(fn, record.storage_id)
-
-    def _with_capacity(self, fn: FunctionEntry) -> Instance | None:
-        for instance in self.instances.values():
-            if instance.function == fn.key and len(self.registry.sessions_on(instance.id)) < fn.sessions_per_instance:
-                return instance
-        return None
+        """The session's own instance if it still runs, else a seat from the Function's budget."""
+        if fn.sessions_per_instance == 1:
+            existing = await self.backend.list(fn.key, session=record.storage_id)
+            if existing:
+                await self.budget.claimed(fn.key, existing[0])
+                return existing[0]
+        grant = await self.budget.acquire(fn)
+        if grant.instance is not None:
+            self.adopt_instance(grant.instance)
+            return grant.instance
+        assert grant.slot is not None
+        try:
+            instance = await self.cold_start(fn, record.storage_id)
+        except BaseException:
+            self.spawn(self.budget.failed(fn.key, grant.slot))
+            raise
+        await self.budget.started(fn.key, grant.slot, instance)
+        return instance
 
     async def cold_start(self, fn: FunctionEntry, session_id: str) -> Instance:
-        running = sum(1 for i in self.instances.values() if i.function == fn.key)
-        if running >= fn.max_instances:
-            raise unavailable(
-                f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after, "max_instances"
-            )
+        """Start an instance (the caller holds a budget slot for it, or it is session-less)."""
         started = self.now()
         try:
             instance = await self.backend.create(fn.model, session_id)
@@ -334,8 +395,12 @@ class SessionManager:
         waking = self._waking.get(key)
         if waking is None:
             running = sum(1 for i in self.instances.values() if i.function == fn.key)
-            if best is not None and running >= fn.max_instances:
-                return best, False
+            if running >= fn.max_instances:
+                if best is not None:
+                    return best, False
+                raise unavailable(
+                    f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after, "max_instances"
+                )
             waking = asyncio.get_running_loop().create_future()
             self._waking[key] = waking
             self.spawn(self._start_shared(fn, key, waking))

@@ -177,8 +177,10 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
 
 
 def local_sessions(gw: Gateway, function: str) -> list[dict[str, Any]]:
-    """Sessions of ``function`` that this replica owns (passive copies left out)."""
-    return [session_json(gw, r) for r in gw.manager.registry.by_function(function) if not r.passive]
+    """Sessions of ``function`` that this replica owns (a record it holds only until its hand-off
+    to the owner completes is the owner's to list)."""
+    owns = gw.membership.is_owner
+    return [session_json(gw, r) for r in gw.manager.registry.by_function(function) if owns(r.key)]
 
 
 def add_routes(app: web.Application) -> None:

@@ -36,7 +36,6 @@ class SessionRecord:
         "instance",
         "key",
         "last_active",
-        "passive",
         "requests",
         "state",
         "storage_id",
@@ -69,8 +68,6 @@ class SessionRecord:
         self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: A replica's copy kept for failover; it becomes live when this replica becomes the owner.
-        self.passive = False
 
     def active_seconds(self, now: float) -> float:
         """Seconds with at least one request in flight, including the current stretch."""
