@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,14 +70,17 @@ class Replica:
 class FakeBackend:
     """Instances that all point at one in-process upstream (no processes: fast tests)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, start_delay: float = 0.0) -> None:
         self.url = url
+        self.start_delay = start_delay
         self.created: list[Instance] = []
         self.deleted: list[str] = []
         self.checkpoints: list[tuple[str, float]] = []
         self.lists = 0
 
     async def create(self, fn: Function, session_id: str, *, warm: bool = False) -> Instance:
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
         instance = Instance(
             id=f"fake-{len(self.created)}", function=function_key(fn), url=self.url, session=session_id, warm=warm
         )
