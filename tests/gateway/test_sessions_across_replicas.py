@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from gwhelpers import FakeBackend, Replica, function, serving
 from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from test_mcp import RoundRobin
 
@@ -207,3 +208,19 @@ async def test_a_shared_instance_is_released_after_all_its_sessions_are_deleted(
         await _eventually(lambda: backend.deleted == [backend.created[0].id])
         await _eventually(_no_rows(http, a, b, "tools"))
         assert not a.gateway.manager.backups and not b.gateway.manager.backups
+
+
+async def test_a_legacy_sse_session_ends_when_its_client_closes_the_stream(replicas, monkeypatch) -> None:
+    fn = function("legacy", "mcp_function.py", env={"MCP_TRANSPORT": "sse"}, affinity="MCP", idleTimeout="10m")
+    a, b = await replicas([fn], n=2)
+    _mcp_ids_owned_by(monkeypatch, lambda _: b.url)  # the stream is held on A, the session owned by B
+    async with sse_client(f"{a.url}/fn/default/legacy/sse") as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        assert not (await session.call_tool("whoami", {})).is_error
+        assert len(await a.backend.list(function="default/legacy")) == 1
+    loop = asyncio.get_running_loop()
+    closed = loop.time()
+    await _eventually(_no_instances(a, "default/legacy"), limit=5)
+    assert loop.time() - closed < 5  # released at once, not after the 10 min idleTimeout
+    await _eventually(lambda: len(b.gateway.manager.registry) == 0 == len(a.gateway.manager.registry))
+    assert not a.gateway.manager.backups
