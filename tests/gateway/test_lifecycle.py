@@ -36,7 +36,7 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
     backend = gw.backend
     assert [i.id for i in await backend.list(session=sid)] == [first["instance"]]
 
-    await _wait_for(lambda: log.exists() and gw.gateway.manager.registry.get(sid).instance is None)
+    await _wait_for(lambda: log.exists() and gw.gateway.manager.registry.find("default/agent", sid).instance is None)
     await asyncio.sleep(1.5)  # more idle periods pass: still exactly one call
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls == [{"instance": first["instance"], "sessionId": sid, "reason": "idle"}]
@@ -66,7 +66,7 @@ async def test_max_lifetime_expires_the_session(replicas, http: aiohttp.ClientSe
     (gw,) = await replicas([fn])
     async with http.get(f"{gw.url}/fn/default/short/whoami") as r:
         sid = r.headers[HDR]
-    await _wait_for(lambda: gw.gateway.manager.registry.get(sid) is None)
+    await _wait_for(lambda: gw.gateway.manager.registry.find("default/short", sid) is None)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(c["sessionId"], c["reason"]) for c in calls] == [(sid, "expired")]
     assert await gw.backend.list(session=sid) == []

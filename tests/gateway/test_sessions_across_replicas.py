@@ -77,8 +77,8 @@ async def test_a_non_owner_initialize_leaves_one_authoritative_record(replicas, 
         ):
             await session.initialize()  # the first request: to A, which does not own the minted id
             (key,) = [r.key for shard in b.gateway.manager.registry.shards() for r in shard.values()]
-            assert a.gateway.manager.registry.get(key) is None  # A keeps a passive copy only
-            await _eventually(lambda: set(a.gateway.manager.backups) == {key})  # B pushes it
+            assert a.gateway.manager.registry.find("default/tools", key) is None  # A keeps a passive copy only
+            await _eventually(lambda: [c.key for c in a.gateway.manager.backups.values()] == [key])  # from B
             instances = set()
             for _ in range(10):  # 3 s of calls, past the 1 s idleTimeout, alternating replicas
                 result = await session.call_tool("whoami", {})
@@ -88,7 +88,7 @@ async def test_a_non_owner_initialize_leaves_one_authoritative_record(replicas, 
             assert len(instances) == 1
             assert await _rows(http, a, "tools") == [key] == await _rows(http, b, "tools")
         # the SDK's DELETE ended the session on its owner, and the backup went with it
-        await _eventually(lambda: not a.gateway.manager.backups and not b.gateway.manager.registry.get(key))
+        await _eventually(lambda: not a.gateway.manager.backups and not len(b.gateway.manager.registry))
         assert await _rows(http, a, "tools") == [] == await _rows(http, b, "tools")
         await _eventually(_no_instances(a, "default/tools"))
 

@@ -57,10 +57,10 @@ async def end(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     assert gw.lifecycle is not None
     body = await _json(request)
-    key, reason = body.get("key"), body.get("reason")
-    if not isinstance(key, str) or not isinstance(reason, str):
-        raise bad_request("key and reason must be strings")
-    record = gw.manager.registry.get(key)
+    key, reason, function = body.get("key"), body.get("reason"), body.get("function")
+    if not isinstance(key, str) or not isinstance(reason, str) or not isinstance(function, str):
+        raise bad_request("function, key and reason must be strings")
+    record = gw.manager.registry.find(function, key)
     if record is not None:
         await gw.lifecycle.end_session(record, reason)
     return web.json_response({"ok": record is not None})
@@ -107,8 +107,9 @@ async def touch(request: web.Request) -> web.StreamResponse:
     _internal(request)
     gw = request.app[GATEWAY]
     assert gw.lifecycle is not None
-    key = (await _json(request)).get("key")
-    found = isinstance(key, str) and gw.lifecycle.touch(key)
+    body = await _json(request)
+    key, function = body.get("key"), body.get("function")
+    found = isinstance(key, str) and isinstance(function, str) and gw.lifecycle.touch(function, key)
     return web.json_response({"ok": found}, status=200 if found else 404)
 
 

@@ -183,7 +183,7 @@ class _ClientGone:
         if self._ended or record is None or record.key == self._minted:
             return  # ended already, or no session was learned (the stream failed before it)
         self._ended = True
-        await self._lifecycle.end_everywhere(record.key, "closed")
+        await self._lifecycle.end_everywhere(record.function, record.key, "closed")
 
     async def stream_ended(self) -> None:
         if not self._ended:

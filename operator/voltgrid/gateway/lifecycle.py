@@ -38,7 +38,7 @@ from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.manager import INSTANCE_TIMER_PREFIX, BackupCopy, SessionManager
 from voltgrid.gateway.peers import Peers
 from voltgrid.gateway.warm import unclaimed_warm
-from voltgrid.registry.records import RELEASING, UNBOUND, SessionRecord
+from voltgrid.registry.records import RELEASING, UNBOUND, SessionRecord, scoped_key
 from voltgrid.registry.scheduler import DeadlineScheduler
 from voltgrid.registry.store import SessionExistsError
 
@@ -81,11 +81,11 @@ class Lifecycle:
             return self._instance_due(key[len(INSTANCE_TIMER_PREFIX) :], now)
         if key.startswith(BACKUP_TIMER_PREFIX):
             return self._backup_due(key[len(BACKUP_TIMER_PREFIX) :], now)
-        record = self.m.registry.get(key)
+        record = self.m.registry.get(key)  # session timers are keyed by the scoped key
         if record is None or record.state == RELEASING:
             return None
         busy = record.inflight > 0 or self.m.is_waking(key)
-        if not self.m.membership.is_owner(key):
+        if not self.m.membership.is_owner(record.key):
             # Only the owner decides about a session: a record held here is handed off, never fired.
             if busy:
                 return now + EXPIRY_RECHECK
@@ -163,12 +163,12 @@ class Lifecycle:
     # -- release --------------------------------------------------------------------------
     def release(self, record: SessionRecord, reason: str, *, forget: bool) -> asyncio.Task[None]:
         """Start releasing ``record`` (preStop once, unbind, delete a now-empty instance)."""
-        existing = self.m.releasing.get(record.key)
+        existing = self.m.releasing.get(record.rkey)
         if existing is not None:
             return existing
         record.state = RELEASING
         task = asyncio.get_running_loop().create_task(self._release(record, reason, forget))
-        self.m.releasing[record.key] = task
+        self.m.releasing[record.rkey] = task
         return task
 
     async def _release(self, record: SessionRecord, reason: str, forget: bool) -> None:
@@ -185,13 +185,13 @@ class Lifecycle:
                 await self.m.budget.release(record.function, instance)  # its owner deletes it with the last seat
         finally:
             record.state = UNBOUND
-            self.m.releasing.pop(record.key, None)
+            self.m.releasing.pop(record.rkey, None)
             self.forget_backup(record)
             if forget:
-                self.m.registry.remove(record.key)
-                self.scheduler.cancel(record.key)
+                self.m.registry.remove(record.rkey)
+                self.scheduler.cancel(record.rkey)
             else:
-                self.scheduler.schedule(record.key, record.due())
+                self.scheduler.schedule(record.rkey, record.due())
 
     async def _prestop(self, fn: FunctionEntry, instance: Instance, record: SessionRecord, reason: str) -> None:
         assert fn.prestop_path is not None
@@ -244,7 +244,7 @@ class Lifecycle:
         if key == record.key or record.instance is None:
             return record
         instance = m.instances[record.instance]
-        learned = m.registry.get(key)
+        learned = m.registry.find(record.function, key)
         if learned is None:
             now = m.now()
             learned = m.registry.create(
@@ -258,9 +258,9 @@ class Lifecycle:
             learned.inflight, learned.active_since, learned.requests = record.inflight, record.active_since, 1
             m.unbind(record)  # the seat moves with the session: no budget call
             m.bind(learned, instance)
-            m.registry.remove(record.key)
-            self.scheduler.cancel(record.key)
-            self.scheduler.schedule(key, learned.due())
+            m.registry.remove(record.rkey)
+            self.scheduler.cancel(record.rkey)
+            self.scheduler.schedule(learned.rkey, learned.due())
         if m.membership.is_owner(key):
             self.push_backup(learned)
         else:
@@ -273,7 +273,7 @@ class Lifecycle:
         m = self.m
         by_owner: dict[str, list[SessionRecord]] = {}
         for record in records:
-            if m.registry.get(record.key) is record:
+            if m.registry.get(record.rkey) is record:
                 by_owner.setdefault(m.membership.owner(record.key), []).append(record)
         for owner, mine in by_owner.items():
             for start in range(0, len(mine), HANDOFF_BATCH):
@@ -282,17 +282,17 @@ class Lifecycle:
                     owner, [self.binding_payload(r, OWNER) for r in batch]
                 )
                 for record in batch:
-                    if delivered and m.registry.get(record.key) is record:
+                    if delivered and m.registry.get(record.rkey) is record:
                         self._drop_local(record)
-                    elif m.registry.get(record.key) is record:
-                        self.scheduler.schedule(record.key, min(record.due(), m.now() + EXPIRY_RECHECK))
+                    elif m.registry.get(record.rkey) is record:
+                        self.scheduler.schedule(record.rkey, min(record.due(), m.now() + EXPIRY_RECHECK))
 
     def _drop_local(self, record: SessionRecord) -> None:
         """Forget a record another replica now holds (its seat and instance stay: they moved)."""
         m = self.m
         instance_id = m.unbind(record)
-        m.registry.remove(record.key)
-        self.scheduler.cancel(record.key)
+        m.registry.remove(record.rkey)
+        self.scheduler.cancel(record.rkey)
         if instance_id is not None and not m.registry.sessions_on(instance_id):
             m.forget_instance(instance_id)
 
@@ -313,60 +313,49 @@ class Lifecycle:
     def forget_backup(self, record: SessionRecord) -> None:
         peer = self._runner_up(record)
         if peer is not None:
-            self.m.spawn(self._peers.push_bindings(peer, [{"role": FORGET, "key": record.key}]))
+            forget = {"role": FORGET, "key": record.key, "function": record.function}
+            self.m.spawn(self._peers.push_bindings(peer, [forget]))
 
     def accept_binding(self, payload: dict[str, Any]) -> None:
         """A peer hands this replica a binding: as its new owner, as the owner's backup, or ends one."""
         m = self.m
-        role = payload.get("role")
-        key = payload["key"]
-        if role not in (OWNER, BACKUP, FORGET) or not isinstance(key, str):
-            raise ValueError(f"role must be {OWNER}, {BACKUP} or {FORGET} and key a string")
+        role, key, function = payload.get("role"), payload["key"], payload["function"]
+        if role not in (OWNER, BACKUP, FORGET) or not isinstance(key, str) or not isinstance(function, str):
+            raise ValueError(f"role must be {OWNER}, {BACKUP} or {FORGET}, key and function strings")
+        rkey = scoped_key(function, key)
         if role == FORGET:
-            m.backups.pop(key, None)
+            m.backups.pop(rkey, None)
             return
         instance = instance_of(payload["instance"]) if payload.get("instance") else None
         now = m.now()
-        expires_at = now + float(payload["expiresIn"])
+        idle, lifetime = float(payload["idleTimeout"]), float(payload["expiresIn"])
         if role == BACKUP:
-            m.backups[key] = BackupCopy(
-                key,
-                str(payload["function"]),
-                str(payload["storageId"]),
-                instance,
-                float(payload["idleTimeout"]),
-                expires_at,
-            )
-            self.scheduler.schedule(BACKUP_TIMER_PREFIX + key, expires_at)
+            m.backups[rkey] = BackupCopy(key, function, str(payload["storageId"]), instance, idle, now + lifetime)
+            self.scheduler.schedule(BACKUP_TIMER_PREFIX + rkey, now + lifetime)
             return
-        m.backups.pop(key, None)
-        record = m.registry.get(key)
+        m.backups.pop(rkey, None)
+        record = m.registry.get(rkey)
         if record is None:
             record = m.registry.create(
-                key,
-                str(payload["function"]),
-                now=now,
-                storage_id=str(payload["storageId"]),
-                idle_timeout=float(payload["idleTimeout"]),
-                max_lifetime=float(payload["expiresIn"]),
+                key, function, now=now, storage_id=str(payload["storageId"]), idle_timeout=idle, max_lifetime=lifetime
             )
         if instance is not None:
             m.bind(record, instance)
-        self.scheduler.schedule(record.key, record.due())
+        self.scheduler.schedule(record.rkey, record.due())
         self.push_backup(record)
 
-    async def end_everywhere(self, key: str, reason: str) -> None:
+    async def end_everywhere(self, function: str, key: str, reason: str) -> None:
         """End a session wherever its authoritative record is (here, or on its owner)."""
-        record = self.m.registry.get(key)
+        record = self.m.registry.find(function, key)
         if record is not None and record.state != RELEASING:
             await self.end_session(record, reason)
             return
         owner = self.m.membership.owner(key)
         if owner != self.m.membership.self_id:
-            await self._peers.end(owner, key, reason)
+            await self._peers.end(owner, function, key, reason)
 
-    def touch(self, key: str) -> bool:
-        record = self.m.registry.get(key)
+    def touch(self, function: str, key: str) -> bool:
+        record = self.m.registry.find(function, key)
         if record is None:
             return False
         record.last_active = self.m.now()
@@ -379,7 +368,7 @@ class Lifecycle:
             await asyncio.sleep(interval)
             owner = self.m.membership.owner(record.key)
             if owner != self.m.membership.self_id:
-                await self._peers.touch(owner, record.key)
+                await self._peers.touch(owner, record.function, record.key)
 
     # -- takeover ---------------------------------------------------------------------------
     async def resync(self) -> None:
@@ -416,7 +405,7 @@ class Lifecycle:
                 if instance.id not in m.instances and too_old:
                     m.spawn(self._delete(instance))
                 continue
-            if m.registry.get(instance.session) is None:
+            if m.registry.find(fn.key, instance.session) is None:
                 try:
                     record = m.create_session(fn, instance.session)
                 except SessionExistsError:
@@ -437,17 +426,17 @@ class Lifecycle:
                     peer = self._runner_up(record)
                     if peer is not None and record.instance is not None:
                         backups.setdefault(peer, []).append(self.binding_payload(record, BACKUP))
-                elif not record.inflight and record.state != RELEASING and not m.is_waking(record.key):
+                elif not record.inflight and record.state != RELEASING and not m.is_waking(record.rkey):
                     away.append(record)
             await asyncio.sleep(0)
-        for key in list(m.backups):
-            if m.membership.is_owner(key):
-                promoted = m.promote(key)
+        for rkey, backup in list(m.backups.items()):
+            if m.membership.is_owner(backup.key):
+                promoted = m.promote(backup.function, backup.key)
                 peer = self._runner_up(promoted) if promoted is not None else None
                 if promoted is not None and peer is not None:
                     backups.setdefault(peer, []).append(self.binding_payload(promoted, BACKUP))
-            elif m.membership.self_id not in m.membership.owners(key, 2):
-                del m.backups[key]
+            elif m.membership.self_id not in m.membership.owners(backup.key, 2):
+                del m.backups[rkey]
         await self.hand_off(away)
         for peer, items in backups.items():
             for start in range(0, len(items), HANDOFF_BATCH):

@@ -36,7 +36,7 @@ from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.gateway.warm import WarmPools, mint_owned_id
 from voltgrid.registry.ids import is_learned_key, is_session_id
 from voltgrid.registry.ownership import Membership
-from voltgrid.registry.records import SessionRecord
+from voltgrid.registry.records import SessionRecord, scoped_key
 from voltgrid.registry.scheduler import DeadlineScheduler
 from voltgrid.registry.store import SessionRegistry
 
@@ -150,21 +150,19 @@ class SessionManager:
             idle_timeout=idle_timeout if idle_timeout is not None else fn.idle_timeout,
             max_lifetime=max_lifetime if max_lifetime is not None else fn.max_lifetime,
         )
-        self.schedule(key, record.due())
+        self.schedule(record.rkey, record.due())
         return record
 
     def session_for(self, fn: FunctionEntry, key: str) -> SessionRecord:
         """The session a request's key names; a well-formed unknown id is a returning session."""
-        record = self.registry.get(key)
+        record = self.registry.find(fn.key, key)
         if record is not None:
-            if record.function != fn.key:
-                raise not_found(f"session {key!r} not found", "session_not_found")
             return record
         if fn.affinity is Affinity.MCP:
             if not is_learned_key(key):
                 raise bad_request("malformed MCP session id", "bad_session_id")
-            promoted = self.promote(key)
-            if promoted is not None and promoted.function == fn.key:
+            promoted = self.promote(fn.key, key)
+            if promoted is not None:
                 return promoted
             # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
             raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
@@ -174,11 +172,11 @@ class SessionManager:
             )
         return self.create_session(fn, key)
 
-    def promote(self, key: str) -> SessionRecord | None:
+    def promote(self, function: str, key: str) -> SessionRecord | None:
         """Turn the backup copy of ``key`` into the authoritative record (this replica owns it now)."""
-        backup = self.backups.pop(key, None)
+        backup = self.backups.pop(scoped_key(function, key), None)
         now = self.now()
-        if backup is None or backup.expires_at <= now or self.registry.get(key) is not None:
+        if backup is None or backup.expires_at <= now or self.registry.find(function, key) is not None:
             return None
         record = self.registry.create(
             key,
@@ -190,7 +188,7 @@ class SessionManager:
         )
         if backup.instance is not None:
             self.bind(record, backup.instance)
-        self.schedule(key, record.due())
+        self.schedule(record.rkey, record.due())
         return record
 
     def seats(self, function: str) -> dict[str, int]:
@@ -241,7 +239,7 @@ class SessionManager:
             self.unbind(record)
         self.registry.bind(record, instance.id, self.now())
         self.metrics.function_usage(record.function).held.start(record.bound_since)
-        self.schedule(record.key, record.due())
+        self.schedule(record.rkey, record.due())
 
     def unbind(self, record: SessionRecord) -> str | None:
         since = record.bound_since
@@ -293,7 +291,7 @@ class SessionManager:
     # -- instances ----------------------------------------------------------------------------
     async def instance_for(self, fn: FunctionEntry, record: SessionRecord) -> tuple[Instance, bool]:
         """The session's instance, woken if needed; the flag says whether it had to be started."""
-        release = self.releasing.get(record.key)
+        release = self.releasing.get(record.rkey)
         if release is not None:
             await asyncio.shield(release)
         if record.instance is not None:
@@ -301,13 +299,13 @@ class SessionManager:
             if instance is not None:
                 return instance, False
             self.unbind(record)
-        waking = self._waking.get(record.key)
+        waking = self._waking.get(record.rkey)
         if waking is None:
             waking = asyncio.get_running_loop().create_future()
-            self._waking[record.key] = waking
+            self._waking[record.rkey] = waking
             self.spawn(self._wake(fn, record, waking))
         instance = await self._queue(fn, waking)
-        if record.instance != instance.id and self.registry.get(record.key) is record:
+        if record.instance != instance.id and self.registry.get(record.rkey) is record:
             self.bind(record, instance)
         return instance, True
 
@@ -324,7 +322,7 @@ class SessionManager:
             if not isinstance(e, Exception):
                 raise
         finally:
-            self._waking.pop(record.key, None)
+            self._waking.pop(record.rkey, None)
 
     async def _find_or_start(self, fn: FunctionEntry, record: SessionRecord) -> Instance:
         """The session's own instance if it still runs, else a seat from the Function's budget."""

@@ -50,8 +50,8 @@ class Peers:
     async def push_bindings(self, peer: str, items: list[dict[str, Any]]) -> bool:
         return await self._post(peer, "/bindings", {"items": items})
 
-    async def end(self, peer: str, key: str, reason: str) -> bool:
-        return await self._post(peer, "/end", {"key": key, "reason": reason})
+    async def end(self, peer: str, function: str, key: str, reason: str) -> bool:
+        return await self._post(peer, "/end", {"function": function, "key": key, "reason": reason})
 
     async def budget(self, peer: str, op: str, payload: dict[str, Any], seconds: float) -> dict[str, Any]:
         """The budget owner's answer to ``op``; an error answer is returned as
@@ -104,8 +104,8 @@ class Peers:
                 total[instance_id] = total.get(instance_id, 0) + n
         return total
 
-    async def touch(self, peer: str, key: str) -> bool:
-        return await self._post(peer, "/touch", {"key": key})
+    async def touch(self, peer: str, function: str, key: str) -> bool:
+        return await self._post(peer, "/touch", {"function": function, "key": key})
 
     async def list_sessions(self, function: str) -> list[dict[str, Any]]:
         """Sessions of ``function`` owned by the other replicas (each asked once, in parallel)."""

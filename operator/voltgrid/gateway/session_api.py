@@ -64,8 +64,8 @@ def _function(request: web.Request) -> tuple[Gateway, FunctionEntry]:
 
 
 def _session(gw: Gateway, fn: FunctionEntry, session_id: str) -> SessionRecord:
-    record = gw.manager.registry.get(session_id)
-    if record is None or record.function != fn.key:
+    record = gw.manager.registry.find(fn.key, session_id)
+    if record is None:
         raise not_found(f"session {session_id!r} not found", "session_not_found")
     return record
 

@@ -18,6 +18,12 @@ RELEASING: Final = 2
 STATE_NAMES: Final = ("Idle", "Active", "Releasing")
 
 
+def scoped_key(function: str, key: str) -> str:
+    """The registry's key of session ``key`` of ``function``: client ids are scoped to their
+    Function, so the same id on two Functions names two unrelated sessions."""
+    return f"{function}\x00{key}"
+
+
 class SessionRecord:
     """Everything the gateway knows about one session (or one learned alias such as an MCP id)."""
 
@@ -37,6 +43,7 @@ class SessionRecord:
         "key",
         "last_active",
         "requests",
+        "rkey",
         "state",
         "storage_id",
     )
@@ -53,6 +60,7 @@ class SessionRecord:
     ) -> None:
         self.key = key
         self.function = sys.intern(function)
+        self.rkey = scoped_key(self.function, key)
         self.storage_id = key if storage_id == key else storage_id
         self.instance: str | None = None
         self.state = UNBOUND
