@@ -19,6 +19,9 @@ from voltgrid.gateway.core import Gateway
 
 APPS = Path(__file__).parent / "apps"
 TOKEN = "test-internal-token"
+#: The operator token of the Session API in gateways the fixtures start.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import jwt
 import pytest
 from aiohttp import web
-from gwhelpers import FakeBackend, free_port, function
+from gwhelpers import ADMIN_TOKEN, FakeBackend, free_port, function
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +49,7 @@ def gateway() -> Iterator[int]:
             port=port,
             max_body_bytes=MAX_BODY,
             upstream_timeout=2,
+            api_tokens=[ADMIN_TOKEN],
             jwt={
                 "default/secured": JwtPolicy(
                     issuer="tests", audience="voltgrid", keys=[SECRET], required_scope="invoke"
@@ -177,12 +178,14 @@ def test_jwt_valid_forbidden_and_missing(gateway: int) -> None:
         (b"GET /fn/Default/../open/x HTTP/1.1\r\nHost: gw\r\n\r\n", (400,)),
         (b"GET /fn/default/nope/x HTTP/1.1\r\nHost: gw\r\n\r\n", (404,)),
         (
-            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n"
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
             b"{{{{{",
             (400,),
         ),
         (
-            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n\r\n"
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
             b'{"sessionId": "BAD_ID!"}',
             (400,),
         ),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
-from gwhelpers import function
+from gwhelpers import ADMIN, function
 
 HDR = "X-Voltgrid-Session"
 
@@ -49,7 +49,7 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
     async with http.get(f"{gw.url}/fn/default/agent/whoami", headers={HDR: sid}) as r:
         woken = await r.json()
     assert woken["instance"] != first["instance"] and woken["storage"] == first["storage"]
-    async with http.get(f"{gw.url}/_voltgrid/v1/functions/default/agent/sessions/{sid}") as r:
+    async with http.get(f"{gw.url}/_voltgrid/v1/functions/default/agent/sessions/{sid}", headers=ADMIN) as r:
         session = await r.json()
     assert session["state"] == "Active" and session["usage"]["requests"] == 5
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from gwhelpers import function
+from gwhelpers import ADMIN, function
 
 HDR = "X-Voltgrid-Session"
 
@@ -55,19 +55,19 @@ async def test_session_api_lists_sessions_of_every_replica(replicas) -> None:
     async with aiohttp.ClientSession() as http:
         ids = []
         for i in range(6):
-            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": f"user-{i}"}) as r:
+            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": f"user-{i}"}, headers=ADMIN) as r:
                 assert r.status == 201, await r.text()
                 ids.append((await r.json())["sessionId"])
-        async with http.get(f"{a.url}{api}") as r:
+        async with http.get(f"{a.url}{api}", headers=ADMIN) as r:
             listed = [s["sessionId"] for s in (await r.json())["items"]]
         assert sorted(listed) == sorted(ids)
-        async with http.post(f"{b.url}{api}", json={"sessionId": "user-0"}) as r:
+        async with http.post(f"{b.url}{api}", json={"sessionId": "user-0"}, headers=ADMIN) as r:
             assert r.status == 409
         owners = {a.gateway.membership.owner(s) for s in ids}
         assert owners == {a.url, b.url}
-        async with http.post(f"{a.url}{api}/user-3/renew", json={"maxLifetime": "2h"}) as r:
+        async with http.post(f"{a.url}{api}/user-3/renew", json={"maxLifetime": "2h"}, headers=ADMIN) as r:
             assert r.status == 200 and (await r.json())["sessionId"] == "user-3"
-        async with http.delete(f"{b.url}{api}/user-3") as r:
+        async with http.delete(f"{b.url}{api}/user-3", headers=ADMIN) as r:
             assert r.status == 200
-        async with http.get(f"{a.url}{api}/user-3") as r:
+        async with http.get(f"{a.url}{api}/user-3", headers=ADMIN) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"

@@ -17,7 +17,7 @@ import aiohttp
 import httpx2
 import pytest
 from aiohttp import web
-from gwhelpers import FakeBackend, Replica, function, serving
+from gwhelpers import ADMIN, FakeBackend, Replica, function, serving
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -47,7 +47,7 @@ def _port(replica: Replica) -> int:
 
 
 async def _rows(http: aiohttp.ClientSession, replica: Replica, name: str) -> list[str]:
-    async with http.get(replica.url + API.format(name=name)) as r:
+    async with http.get(replica.url + API.format(name=name), headers=ADMIN) as r:
         assert r.status == 200, await r.text()
         return [item["sessionId"] for item in (await r.json())["items"]]
 
@@ -223,4 +223,4 @@ async def test_a_legacy_sse_session_ends_when_its_client_closes_the_stream(repli
     await _eventually(_no_instances(a, "default/legacy"), limit=5)
     assert loop.time() - closed < 5  # released at once, not after the 10 min idleTimeout
     await _eventually(lambda: len(b.gateway.manager.registry) == 0 == len(a.gateway.manager.registry))
-    assert not a.gateway.manager.backups
+    await _eventually(lambda: not a.gateway.manager.backups)

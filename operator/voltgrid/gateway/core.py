@@ -49,6 +49,7 @@ class Gateway:
         self.membership = membership or Membership(settings.self_url, settings.peers)
         self.metrics = GatewayMetrics()
         self.api_verifier = JwtVerifier(settings.api_jwt) if settings.api_jwt else None
+        self.api_tokens = settings.all_api_tokens()
         self.manager = SessionManager(settings, backend, self.catalog, self.membership, self.metrics)
         self.http: aiohttp.ClientSession | None = None
         self.lifecycle: Lifecycle | None = None

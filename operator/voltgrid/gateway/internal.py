@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from voltgrid.gateway.access import Caller
 from voltgrid.gateway.budget import instance_json, instance_of
 from voltgrid.gateway.core import GATEWAY
 from voltgrid.gateway.errors import GatewayError, bad_request
@@ -116,7 +117,8 @@ async def touch(request: web.Request) -> web.StreamResponse:
 async def sessions(request: web.Request) -> web.StreamResponse:
     _internal(request)
     gw = request.app[GATEWAY]
-    return web.json_response({"items": local_sessions(gw, request.query.get("function", ""))})
+    caller = Caller(request.query.get("principal"))  # the asking replica authenticated the caller
+    return web.json_response({"items": local_sessions(gw, request.query.get("function", ""), caller)})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

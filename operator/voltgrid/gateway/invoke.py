@@ -23,11 +23,12 @@ from opentelemetry import trace
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance
 from voltgrid.gateway import tracing
+from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.lifecycle import Lifecycle
-from voltgrid.gateway.middlewares import FUNCTION, KEY, PREFIX, TAIL
+from voltgrid.gateway.middlewares import CLAIMS, FUNCTION, KEY, PREFIX, TAIL
 from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 from voltgrid.registry.ids import is_learned_key
@@ -61,10 +62,12 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
     if fn.affinity is Affinity.NONE:
         return await _invoke_shared(gw, request, fn)
+    claims = request.get(CLAIMS)
+    principal = principal_of(claims) if claims is not None else None
     if key is None:
-        exchange = Exchange(await manager.new_session(fn), minted=True)
+        exchange = Exchange(await manager.new_session(fn, principal), minted=True)
     else:
-        exchange = Exchange(manager.session_for(fn, key), minted=False)
+        exchange = Exchange(manager.session_for(fn, key, principal), minted=False)
     for attempt in range(2):
         record = exchange.record
         assert record is not None

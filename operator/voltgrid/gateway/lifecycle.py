@@ -69,6 +69,9 @@ class Lifecycle:
         manager.budget.peer_seats = peers.seats
         self.prestop_calls = 0
         self._checkpointing: asyncio.Task[int] | None = None
+        #: Backup updates waiting for each peer, sent in order by one task per peer (a "forget"
+        #: must never overtake the copy it forgets).
+        self._outbox: dict[str, list[dict[str, Any]]] = {}
         self.scheduler.schedule(CHECKPOINT_KEY, manager.now() + manager.settings.checkpoint_interval)
 
     # -- timers ---------------------------------------------------------------------------
@@ -235,6 +238,7 @@ class Lifecycle:
             "instance": instance_json(instance) if instance is not None else None,
             "idleTimeout": record.idle_timeout,
             "expiresIn": max(0.0, record.expires_at - self.m.now()),
+            "principal": record.principal,
         }
 
     async def learn(self, record: SessionRecord, key: str) -> SessionRecord:
@@ -256,6 +260,7 @@ class Lifecycle:
                 max_lifetime=record.expires_at - now,
             )
             learned.inflight, learned.active_since, learned.requests = record.inflight, record.active_since, 1
+            learned.principal = record.principal
             m.unbind(record)  # the seat moves with the session: no budget call
             m.bind(learned, instance)
             m.registry.remove(record.rkey)
@@ -308,13 +313,29 @@ class Lifecycle:
     def push_backup(self, record: SessionRecord) -> None:
         peer = self._runner_up(record)
         if peer is not None and record.instance is not None:
-            self.m.spawn(self._peers.push_bindings(peer, [self.binding_payload(record, BACKUP)]))
+            self._send(peer, self.binding_payload(record, BACKUP))
 
     def forget_backup(self, record: SessionRecord) -> None:
         peer = self._runner_up(record)
         if peer is not None:
-            forget = {"role": FORGET, "key": record.key, "function": record.function}
-            self.m.spawn(self._peers.push_bindings(peer, [forget]))
+            self._send(peer, {"role": FORGET, "key": record.key, "function": record.function})
+
+    def _send(self, peer: str, item: dict[str, Any]) -> None:
+        outbox = self._outbox.get(peer)
+        if outbox is not None:
+            outbox.append(item)  # its sender is running and takes it in turn
+            return
+        self._outbox[peer] = [item]
+        self.m.spawn(self._drain(peer))
+
+    async def _drain(self, peer: str) -> None:
+        try:
+            while items := self._outbox.get(peer):
+                self._outbox[peer] = []
+                for start in range(0, len(items), HANDOFF_BATCH):
+                    await self._peers.push_bindings(peer, items[start : start + HANDOFF_BATCH])
+        finally:
+            self._outbox.pop(peer, None)
 
     def accept_binding(self, payload: dict[str, Any]) -> None:
         """A peer hands this replica a binding: as its new owner, as the owner's backup, or ends one."""
@@ -329,8 +350,12 @@ class Lifecycle:
         instance = instance_of(payload["instance"]) if payload.get("instance") else None
         now = m.now()
         idle, lifetime = float(payload["idleTimeout"]), float(payload["expiresIn"])
+        principal = payload.get("principal")
+        if principal is not None and not isinstance(principal, str):
+            raise ValueError("principal must be a string or null")
         if role == BACKUP:
-            m.backups[rkey] = BackupCopy(key, function, str(payload["storageId"]), instance, idle, now + lifetime)
+            copy = BackupCopy(key, function, str(payload["storageId"]), instance, idle, now + lifetime, principal)
+            m.backups[rkey] = copy
             self.scheduler.schedule(BACKUP_TIMER_PREFIX + rkey, now + lifetime)
             return
         m.backups.pop(rkey, None)
@@ -339,6 +364,7 @@ class Lifecycle:
             record = m.registry.create(
                 key, function, now=now, storage_id=str(payload["storageId"]), idle_timeout=idle, max_lifetime=lifetime
             )
+        record.principal = principal
         if instance is not None:
             m.bind(record, instance)
         self.scheduler.schedule(record.rkey, record.due())
@@ -419,13 +445,12 @@ class Lifecycle:
         m.warm.drop_unowned()
         m.budget.membership_changed()
         away: list[SessionRecord] = []
-        backups: dict[str, list[dict[str, Any]]] = {}
         for shard in m.registry.shards():
             for record in list(shard.values()):
                 if m.membership.is_owner(record.key):
                     peer = self._runner_up(record)
                     if peer is not None and record.instance is not None:
-                        backups.setdefault(peer, []).append(self.binding_payload(record, BACKUP))
+                        self._send(peer, self.binding_payload(record, BACKUP))
                 elif not record.inflight and record.state != RELEASING and not m.is_waking(record.rkey):
                     away.append(record)
             await asyncio.sleep(0)
@@ -434,11 +459,8 @@ class Lifecycle:
                 promoted = m.promote(backup.function, backup.key)
                 peer = self._runner_up(promoted) if promoted is not None else None
                 if promoted is not None and peer is not None:
-                    backups.setdefault(peer, []).append(self.binding_payload(promoted, BACKUP))
+                    self._send(peer, self.binding_payload(promoted, BACKUP))
             elif m.membership.self_id not in m.membership.owners(backup.key, 2):
                 del m.backups[rkey]
         await self.hand_off(away)
-        for peer, items in backups.items():
-            for start in range(0, len(items), HANDOFF_BATCH):
-                await self._peers.push_bindings(peer, items[start : start + HANDOFF_BATCH])
         await self.resync()

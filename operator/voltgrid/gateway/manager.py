@@ -60,6 +60,7 @@ class BackupCopy:
     instance: Instance | None
     idle_timeout: float
     expires_at: float
+    principal: str | None
 
 
 class SessionManager:
@@ -153,24 +154,30 @@ class SessionManager:
         self.schedule(record.rkey, record.due())
         return record
 
-    def session_for(self, fn: FunctionEntry, key: str) -> SessionRecord:
-        """The session a request's key names; a well-formed unknown id is a returning session."""
+    def session_for(self, fn: FunctionEntry, key: str, principal: str | None = None) -> SessionRecord:
+        """The session a request's key names; a well-formed unknown id is a returning session.
+
+        A session created by a JWT principal is not found for any other caller."""
         record = self.registry.find(fn.key, key)
         if record is not None:
+            if record.principal is not None and record.principal != principal:
+                raise not_found(f"session {key!r} not found", "session_not_found")
             return record
         if fn.affinity is Affinity.MCP:
             if not is_learned_key(key):
                 raise bad_request("malformed MCP session id", "bad_session_id")
             promoted = self.promote(fn.key, key)
             if promoted is not None:
-                return promoted
+                return self.session_for(fn, key, principal)
             # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
             raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
         if not is_session_id(key):
             raise bad_request(
                 "session ids are lowercase letters, digits and '-', at most 63 characters", "bad_session_id"
             )
-        return self.create_session(fn, key)
+        record = self.create_session(fn, key)
+        record.principal = principal
+        return record
 
     def promote(self, function: str, key: str) -> SessionRecord | None:
         """Turn the backup copy of ``key`` into the authoritative record (this replica owns it now)."""
@@ -186,6 +193,7 @@ class SessionManager:
             idle_timeout=backup.idle_timeout,
             max_lifetime=backup.expires_at - now,
         )
+        record.principal = backup.principal
         if backup.instance is not None:
             self.bind(record, backup.instance)
         self.schedule(record.rkey, record.due())
@@ -199,15 +207,17 @@ class SessionManager:
                 seats[record.instance] = seats.get(record.instance, 0) + 1
         return seats
 
-    async def new_session(self, fn: FunctionEntry) -> SessionRecord:
+    async def new_session(self, fn: FunctionEntry, principal: str | None = None) -> SessionRecord:
         """A brand-new session: on a warm instance this replica owns, else with an id minted here."""
         warm = await self.claim_warm(fn) if fn.sessions_per_instance == 1 else None
         if warm is not None:
             record = self.create_session(fn, warm.session)
             self.bind(record, warm)
             self.spawn(self.budget.claimed(fn.key, warm))
-            return record
-        return self.create_session(fn, mint_owned_id(self.membership))
+        else:
+            record = self.create_session(fn, mint_owned_id(self.membership))
+        record.principal = principal
+        return record
 
     async def claim_warm(self, fn: FunctionEntry) -> Instance | None:
         """A warm instance of ``fn`` this replica owns, now in use here: from the known pool, else

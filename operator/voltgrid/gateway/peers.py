@@ -107,16 +107,16 @@ class Peers:
     async def touch(self, peer: str, function: str, key: str) -> bool:
         return await self._post(peer, "/touch", {"function": function, "key": key})
 
-    async def list_sessions(self, function: str) -> list[dict[str, Any]]:
-        """Sessions of ``function`` owned by the other replicas (each asked once, in parallel)."""
+    async def list_sessions(self, function: str, principal: str | None) -> list[dict[str, Any]]:
+        """Sessions of ``function`` owned by the other replicas (each asked once, in parallel), only
+        those of ``principal`` unless it is None."""
+        params = {"function": function} if principal is None else {"function": function, "principal": principal}
 
         async def one(peer: str) -> list[dict[str, Any]]:
             try:
                 async with (
                     asyncio.timeout(INTERNAL_TIMEOUT),
-                    self._http.get(
-                        f"{peer}{INTERNAL_PREFIX}/sessions", params={"function": function}, headers=self._headers
-                    ) as resp,
+                    self._http.get(f"{peer}{INTERNAL_PREFIX}/sessions", params=params, headers=self._headers) as resp,
                 ):
                     if resp.status != 200:
                         return []

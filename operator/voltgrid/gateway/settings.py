@@ -35,6 +35,10 @@ DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
 DEFAULT_WARM_DISCOVERY_INTERVAL: Final = 1.0
 DEFAULT_SHARDS: Final = 64
 DEFAULT_INBOUND_BUFFER: Final = 64 * 1024
+#: New sessions per second one client may mint on one Function, sustained (a token bucket) ...
+DEFAULT_SESSION_MINT_RATE: Final = 1.0
+#: ... and at once: enough for an agent framework opening a few sessions in parallel.
+DEFAULT_SESSION_MINT_BURST: Final = 10
 
 
 class SettingsError(VoltgridError):
@@ -116,6 +120,15 @@ class GatewaySettings:
     jwt: dict[str, JwtPolicy] = field(default_factory=dict)
     #: JWT policy of the Session API (falls back to the function's policy).
     api_jwt: JwtPolicy | None = None
+    #: Operator bearer tokens of the Session API (every session of every Function); without one,
+    #: and without a JWT policy, a Function's sessions cannot be listed or ended through the API.
+    api_tokens: list[str] = field(default_factory=list)
+    #: Files holding one operator token each (a mounted Secret), read at startup.
+    api_token_files: list[str] = field(default_factory=list)
+    #: New sessions one client (address) may mint per second, sustained, per Function ...
+    session_mint_rate: float = DEFAULT_SESSION_MINT_RATE
+    #: ... and in a burst; beyond them, 429 with Retry-After. 0 turns the limit off.
+    session_mint_burst: int = DEFAULT_SESSION_MINT_BURST
 
     def __post_init__(self) -> None:
         if self.replica_url is None:
@@ -128,9 +141,16 @@ class GatewaySettings:
             raise SettingsError("max_queue, max_body_bytes and shards must be positive")
         if self.checkpoint_interval <= 0:
             raise SettingsError("checkpoint_interval must be positive")
+        if self.session_mint_rate <= 0 or self.session_mint_burst < 0:
+            raise SettingsError("session_mint_rate must be positive and session_mint_burst at least 0")
         self.jwt = {k: _policy(v) for k, v in self.jwt.items()}
         if self.api_jwt is not None:
             self.api_jwt = _policy(self.api_jwt)
+
+    def all_api_tokens(self) -> list[str]:
+        """The operator tokens, those from files included (blank ones ignored)."""
+        tokens = [*self.api_tokens, *(Path(p).read_text() for p in self.api_token_files)]
+        return [t.strip() for t in tokens if t.strip()]
 
     @property
     def self_url(self) -> str:

@@ -42,6 +42,7 @@ class SessionRecord:
         "instance",
         "key",
         "last_active",
+        "principal",
         "requests",
         "rkey",
         "state",
@@ -76,6 +77,8 @@ class SessionRecord:
         self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        #: Who created the session (a JWT principal), or None; only that principal may use it.
+        self.principal: str | None = None
 
     def active_seconds(self, now: float) -> float:
         """Seconds with at least one request in flight, including the current stretch."""
