@@ -95,3 +95,36 @@ async def test_session_ids_are_scoped_to_their_function(replicas, upstream: str,
         assert r.status == 200
     async with http.get(gw.url + API.format("open"), headers=ADMIN) as r:
         assert [s["function"] for s in (await r.json())["items"]] == ["default/open"]
+
+
+async def test_minting_sessions_is_rate_limited_per_client(
+    replicas, upstream: str, http: aiohttp.ClientSession
+) -> None:
+    backend = FakeBackend(upstream)
+    open_fn = function("open")
+    open_fn.spec.scaling.max_instances = 100
+    (gw,) = await replicas([open_fn, function("other")], backend=backend, session_mint_burst=5, session_mint_rate=0.01)
+    statuses = []
+    for _ in range(8):  # no session id: each would mint a session and start an instance
+        async with http.get(f"{gw.url}/fn/default/open/x") as r:
+            statuses.append(r.status)
+            if r.status == 429:
+                assert r.headers["Retry-After"] == "100"
+                assert (await r.json())["error"]["code"] == "too_many_sessions"
+    for i in range(5):  # made-up ids would start sessions too
+        async with http.get(f"{gw.url}/fn/default/open/x", headers={HDR: f"made-up-{i}"}) as r:
+            statuses.append(r.status)
+    assert statuses == [200] * 5 + [429] * 8 and len(backend.created) == 5
+    sid = (await _sessions(http, gw.url, "open"))[0]
+    async with http.get(f"{gw.url}/fn/default/open/x", headers={HDR: sid}) as r:
+        assert r.status == 200  # an existing session is never limited
+    async with http.get(f"{gw.url}/fn/default/other/x") as r:
+        assert r.status == 200  # nor is another Function
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other, other.get(f"{gw.url}/fn/default/open/x") as r:
+        assert r.status == 200  # nor another client
+
+
+async def _sessions(http: aiohttp.ClientSession, url: str, name: str) -> list[str]:
+    async with http.get(url + API.format(name), headers=ADMIN) as r:
+        return [s["sessionId"] for s in (await r.json())["items"]]

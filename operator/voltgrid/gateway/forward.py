@@ -10,6 +10,7 @@ served here, or sent to the new owner.
 from __future__ import annotations
 
 import hmac
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -20,10 +21,26 @@ from voltgrid.gateway.peers import FORWARDED_HEADER
 from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 
+#: The address of the client a forwarded request came from (trusted only with the internal token):
+#: the owner limits session minting per client (:mod:`voltgrid.gateway.ratelimit`).
+CLIENT_HEADER: Final = "X-Voltgrid-Client"
+
 
 def is_forwarded(request: web.Request, token: str) -> bool:
     value = request.headers.get(FORWARDED_HEADER)
     return value is not None and hmac.compare_digest(value.encode(), token.encode())
+
+
+def client_address(request: web.Request, token: str, header: str | None = None) -> str:
+    """The client's address: the one a forwarding replica vouches for, else the last address of the
+    trusted proxy's ``header``, else the connection's."""
+    if is_forwarded(request, token):
+        return request.headers.get(CLIENT_HEADER) or request.remote or ""
+    if header is not None:
+        last = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return request.remote or ""
 
 
 async def forward(request: web.Request, key: str, handler: Handler) -> web.StreamResponse:
@@ -34,7 +51,8 @@ async def forward(request: web.Request, key: str, handler: Handler) -> web.Strea
         owner = gw.membership.owner(key)
         if owner == gw.membership.self_id:
             break
-        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token})
+        client = client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
+        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token, CLIENT_HEADER: client})
         headers.popall("X-Forwarded-For", None)
         if "X-Forwarded-For" in request.headers:
             headers["X-Forwarded-For"] = request.headers["X-Forwarded-For"]

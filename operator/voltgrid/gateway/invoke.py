@@ -26,6 +26,7 @@ from voltgrid.gateway import tracing
 from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
 from voltgrid.gateway.core import GATEWAY, Gateway
+from voltgrid.gateway.forward import client_address
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.lifecycle import Lifecycle
 from voltgrid.gateway.middlewares import CLAIMS, FUNCTION, KEY, PREFIX, TAIL
@@ -64,10 +65,16 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return await _invoke_shared(gw, request, fn)
     claims = request.get(CLAIMS)
     principal = principal_of(claims) if claims is not None else None
+    client = principal or client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
+
+    def admit() -> None:
+        gw.mint_limiter.take(fn.key, client)
+
     if key is None:
+        admit()
         exchange = Exchange(await manager.new_session(fn, principal), minted=True)
     else:
-        exchange = Exchange(manager.session_for(fn, key, principal), minted=False)
+        exchange = Exchange(manager.session_for(fn, key, principal, admit), minted=False)
     for attempt in range(2):
         record = exchange.record
         assert record is not None

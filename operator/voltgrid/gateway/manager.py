@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,8 +154,11 @@ class SessionManager:
         self.schedule(record.rkey, record.due())
         return record
 
-    def session_for(self, fn: FunctionEntry, key: str, principal: str | None = None) -> SessionRecord:
-        """The session a request's key names; a well-formed unknown id is a returning session.
+    def session_for(
+        self, fn: FunctionEntry, key: str, principal: str | None = None, admit: Callable[[], None] | None = None
+    ) -> SessionRecord:
+        """The session a request's key names; a well-formed unknown id is a returning session
+        (``admit`` is called before one is created: the per-client mint limit).
 
         A session created by a JWT principal is not found for any other caller."""
         record = self.registry.find(fn.key, key)
@@ -175,6 +178,8 @@ class SessionManager:
             raise bad_request(
                 "session ids are lowercase letters, digits and '-', at most 63 characters", "bad_session_id"
             )
+        if admit is not None:
+            admit()
         record = self.create_session(fn, key)
         record.principal = principal
         return record

@@ -120,6 +120,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         if forwarded is not None:
             return forwarded
     idle, lifetime = _seconds(body, "idleTimeout"), _seconds(body, "maxLifetime")
+    if caller.principal is not None:  # operators are not limited
+        gw.mint_limiter.take(fn.key, caller.principal)
     try:
         if session_id is None:
             record = await gw.manager.new_session(fn)

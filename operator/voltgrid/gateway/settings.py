@@ -129,6 +129,10 @@ class GatewaySettings:
     session_mint_rate: float = DEFAULT_SESSION_MINT_RATE
     #: ... and in a burst; beyond them, 429 with Retry-After. 0 turns the limit off.
     session_mint_burst: int = DEFAULT_SESSION_MINT_BURST
+    #: Header whose LAST address names the client, set by the proxy in front of the gateway (e.g.
+    #: ``X-Forwarded-For`` from an ingress that appends to it); only when clients cannot reach the
+    #: gateway around that proxy. Unset: the connection's peer address.
+    client_address_header: str | None = None
 
     def __post_init__(self) -> None:
         if self.replica_url is None:
