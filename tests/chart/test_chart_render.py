@@ -52,6 +52,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no-webhook", {"webhook": {"enabled": False}}, []),
     ("tracing", {"tracing": {"enabled": True, "otlpEndpoint": "http://otel:4317"}}, []),
     ("token-secret", {"gateway": {"internalToken": {"existingSecret": "mine"}}}, []),
+    ("api-token", {"gateway": {"apiToken": {"existingSecret": "operators"}}}, []),
     ("namespace", {"namespace": {"create": True}}, []),
 ]
 IDS = [c[0] for c in CASES]
@@ -200,6 +201,10 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
         token = deployments["voltgrid-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
         ref = next(e for e in token if e["name"] == "VOLTGRID_GATEWAY_INTERNAL_TOKEN")["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "mine", "key": "token"}
+    elif name == "api-token":
+        env = deployments["voltgrid-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
+        ref = next(e for e in env if e["name"] == "VOLTGRID_GATEWAY_API_TOKENS")["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "operators", "key": "token"}
 
 
 def check_options(name: str, docs: list[dict[str, Any]]) -> None:

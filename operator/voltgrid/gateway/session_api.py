@@ -59,8 +59,7 @@ def _function(request: web.Request) -> tuple[Gateway, FunctionEntry, Caller]:
     gw = request.app[GATEWAY]
     fn = gw.catalog.get(f"{request.match_info['namespace']}/{request.match_info['name']}")
     authorization = request.headers.get("Authorization")
-    if fn is None:
-        session_api_caller(authorization, gw.api_tokens, gw.api_verifier)  # 401 before revealing what is served
+    if fn is None:  # what is served is no secret: an invoke URL says as much
         raise not_found("no such function is served here", "function_not_found")
     return gw, fn, session_api_caller(authorization, gw.api_tokens, gw.api_verifier or fn.verifier)
 
