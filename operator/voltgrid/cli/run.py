@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         "crd/sandboxes.voltgrid.dev",
     )
     env = {**os.environ, "KUBECONFIG": kubeconfig}
+    # The Session API needs a credential: a token for this run unless one is configured.
+    api_token = env.setdefault("VOLTGRID_GATEWAY_API_TOKENS", secrets.token_urlsafe(24)).split(",")[0]
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     children = [
@@ -132,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         "\nVoltgrid is running. Call the example Function (a session is minted and returned in the header):\n"
         f"  curl -i http://127.0.0.1:{args.port}/fn/default/echo/\n"
         f"  curl -i -H 'X-Voltgrid-Session: demo-1' http://127.0.0.1:{args.port}/fn/default/echo/\n"
+        "and list its sessions with this run's Session API token:\n"
+        f"  VOLTGRID_TOKEN={api_token} .venv/bin/voltgrid sessions --gateway http://127.0.0.1:{args.port}"
+        " -f default/echo list\n"
         "Ctrl-C stops the operator and the gateway; `make cluster-down` stops the local cluster.\n"
     )
     stopping = False
