@@ -224,3 +224,54 @@ async def test_a_legacy_sse_session_ends_when_its_client_closes_the_stream(repli
     assert loop.time() - closed < 5  # released at once, not after the 10 min idleTimeout
     await _eventually(lambda: len(b.gateway.manager.registry) == 0 == len(a.gateway.manager.registry))
     await _eventually(lambda: not a.gateway.manager.backups)
+
+
+def _holders(replicas: list[Replica], key: str) -> tuple[list[str], list[str]]:
+    """Which replicas hold ``key``'s record, and which hold a backup copy of it."""
+    records = [r.url for r in replicas if r.gateway.manager.registry.find("default/tools", key) is not None]
+    backups = [r.url for r in replicas if any(c.key == key for c in r.gateway.manager.backups.values())]
+    return records, backups
+
+
+async def test_ownership_moves_by_hand_off_when_replicas_join_and_leave(
+    replicas, monkeypatch, mcp_upstream: str
+) -> None:
+    backend = FakeBackend(mcp_upstream)
+    a, b, c = await replicas([function("tools", affinity="MCP")], n=3, backend=backend)
+    gateways = [a, b, c]
+    _mcp_ids_owned_by(monkeypatch, lambda key: (a.url, b.url, c.url)[int(key, 16) % 3])
+    for gw in (a, b):
+        gw.gateway.membership.set_members([a.url, b.url])  # C has not joined yet
+    c.gateway.membership.set_members([c.url])
+    mcp = "/fn/default/tools/mcp"
+    async with aiohttp.ClientSession() as http:
+        keys = []
+        for i in range(6):
+            async with http.post((a, b)[i % 2].url + mcp, json={"method": "initialize"}) as r:
+                keys.append(r.headers["Mcp-Session-Id"])
+        # ids 1..6 % 3: C would own 2 and 5, but without C, A owns them; B owns ids % 3 == 1, A the rest
+        for key in keys:
+            owner = b.url if int(key, 16) % 3 == 1 else a.url
+            await _eventually(lambda k=key, o=owner: _holders(gateways, k) == ([o], [({a.url, b.url} - {o}).pop()]))
+
+        for gw in gateways:  # C joins
+            gw.gateway.membership.set_members([a.url, b.url, c.url])
+        for key in keys:
+            owner = (a.url, b.url, c.url)[int(key, 16) % 3]
+            await _eventually(lambda k=key, o=owner: _holders(gateways, k)[0] == [o])
+        listed = await _rows(http, a, "tools")
+        assert sorted(listed) == sorted(keys)  # each exactly once
+        for i, key in enumerate(keys):  # and every session still answers, through any replica
+            async with http.post(gateways[i % 3].url + mcp, headers={"Mcp-Session-Id": key}, json={}) as r:
+                assert r.status == 200 and (await r.json())["result"]["session"] == key
+
+        await c.kill()  # C leaves: its sessions are promoted from the backups on their runner-ups
+        for gw in (a, b):
+            gw.gateway.membership.set_members([a.url, b.url])
+        for key in keys:
+            owner = b.url if int(key, 16) % 3 == 1 else a.url
+            await _eventually(lambda k=key, o=owner: _holders([a, b], k)[0] == [o])
+            async with http.post(a.url + mcp, headers={"Mcp-Session-Id": key}, json={}) as r:
+                assert r.status == 200, await r.text()
+        assert sorted(await _rows(http, b, "tools")) == sorted(keys)
+        assert len(backend.created) == 6 and backend.deleted == []  # nothing restarted, nothing lost

@@ -156,7 +156,9 @@ async def renew(request: web.Request) -> web.StreamResponse:
     now = gw.manager.now()
     record.last_active = now
     record.expires_at = now + (_seconds(body, "maxLifetime") or fn.max_lifetime)
-    gw.manager.schedule(record.key, record.due())
+    gw.manager.schedule(record.rkey, record.due())
+    assert gw.lifecycle is not None
+    gw.lifecycle.push_backup(record)  # the runner-up's copy must not expire before the session
     return web.json_response(session_json(gw, record))
 
 
