@@ -30,13 +30,15 @@ HDR = "X-Voltgrid-Session"
 MCP_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _mcp_ids_owned_by(monkeypatch: pytest.MonkeyPatch, owner: Callable[[str], str]) -> None:
-    """Learned MCP ids (32 hex digits) are owned by ``owner(id)``; other keys hash as usual."""
+def _mcp_ids_owned_by(monkeypatch: pytest.MonkeyPatch, prefer: Callable[[str], list[str]]) -> None:
+    """Learned MCP ids (32 hex digits) are ranked by ``prefer(id)`` (owner first, then its runner-up,
+    ... among the live members); other keys hash as usual."""
     real = ownership.score
 
     def score(key: str, member: str) -> int:
         if MCP_ID.fullmatch(key):
-            return 2**64 if member == owner(key) else 0
+            order = prefer(key)
+            return len(order) - order.index(member) if member in order else 0
         return real(key, member)
 
     monkeypatch.setattr(ownership, "score", score)
@@ -67,7 +69,7 @@ async def _maybe_await(value: object) -> object:
 async def test_a_non_owner_initialize_leaves_one_authoritative_record(replicas, monkeypatch) -> None:
     fn = function("tools", "mcp_function.py", affinity="MCP", idleTimeout="1s")
     a, b = await replicas([fn], n=2)
-    _mcp_ids_owned_by(monkeypatch, lambda _: b.url)
+    _mcp_ids_owned_by(monkeypatch, lambda _: [b.url, a.url])
     client = httpx2.AsyncClient(transport=RoundRobin([_port(a), _port(b)]), timeout=httpx2.Timeout(30, read=300))
     async with aiohttp.ClientSession() as http:
         async with (
@@ -123,7 +125,7 @@ async def test_create_and_delete_rounds_never_drift_below_max_instances(replicas
     fn = function("tools", "mcp_function.py", affinity="MCP")
     fn.spec.scaling.max_instances = 3
     a, b = await replicas([fn], n=2)
-    _mcp_ids_owned_by(monkeypatch, lambda _: b.url)
+    _mcp_ids_owned_by(monkeypatch, lambda _: [b.url, a.url])
     url, ports = f"{a.url}/fn/default/tools/mcp", [_port(a), _port(b)]
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
@@ -192,7 +194,7 @@ async def test_a_shared_instance_is_released_after_all_its_sessions_are_deleted(
     backend = FakeBackend(mcp_upstream)
     fn = function("tools", affinity="MCP", sessionsPerInstance=5)
     a, b = await replicas([fn], n=2, backend=backend)
-    _mcp_ids_owned_by(monkeypatch, lambda key: (a.url, b.url)[int(key, 16) % 2])  # owners alternate
+    _mcp_ids_owned_by(monkeypatch, lambda key: [(a.url, b.url)[int(key, 16) % 2], (b.url, a.url)[int(key, 16) % 2]])
     mcp = "/fn/default/tools/mcp"
     async with aiohttp.ClientSession() as http:
         keys = []
@@ -213,7 +215,7 @@ async def test_a_shared_instance_is_released_after_all_its_sessions_are_deleted(
 async def test_a_legacy_sse_session_ends_when_its_client_closes_the_stream(replicas, monkeypatch) -> None:
     fn = function("legacy", "mcp_function.py", env={"MCP_TRANSPORT": "sse"}, affinity="MCP", idleTimeout="10m")
     a, b = await replicas([fn], n=2)
-    _mcp_ids_owned_by(monkeypatch, lambda _: b.url)  # the stream is held on A, the session owned by B
+    _mcp_ids_owned_by(monkeypatch, lambda _: [b.url, a.url])  # the stream is held on A, the session owned by B
     async with sse_client(f"{a.url}/fn/default/legacy/sse") as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         assert not (await session.call_tool("whoami", {})).is_error
@@ -239,7 +241,8 @@ async def test_ownership_moves_by_hand_off_when_replicas_join_and_leave(
     backend = FakeBackend(mcp_upstream)
     a, b, c = await replicas([function("tools", affinity="MCP")], n=3, backend=backend)
     gateways = [a, b, c]
-    _mcp_ids_owned_by(monkeypatch, lambda key: (a.url, b.url, c.url)[int(key, 16) % 3])
+    orders = ([a.url, b.url, c.url], [b.url, a.url, c.url], [c.url, a.url, b.url])
+    _mcp_ids_owned_by(monkeypatch, lambda key: orders[int(key, 16) % 3])
     for gw in (a, b):
         gw.gateway.membership.set_members([a.url, b.url])  # C has not joined yet
     c.gateway.membership.set_members([c.url])

@@ -89,9 +89,21 @@ class _Counter:
     """The authoritative budget of one Function (on its owner only)."""
 
     slots: dict[str, _Slot] = field(default_factory=dict)
+    #: Slot of each started instance (releases find theirs without a scan).
+    started: dict[str, _Slot] = field(default_factory=dict)
+
+    def add(self, slot: _Slot) -> None:
+        self.slots[slot.id] = slot
+        if slot.instance is not None:
+            self.started[slot.instance.id] = slot
+
+    def pop(self, slot: _Slot) -> None:
+        self.slots.pop(slot.id, None)
+        if slot.instance is not None and self.started.get(slot.instance.id) is slot:
+            del self.started[slot.instance.id]
 
     def by_instance(self, instance_id: str) -> _Slot | None:
-        return next((s for s in self.slots.values() if s.instance is not None and s.instance.id == instance_id), None)
+        return self.started.get(instance_id)
 
 
 #: Asks the budget owner ``peer`` (op, payload) -> JSON answer; raises ConnectionError if unreachable.
@@ -211,8 +223,7 @@ class Budgets:
                 continue
             ready: asyncio.Future[Instance] = loop.create_future()
             ready.set_result(instance)
-            slot = _Slot(self._slot_id(), seats.get(instance.id, 0), ready, instance)
-            counter.slots[slot.id] = slot
+            counter.add(_Slot(self._slot_id(), seats.get(instance.id, 0), ready, instance))
         return counter
 
     def _slot_id(self) -> str:
@@ -246,7 +257,7 @@ class Budgets:
                     f"{fn.key} is at maxInstances ({fn.max_instances})", self._settings.retry_after, "max_instances"
                 )
             slot = _Slot(self._slot_id(), 1, asyncio.get_running_loop().create_future())
-            counter.slots[slot.id] = slot
+            counter.add(slot)
             self._spawn(self._expire_pending(counter, slot))
             return Grant(slot=slot.id)
 
@@ -262,7 +273,7 @@ class Budgets:
             pass
 
     def _drop(self, counter: _Counter, slot: _Slot, error: GatewayError) -> None:
-        counter.slots.pop(slot.id, None)
+        counter.pop(slot)
         if not slot.ready.done():
             slot.ready.set_exception(error)
             slot.ready.exception()  # retrieved: a slot nobody waits on must not warn
@@ -272,8 +283,9 @@ class Budgets:
         slot = counter.slots.get(slot_id)
         if slot is None:  # expired, or the counter was rebuilt meanwhile: the instance runs, count it
             slot = _Slot(slot_id, 1, asyncio.get_running_loop().create_future())
-            counter.slots[slot_id] = slot
+            counter.add(slot)
         slot.instance = instance
+        counter.started[instance.id] = slot
         if not slot.ready.done():
             slot.ready.set_result(instance)
 
@@ -291,8 +303,7 @@ class Budgets:
         if slot is None:
             ready: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
             ready.set_result(instance)
-            slot = _Slot(self._slot_id(), 1, ready, instance)
-            counter.slots[slot.id] = slot
+            counter.add(_Slot(self._slot_id(), 1, ready, instance))
 
     async def serve_release(self, function: str, instance: Instance) -> None:
         counter = await self._counter(function)
@@ -301,7 +312,7 @@ class Budgets:
             slot.seats -= 1
             if slot.seats > 0:
                 return
-            counter.slots.pop(slot.id, None)
+            counter.pop(slot)
         else:
             fn = self._catalog.get(function)
             if fn is not None and fn.sessions_per_instance > 1:
@@ -312,7 +323,7 @@ class Budgets:
         counter = self._counters.get(function)
         slot = counter.by_instance(instance.id) if counter else None
         if counter is not None and slot is not None:
-            counter.slots.pop(slot.id, None)
+            counter.pop(slot)
         await self._delete(instance)
 
     async def _delete(self, instance: Instance) -> None:
