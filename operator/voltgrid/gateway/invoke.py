@@ -44,13 +44,12 @@ CLIENT_GONE_POLL: Final = 0.5
 class Exchange:
     """The mutable state of one invocation (its session may be re-keyed mid-way)."""
 
-    __slots__ = ("heartbeat", "minted", "record", "traffic")
+    __slots__ = ("minted", "record", "traffic")
 
     def __init__(self, record: SessionRecord | None, minted: bool) -> None:
         self.record = record
         self.minted = minted
         self.traffic = Traffic()
-        self.heartbeat: asyncio.Task[None] | None = None
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
@@ -91,8 +90,6 @@ async def invoke(request: web.Request) -> web.StreamResponse:
                 raise
             manager.lost_instance(instance.id)
         finally:
-            if exchange.heartbeat is not None:
-                exchange.heartbeat.cancel()
             manager.end(exchange.record or record, exchange.traffic)
             _done(gw, fn, exchange.traffic, t0)
     raise AssertionError("unreachable")
@@ -137,9 +134,7 @@ async def _relay(
         query = parse_qs(urlsplit(data).query)
         learned = next((query[p][0] for p in LEGACY_SSE_PARAMS if query.get(p)), None)
         if learned and is_learned_key(learned):
-            exchange.record = await lifecycle.learn(exchange.record, learned)
-            if not gw.membership.is_owner(learned):
-                exchange.heartbeat = asyncio.get_running_loop().create_task(lifecycle.heartbeat(exchange.record))
+            exchange.record = await lifecycle.learn(exchange.record, learned)  # keeps the owner fresh
         return request[PREFIX] + data if data.startswith("/") else data
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"

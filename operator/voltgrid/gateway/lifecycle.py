@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 EXPIRY_RECHECK: Final = 1.0
 #: Longest pause between heartbeats of a stream held on a non-owner replica.
 MAX_HEARTBEAT_INTERVAL: Final = 30.0
+#: How often a handed-off record with requests in flight here looks whether they ended.
+IN_FLIGHT_POLL: Final = 1.0
 #: Scheduler key of the checkpoint pass (session keys cannot contain NUL).
 CHECKPOINT_KEY: Final = "\x00checkpoint"
 #: Scheduler keys of backup copies' expiry start with this.
@@ -90,7 +92,7 @@ class Lifecycle:
         busy = record.inflight > 0 or self.m.is_waking(key)
         if not self.m.membership.is_owner(record.key):
             # Only the owner decides about a session: a record held here is handed off, never fired.
-            if busy:
+            if self.m.is_waking(key):
                 return now + EXPIRY_RECHECK
             self.m.spawn(self.hand_off([record]))
             return None
@@ -293,13 +295,31 @@ class Lifecycle:
                         self.scheduler.schedule(record.rkey, min(record.due(), m.now() + EXPIRY_RECHECK))
 
     def _drop_local(self, record: SessionRecord) -> None:
-        """Forget a record another replica now holds (its seat and instance stay: they moved)."""
+        """Forget a record another replica now holds (its seat and instance stay: they moved).
+        Requests still in flight here finish on the detached record and keep the owner's fresh."""
         m = self.m
         instance_id = m.unbind(record)
         m.registry.remove(record.rkey)
         self.scheduler.cancel(record.rkey)
         if instance_id is not None and not m.registry.sessions_on(instance_id):
             m.forget_instance(instance_id)
+        if record.inflight:
+            m.spawn(self._keep_fresh(record))
+
+    async def _keep_fresh(self, record: SessionRecord) -> None:
+        """Touch the owner of a handed-off record while its requests here run (a legacy SSE stream
+        lasts as long as its session), and once when they end."""
+        interval = min(record.idle_timeout / 3, MAX_HEARTBEAT_INTERVAL)
+        loop = asyncio.get_running_loop()
+        touched = loop.time()
+        while record.inflight:
+            await asyncio.sleep(min(interval, IN_FLIGHT_POLL))
+            if record.inflight and loop.time() < touched + interval:
+                continue
+            touched = loop.time()
+            owner = self.m.membership.owner(record.key)
+            if owner != self.m.membership.self_id:
+                await self._peers.touch(owner, record.function, record.key)
 
     def _runner_up(self, record: SessionRecord) -> str | None:
         """Where the owner keeps the backup of a learned binding (None: not the owner, or alone)."""
@@ -387,15 +407,6 @@ class Lifecycle:
         record.last_active = self.m.now()
         return True
 
-    async def heartbeat(self, record: SessionRecord) -> None:
-        """While a stream of ``record`` stays open here on a non-owner, keep the owner's timer fresh."""
-        interval = min(record.idle_timeout / 3, MAX_HEARTBEAT_INTERVAL)
-        while True:
-            await asyncio.sleep(interval)
-            owner = self.m.membership.owner(record.key)
-            if owner != self.m.membership.self_id:
-                await self._peers.touch(owner, record.function, record.key)
-
     # -- takeover ---------------------------------------------------------------------------
     async def resync(self) -> None:
         """Adopt, from ONE list of instances, the sessions this replica owns but does not know."""
@@ -451,8 +462,8 @@ class Lifecycle:
                     peer = self._runner_up(record)
                     if peer is not None and record.instance is not None:
                         self._send(peer, self.binding_payload(record, BACKUP))
-                elif not record.inflight and record.state != RELEASING and not m.is_waking(record.rkey):
-                    away.append(record)
+                elif record.state != RELEASING and not m.is_waking(record.rkey):
+                    away.append(record)  # requests in flight finish here, on the detached record
             await asyncio.sleep(0)
         for rkey, backup in list(m.backups.items()):
             if m.membership.is_owner(backup.key):
