@@ -171,6 +171,26 @@ async def test_a_burst_packs_sessions_per_instance(replicas, slow_backend: FakeB
     assert len(slow_backend.created) == 4
 
 
+async def test_a_burst_of_mcp_initializes_holds_the_budget_and_packs(replicas, monkeypatch, mcp_upstream: str) -> None:
+    backend = FakeBackend(mcp_upstream, start_delay=0.2)
+    capped, packed = function("capped", affinity="MCP"), function("packed", affinity="MCP", sessionsPerInstance=5)
+    capped.spec.scaling.max_instances = 3
+    a, b = await replicas([capped, packed], n=2, backend=backend)
+    _mcp_ids_owned_by(monkeypatch, lambda key: [(a.url, b.url)[int(key, 16) % 2], (b.url, a.url)[int(key, 16) % 2]])
+
+    async def initialize(http: aiohttp.ClientSession, i: int, name: str) -> int:
+        async with http.post(f"{(a, b)[i % 2].url}/fn/default/{name}/mcp", json={"method": "initialize"}) as r:
+            return r.status
+
+    async with aiohttp.ClientSession() as http:
+        capped_answers = await asyncio.gather(*(initialize(http, i, "capped") for i in range(10)))
+        packed_answers = await asyncio.gather(*(initialize(http, i, "packed") for i in range(20)))
+    assert sorted(capped_answers) == [200] * 3 + [503] * 7
+    assert packed_answers == [200] * 20
+    by_function = [i.function for i in backend.created]
+    assert (by_function.count("default/capped"), by_function.count("default/packed")) == (3, 4)
+
+
 @pytest.fixture
 async def mcp_upstream() -> AsyncIterator[str]:
     """A minimal Streamable HTTP server: a POST without a session mints ids 1, 2, 3... (32 hex)."""
