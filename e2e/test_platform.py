@@ -136,6 +136,8 @@ class Platform:
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
                 return bool(response.status == 200)
+        except urllib.error.HTTPError as e:
+            return e.code == 401  # served: its Session API wants a credential (404: not served yet)
         except (urllib.error.URLError, OSError):
             return False
 

@@ -52,6 +52,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no-webhook", {"webhook": {"enabled": False}, "storage": {"enabled": False}, "janitor": {"enabled": False}}, []),
     ("tracing", {"tracing": {"enabled": True, "otlpEndpoint": "http://otel:4317"}}, []),
     ("token-secret", {"gateway": {"internalToken": {"existingSecret": "mine"}}}, []),
+    ("api-token", {"gateway": {"apiToken": {"existingSecret": "operators"}}}, []),
     ("namespace", {"namespace": {"create": True}}, []),
 ]
 IDS = [c[0] for c in CASES]
@@ -154,6 +155,17 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str | None]:
     return {e["name"]: e.get("value", None if "valueFrom" in e else "") for e in env}
 
 
+def check_storage_is_guarded(docs: list[dict[str, Any]], pvc: dict[str, Any], webhook: dict[str, Any]) -> None:
+    """The claim is guarded by its label, and only this release's operator and gateway are trusted."""
+    assert pvc["metadata"]["labels"]["voltgrid.dev/session-storage"] == "true"
+    trusted = env_of(webhook)["VOLTGRID_WEBHOOK_TRUSTED_USERS"]
+    assert trusted == (
+        f"system:serviceaccount:{NAMESPACE}:voltgrid-operator,system:serviceaccount:{NAMESPACE}:voltgrid-gateway"
+    )
+    sa_names = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
+    assert {"voltgrid-operator", "voltgrid-gateway"} <= sa_names
+
+
 def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
     kinds = {d["kind"] for d in docs}
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
@@ -166,14 +178,7 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
         assert not kinds & {"DaemonSet", "RuntimeClass", "Ingress", "ClusterKopfPeering", "Namespace", "Certificate"}
         pvc = one(docs, "PersistentVolumeClaim", "voltgrid-sessions")
         assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        # The claim is guarded by its label, and only this release's operator and gateway are trusted.
-        assert pvc["metadata"]["labels"]["voltgrid.dev/session-storage"] == "true"
-        trusted = env_of(deployments["voltgrid-webhook"])["VOLTGRID_WEBHOOK_TRUSTED_USERS"]
-        assert trusted == (
-            f"system:serviceaccount:{NAMESPACE}:voltgrid-operator,system:serviceaccount:{NAMESPACE}:voltgrid-gateway"
-        )
-        sa_names = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
-        assert {"voltgrid-operator", "voltgrid-gateway"} <= sa_names
+        check_storage_is_guarded(docs, pvc, deployments["voltgrid-webhook"])
     elif name == "ha":
         assert operator_env["VOLTGRID_OPERATOR_PEERING"] == "voltgrid"
         assert one(docs, "ClusterKopfPeering", "voltgrid")
@@ -208,6 +213,10 @@ def check_control_plane(name: str, docs: list[dict[str, Any]]) -> None:
         token = deployments["voltgrid-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
         ref = next(e for e in token if e["name"] == "VOLTGRID_GATEWAY_INTERNAL_TOKEN")["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "mine", "key": "token"}
+    elif name == "api-token":
+        env = deployments["voltgrid-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]
+        ref = next(e for e in env if e["name"] == "VOLTGRID_GATEWAY_API_TOKENS")["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "operators", "key": "token"}
 
 
 def check_options(name: str, docs: list[dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from gwhelpers import TOKEN, Replica, free_port, serving
+from gwhelpers import ADMIN_TOKEN, TOKEN, Replica, free_port, serving
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
@@ -40,8 +40,9 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
                 local = LocalProcessBackend(tmp_path / "state", tmp_path / "storage", ready_timeout=20)
                 backends.append(local)
                 b = local
+            options: dict[str, Any] = {"api_tokens": [ADMIN_TOKEN], **overrides}
             settings = GatewaySettings(
-                port=port, replica_url=url, peers=urls if n > 1 else [], internal_token=TOKEN, **overrides
+                port=port, replica_url=url, peers=urls if n > 1 else [], internal_token=TOKEN, **options
             )
             app = build_app(settings, b, functions)
             runner = GatewayRunner(app, shutdown_timeout=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,9 @@ from voltgrid.gateway.core import Gateway
 
 APPS = Path(__file__).parent / "apps"
 TOKEN = "test-internal-token"
+#: The operator token of the Session API in gateways the fixtures start.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def free_port() -> int:
@@ -76,14 +80,17 @@ class Replica:
 class FakeBackend:
     """Instances that all point at one in-process upstream (no processes: fast tests)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, start_delay: float = 0.0) -> None:
         self.url = url
+        self.start_delay = start_delay
         self.created: list[Instance] = []
         self.deleted: list[str] = []
         self.checkpoints: list[tuple[str, float]] = []
         self.lists = 0
 
     async def create(self, fn: Function, session_id: str, *, warm: bool = False) -> Instance:
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
         instance = Instance(
             id=f"fake-{len(self.created)}", function=function_key(fn), url=self.url, session=session_id, warm=warm
         )

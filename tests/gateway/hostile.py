@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from gwhelpers import FakeBackend, free_port, function
+from gwhelpers import ADMIN_TOKEN, FakeBackend, free_port, function
 
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.server import GatewayRunner
@@ -63,6 +63,7 @@ def threaded_gateway(**overrides: Any) -> Iterator[HostileGateway]:
             "max_body_bytes": MAX_BODY,
             "upstream_timeout": 2,
             "jwt": {"default/secured": SECURED},
+            "api_tokens": [ADMIN_TOKEN],
         }
         options.update(overrides)
         backend = FakeBackend(f"http://127.0.0.1:{up_port}")

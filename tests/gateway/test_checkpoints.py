@@ -166,7 +166,7 @@ async def _resync(p: Plane) -> None:
     await p.backend.checkpoint(claimed, time.time())  # claimed by a replica that died
     await p.lifecycle.resync()
     assert [i.id for i in m.warm.instances()] == [unclaimed.id]
-    adopted = m.registry.get("wtwo")
+    adopted = m.registry.find("default/agent", "wtwo")
     assert adopted is not None and adopted.instance == claimed.id
 
     p.backend.deleted.append(unclaimed.id)  # the operator shrank the pool

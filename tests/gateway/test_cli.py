@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from gwhelpers import free_port, function, serving
+from gwhelpers import ADMIN_TOKEN, free_port, function, serving
 
 from voltgrid.cli import dev, gateway, sessions
 from voltgrid.gateway.settings import FILE_ONLY, GatewaySettings
@@ -29,7 +29,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 async def test_sessions_cli_round_trip(replicas, capsys: pytest.CaptureFixture[str]) -> None:
     (gw,) = await replicas([function("echo")])
-    base = ["sessions", "--gateway", gw.url, "-f", "default/echo"]
+    base = ["sessions", "--gateway", gw.url, "--token", ADMIN_TOKEN, "-f", "default/echo"]
     assert await asyncio.to_thread(sessions.run, parse(*base, "create", "my-agent", "--idle-timeout", "5m")) == 0
     created = json.loads(capsys.readouterr().out)
     assert created["sessionId"] == "my-agent" and created["idleTimeoutSeconds"] == 300

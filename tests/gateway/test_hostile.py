@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import jwt
 import pytest
+from gwhelpers import ADMIN_TOKEN
 from hostile import MAX_BODY, SECRET, get, raw, threaded_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -101,12 +102,14 @@ def test_jwt_valid_forbidden_and_missing(gateway: int) -> None:
         (b"GET /fn/Default/../open/x HTTP/1.1\r\nHost: gw\r\n\r\n", (400,)),
         (b"GET /fn/default/nope/x HTTP/1.1\r\nHost: gw\r\n\r\n", (404,)),
         (
-            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n"
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
             b"{{{{{",
             (400,),
         ),
         (
-            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n\r\n"
+            b"POST /_voltgrid/v1/functions/default/open/sessions HTTP/1.1\r\nHost: gw\r\nContent-Length: 24\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
             b'{"sessionId": "BAD_ID!"}',
             (400,),
         ),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
-from gwhelpers import function
+from gwhelpers import ADMIN, function
 
 HDR = "X-Voltgrid-Session"
 
@@ -36,7 +36,7 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
     backend = gw.backend
     assert [i.id for i in await backend.list(session=sid)] == [first["instance"]]
 
-    await _wait_for(lambda: log.exists() and gw.gateway.manager.registry.get(sid).instance is None)
+    await _wait_for(lambda: log.exists() and gw.gateway.manager.registry.find("default/agent", sid).instance is None)
     await asyncio.sleep(1.5)  # more idle periods pass: still exactly one call
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls == [{"instance": first["instance"], "sessionId": sid, "reason": "idle"}]
@@ -49,7 +49,7 @@ async def test_idle_release_calls_prestop_once_then_wakes_with_files(
     async with http.get(f"{gw.url}/fn/default/agent/whoami", headers={HDR: sid}) as r:
         woken = await r.json()
     assert woken["instance"] != first["instance"] and woken["storage"] == first["storage"]
-    async with http.get(f"{gw.url}/_voltgrid/v1/functions/default/agent/sessions/{sid}") as r:
+    async with http.get(f"{gw.url}/_voltgrid/v1/functions/default/agent/sessions/{sid}", headers=ADMIN) as r:
         session = await r.json()
     assert session["state"] == "Active" and session["usage"]["requests"] == 5
 
@@ -66,7 +66,7 @@ async def test_max_lifetime_expires_the_session(replicas, http: aiohttp.ClientSe
     (gw,) = await replicas([fn])
     async with http.get(f"{gw.url}/fn/default/short/whoami") as r:
         sid = r.headers[HDR]
-    await _wait_for(lambda: gw.gateway.manager.registry.get(sid) is None)
+    await _wait_for(lambda: gw.gateway.manager.registry.find("default/short", sid) is None)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(c["sessionId"], c["reason"]) for c in calls] == [(sid, "expired")]
     assert await gw.backend.list(session=sid) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from gwhelpers import function
+from gwhelpers import ADMIN, function
 
 from voltgrid.registry.ownership import rank
 
@@ -72,21 +72,21 @@ async def test_session_api_lists_sessions_of_every_replica(replicas) -> None:
     async with aiohttp.ClientSession() as http:
         ids = []
         for i, sid in enumerate(wanted):
-            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": sid}) as r:
+            async with http.post(f"{(a, b)[i % 2].url}{api}", json={"sessionId": sid}, headers=ADMIN) as r:
                 assert r.status == 201, await r.text()
                 ids.append((await r.json())["sessionId"])
         assert ids == wanted
-        async with http.get(f"{a.url}{api}") as r:
+        async with http.get(f"{a.url}{api}", headers=ADMIN) as r:
             listed = [s["sessionId"] for s in (await r.json())["items"]]
         assert sorted(listed) == sorted(ids)
-        async with http.post(f"{b.url}{api}", json={"sessionId": ids[0]}) as r:
+        async with http.post(f"{b.url}{api}", json={"sessionId": ids[0]}, headers=ADMIN) as r:
             assert r.status == 409
         owners = {a.gateway.membership.owner(s) for s in ids}
         assert owners == {a.url, b.url}
         other = ids[3]  # owned by b: renewed through a (one hop), deleted through b
-        async with http.post(f"{a.url}{api}/{other}/renew", json={"maxLifetime": "2h"}) as r:
+        async with http.post(f"{a.url}{api}/{other}/renew", json={"maxLifetime": "2h"}, headers=ADMIN) as r:
             assert r.status == 200 and (await r.json())["sessionId"] == other
-        async with http.delete(f"{b.url}{api}/{other}") as r:
+        async with http.delete(f"{b.url}{api}/{other}", headers=ADMIN) as r:
             assert r.status == 200
-        async with http.get(f"{a.url}{api}/{other}") as r:
+        async with http.get(f"{a.url}{api}/{other}", headers=ADMIN) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"

@@ -54,7 +54,7 @@ async def test_sse_first_event_arrives_before_upstream_finishes(replicas, http: 
     assert first_at < 0.5  # the first token is not held back ...
     assert total > 1.6  # ... while the upstream takes about 2 s
     assert rest.endswith(b"event: done\ndata: end\n\n")
-    record = gw.gateway.manager.registry.get(sid)
+    record = gw.gateway.manager.registry.find("default/echo", sid)
     assert record is not None and record.inflight == 0 and record.requests == 2
 
 
@@ -68,7 +68,7 @@ async def test_websocket_echo_both_ways(replicas, http: aiohttp.ClientSession) -
         assert await ws.recv() == "echo:hello"
         await ws.send(b"\x01\x02\x03")
         assert await ws.recv() == b"\x03\x02\x01"
-        record = gw.gateway.manager.registry.get(sid)
+        record = gw.gateway.manager.registry.find("default/echo", sid)
         assert record is not None and record.inflight == 1  # an open WebSocket is in flight
     await asyncio.sleep(0.1)
     assert record.inflight == 0
@@ -90,7 +90,7 @@ async def test_large_bodies_stream_both_ways(replicas, http: aiohttp.ClientSessi
         async for chunk in r.content.iter_any():
             size += len(chunk)
     assert size == 48 * 1024 * 1024
-    usage = gw.gateway.manager.registry.get(sid)
+    usage = gw.gateway.manager.registry.find("default/echo", sid)
     assert usage is not None and usage.bytes_in >= 32 * 1024 * 1024 and usage.bytes_out >= 48 * 1024 * 1024
 
 

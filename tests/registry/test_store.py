@@ -14,7 +14,7 @@ def test_create_bind_meter_release() -> None:
     rec = reg.create("s-1", "ns/fn", now=100.0, idle_timeout=60, max_lifetime=3600)
     assert (rec.state, rec.instance, rec.expires_at, rec.due()) == (UNBOUND, None, 3700.0, 3700.0)
     reg.bind(rec, "inst-a", now=110.0)
-    assert rec.state == BOUND and reg.sessions_on("inst-a") == {"s-1"} and rec.due() == 170.0
+    assert rec.state == BOUND and reg.sessions_on("inst-a") == {rec.rkey} and rec.due() == 170.0
     reg.begin(rec, 120.0)
     reg.begin(rec, 121.0)
     reg.end(rec, 125.0, bytes_in=10, bytes_out=20)
@@ -37,8 +37,16 @@ def test_duplicate_and_remove_clean_indexes() -> None:
         reg.create("k", "ns/fn", now=0, idle_timeout=1, max_lifetime=2)
     reg.bind(rec, "i", 0)
     assert reg.count("ns/fn") == 1 and len(reg) == 1
-    assert reg.remove("k") is rec and reg.remove("k") is None
+    assert reg.remove(rec.rkey) is rec and reg.remove(rec.rkey) is None
     assert (reg.count("ns/fn"), len(reg), reg.sessions_on("i"), reg.functions()) == (0, 0, set(), [])
+
+
+def test_ids_are_scoped_to_their_function() -> None:
+    reg = SessionRegistry()
+    mine = reg.create("alice-42", "ns/open", now=0, idle_timeout=1, max_lifetime=2)
+    theirs = reg.create("alice-42", "ns/protected", now=0, idle_timeout=1, max_lifetime=2)
+    assert mine is not theirs and reg.find("ns/open", "alice-42") is mine
+    assert reg.find("ns/protected", "alice-42") is theirs and reg.find("ns/other", "alice-42") is None
 
 
 def test_storage_id_shares_the_key_object_when_equal() -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -64,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
             "default_function": f"{first.namespace}/{first.name}",
         }
         settings = load_settings(args.config, os.environ, flags)
+        if not settings.all_api_tokens():  # the Session API is closed without one: mint one for this run
+            settings.api_tokens = [secrets.token_urlsafe(24)]
+            print(
+                f"Session API token for this run: {settings.api_tokens[0]} "
+                "(voltgrid sessions --token ..., or set VOLTGRID_GATEWAY_API_TOKENS)",
+                file=sys.stderr,
+            )
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

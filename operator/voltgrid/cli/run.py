@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -123,9 +125,18 @@ def local_cluster() -> Target:
     return Target(str(kubeconfig), local=True, bin_dir=bin_dir, started=True)
 
 
+#: Secret holding this run's Session API operator token (the Session API needs a credential).
+API_TOKEN_SECRET: Final = "voltgrid-run-api-token"
+
+
 def chart_values(target: Target, port: int) -> dict[str, str]:
-    """``--set`` values of the release: two gateway replicas; on the local cluster the image built here."""
-    values = {"gateway.replicas": "2", "operator.urlBase": f"http://127.0.0.1:{port}"}
+    """``--set`` values of the release: two gateway replicas, this run's Session API token; on the
+    local cluster the image built here."""
+    values = {
+        "gateway.replicas": "2",
+        "gateway.apiToken.existingSecret": API_TOKEN_SECRET,
+        "operator.urlBase": f"http://127.0.0.1:{port}",
+    }
     if target.local:
         values |= {"image.repository": "localhost/voltgrid/voltgrid", "image.tag": "dev", "image.pullPolicy": "Never"}
     return values
@@ -184,6 +195,22 @@ class Platform:
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o777)
             self.kubectl("apply", "-f", "-", stdin=json.dumps(host_volume(name, namespace, claim, path)))
+
+    def api_token(self) -> str:
+        """This run's Session API operator token, kept in a Secret (made once, reused by later runs)."""
+        self.kubectl("create", "namespace", NAMESPACE, check=False)
+        secret = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": API_TOKEN_SECRET, "namespace": NAMESPACE},
+                "stringData": {"token": secrets.token_urlsafe(24)},
+            }
+        )
+        self.kubectl("create", "-f", "-", stdin=secret, check=False)  # AlreadyExists: keep the first token
+        jsonpath = "jsonpath={.data.token}"
+        encoded = self.kubectl("-n", NAMESPACE, "get", "secret", API_TOKEN_SECRET, "-o", jsonpath)
+        return base64.b64decode(encoded).decode()
 
     def install(self, values: dict[str, str]) -> None:
         sets = [f"--set={key}={value}" for key, value in values.items()]
@@ -268,7 +295,7 @@ async def relay(host: str, port: int, upstream: tuple[str, int]) -> asyncio.Serv
     return await asyncio.start_server(connect, host, port)
 
 
-def tour(port: int, local: bool, stops_cluster: bool) -> str:
+def tour(port: int, local: bool, stops_cluster: bool, token: str) -> str:
     base = f"http://127.0.0.1:{port}"
     via = "both gateway replicas (kube-proxy)" if local else "one gateway replica (kubectl port-forward)"
     return f"""
@@ -284,8 +311,8 @@ gateway at {base} ({via}). A short tour:
        kubectl patch -n default function/echo --type=merge -p '{{"spec":{{"sessions":{{"idleTimeout":"10s"}}}}}}'
        curl -H 'X-Voltgrid-Session: demo-2' -d hi {base}/fn/default/echo/   # twice
      watch its pod go (kubectl get pods -n default -w), call again: a new pod, the count goes on.
-  4. Sessions, from the Session API:
-       .venv/bin/voltgrid sessions --gateway {base} -f default/echo list
+  4. Sessions, from the Session API (it needs a credential; this run's operator token):
+       VOLTGRID_TOKEN={token} .venv/bin/voltgrid sessions --gateway {base} -f default/echo list
   5. Streaming and MCP: curl -N '{base}/fn/default/sse-agent/?prompt=hello+there'
                         any MCP client at {base}/fn/default/notes/mcp
   6. Isolation: as a tenant with `edit` rights, try to read the sessions' files (docs/webhooks.md, "Trust
@@ -296,14 +323,14 @@ session data is kept.
 """
 
 
-async def _supervise(platform: Platform, port: int, stop: asyncio.Event) -> None:
+async def _supervise(platform: Platform, port: int, token: str, stop: asyncio.Event) -> None:
     server: asyncio.Server | None = None
     forward: asyncio.subprocess.Process | None = None
     if platform.target.local:
         server = await relay("127.0.0.1", port, (platform.gateway_address(), 80))
     else:
         forward = await asyncio.create_subprocess_exec(*forward_args(port), env=platform.env)
-    print(tour(port, platform.target.local, platform.target.started), flush=True)
+    print(tour(port, platform.target.local, platform.target.started, token), flush=True)
     states = await asyncio.to_thread(platform.component_states)
     try:
         while not stop.is_set():
@@ -333,12 +360,12 @@ def forward_args(port: int) -> list[str]:
     return ["kubectl", "-n", NAMESPACE, "port-forward", f"svc/{RELEASE}-gateway", f"{port}:80"]
 
 
-async def _serve(platform: Platform, port: int) -> None:
+async def _serve(platform: Platform, port: int, token: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await _supervise(platform, port, stop)
+    await _supervise(platform, port, token, stop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -357,9 +384,10 @@ def run(args: argparse.Namespace) -> int:
             print("building Voltgrid's image and importing it into the local cluster")
             subprocess.run(["bash", str(script), "--import"], check=True, stdout=subprocess.DEVNULL)
             platform.local_volumes()
+        token = platform.api_token()
         platform.install(chart_values(target, args.port))
         platform.examples()
-        asyncio.run(_serve(platform, args.port))
+        asyncio.run(_serve(platform, args.port, token))
     except (ClusterError, subprocess.CalledProcessError) as exc:
         print(f"voltgrid run: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, Final
 
 import aiohttp
@@ -24,6 +25,7 @@ from voltgrid.gateway.lifecycle import Lifecycle
 from voltgrid.gateway.manager import SessionManager
 from voltgrid.gateway.metrics import GatewayMetrics
 from voltgrid.gateway.peers import Peers
+from voltgrid.gateway.ratelimit import MintLimiter
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.registry.ownership import Membership
 
@@ -52,6 +54,8 @@ class Gateway:
         self.membership = membership or Membership(settings.self_url, settings.peers)
         self.metrics = GatewayMetrics()
         self.api_verifier = JwtVerifier(settings.api_jwt) if settings.api_jwt else None
+        self.api_tokens = settings.all_api_tokens()
+        self.mint_limiter = MintLimiter(settings.session_mint_rate, settings.session_mint_burst, time.monotonic)
         self.manager = SessionManager(settings, self.backend, self.catalog, self.membership, self.metrics)
         self.http: aiohttp.ClientSession | None = None
         self.lifecycle: Lifecycle | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -20,6 +21,10 @@ from voltgrid.gateway.core import GATEWAY
 from voltgrid.gateway.peers import FORWARDED_HEADER
 from voltgrid.gateway.proxy import Traffic, Trust, UpstreamConnectError, relay, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
+
+#: The address of the client a forwarded request came from (trusted only with the internal token):
+#: the owner limits session minting per client (:mod:`voltgrid.gateway.ratelimit`).
+CLIENT_HEADER: Final = "X-Voltgrid-Client"
 
 
 def is_forwarded(request: web.Request, token: str) -> bool:
@@ -39,6 +44,18 @@ def client_trust(request: web.Request) -> Trust:
     return Trust.PROXY if any(peer in net for net in settings.proxy_networks) else Trust.CLIENT
 
 
+def client_address(request: web.Request, token: str, header: str | None = None) -> str:
+    """The client's address: the one a forwarding replica vouches for, else the last address of the
+    trusted proxy's ``header``, else the connection's."""
+    if is_forwarded(request, token):
+        return request.headers.get(CLIENT_HEADER) or request.remote or ""
+    if header is not None:
+        last = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return request.remote or ""
+
+
 async def forward(request: web.Request, key: str, handler: Handler) -> web.StreamResponse:
     """Send the request to the owner of ``key`` (or serve it here if the owner is unreachable)."""
     gw = request.app[GATEWAY]
@@ -47,8 +64,12 @@ async def forward(request: web.Request, key: str, handler: Handler) -> web.Strea
         owner = gw.membership.owner(key)
         if owner == gw.membership.self_id:
             break
-        # The owner relays these X-Forwarded-* as they are (Trust.REPLICA): set here, as the client's.
-        headers = upstream_headers(request, {FORWARDED_HEADER: gw.settings.internal_token}, client_trust(request))
+        # The owner relays these X-Forwarded-* as they are (Trust.REPLICA): set here, as the client's,
+        # and vouches for the client's address (the mint limit's key) in CLIENT_HEADER.
+        client = client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
+        headers = upstream_headers(
+            request, {FORWARDED_HEADER: gw.settings.internal_token, CLIENT_HEADER: client}, client_trust(request)
+        )
         tracing.inject(headers)
         url = owner + request.raw_path
         traffic = Traffic()

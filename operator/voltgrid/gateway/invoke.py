@@ -2,7 +2,9 @@
 
 For a new MCP session the ``Mcp-Session-Id`` of the response (Streamable HTTP) or the session in
 the first ``endpoint`` event (legacy HTTP+SSE, whose path is also rewritten under the function's
-prefix) becomes the session's key. A minted Header/Cookie id is returned to the client. If the
+prefix) becomes the session's key. A legacy SSE session lives as long as that stream: when the
+client closes it (noticed within :data:`CLIENT_GONE_POLL`) or it ends, the session is ended on its
+owner at once, not at ``idleTimeout``. A minted Header/Cookie id is returned to the client. If the
 instance cannot be reached at all, it is forgotten and the session is woken elsewhere, once.
 """
 
@@ -21,11 +23,13 @@ from opentelemetry import trace
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance
 from voltgrid.gateway import tracing
+from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
 from voltgrid.gateway.core import GATEWAY, Gateway
-from voltgrid.gateway.forward import client_trust
+from voltgrid.gateway.forward import client_address, client_trust
 from voltgrid.gateway.functions import FunctionEntry
-from voltgrid.gateway.middlewares import FUNCTION, KEY, PREFIX, TAIL
+from voltgrid.gateway.lifecycle import Lifecycle
+from voltgrid.gateway.middlewares import CLAIMS, FUNCTION, KEY, PREFIX, TAIL
 from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 from voltgrid.registry.ids import is_learned_key
@@ -33,18 +37,19 @@ from voltgrid.registry.records import SessionRecord
 
 SESSION_ID_HEADER: Final = "X-Voltgrid-Session-Id"
 HTTP_OK_MAX: Final = 299
+#: Seconds between checks whether the client of a legacy SSE stream has gone.
+CLIENT_GONE_POLL: Final = 0.5
 
 
 class Exchange:
     """The mutable state of one invocation (its session may be re-keyed mid-way)."""
 
-    __slots__ = ("heartbeat", "minted", "record", "traffic")
+    __slots__ = ("minted", "record", "traffic")
 
     def __init__(self, record: SessionRecord | None, minted: bool) -> None:
         self.record = record
         self.minted = minted
         self.traffic = Traffic()
-        self.heartbeat: asyncio.Task[None] | None = None
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
@@ -57,10 +62,18 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
     if fn.affinity is Affinity.NONE:
         return await _invoke_shared(gw, request, fn)
+    claims = request.get(CLAIMS)
+    principal = principal_of(claims) if claims is not None else None
+    client = principal or client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
+
+    def admit() -> None:
+        gw.mint_limiter.take(fn.key, client)
+
     if key is None:
-        exchange = Exchange(await manager.new_session(fn), minted=True)
+        admit()
+        exchange = Exchange(await manager.new_session(fn, principal), minted=True)
     else:
-        exchange = Exchange(manager.session_for(fn, key), minted=False)
+        exchange = Exchange(manager.session_for(fn, key, principal, admit), minted=False)
     for attempt in range(2):
         record = exchange.record
         assert record is not None
@@ -75,12 +88,8 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         except UpstreamConnectError:
             if attempt:
                 raise
-            gone = manager.forget_instance(instance.id)
-            if gone is not None:
-                manager.spawn(gw.backend.delete(gone))
+            manager.lost_instance(instance.id)
         finally:
-            if exchange.heartbeat is not None:
-                exchange.heartbeat.cancel()
             manager.end(exchange.record or record, exchange.traffic)
             _done(gw, fn, exchange.traffic, t0)
     raise AssertionError("unreachable")
@@ -125,27 +134,67 @@ async def _relay(
         query = parse_qs(urlsplit(data).query)
         learned = next((query[p][0] for p in LEGACY_SSE_PARAMS if query.get(p)), None)
         if learned and is_learned_key(learned):
-            exchange.record = await lifecycle.learn(exchange.record, learned)
-            if not gw.membership.is_owner(learned):
-                exchange.heartbeat = asyncio.get_running_loop().create_task(lifecycle.heartbeat(exchange.record))
+            exchange.record = await lifecycle.learn(exchange.record, learned)  # keeps the owner fresh
         return request[PREFIX] + data if data.startswith("/") else data
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
-    response = await relay(
-        gw.http,
-        request,
-        url,
-        headers,
-        exchange.traffic,
-        max_body=settings.max_body_bytes,
-        header_timeout=settings.upstream_timeout,
-        max_stream=settings.max_stream_duration,
-        on_response=on_response,
-        on_sse_endpoint=on_sse_endpoint if learn_sse else None,
-    )
+    gone = _ClientGone(request, exchange, lifecycle) if learn_sse else None
+    try:
+        response = await relay(
+            gw.http,
+            request,
+            url,
+            headers,
+            exchange.traffic,
+            max_body=settings.max_body_bytes,
+            header_timeout=settings.upstream_timeout,
+            max_stream=settings.max_stream_duration,
+            on_response=on_response,
+            on_sse_endpoint=on_sse_endpoint if learn_sse else None,
+        )
+    finally:
+        if gone is not None:
+            await gone.stream_ended()
     if ending and exchange.record is not None:
         lifecycle.end_session(exchange.record, "deleted")
     return response
+
+
+class _ClientGone:
+    """A legacy SSE stream is its session: end the session when the client leaves or the stream ends.
+
+    aiohttp does not cancel a handler whose client went away, and the relay only notices on its next
+    write (the server's next ping, seconds away), so the connection is polled. Ending the session
+    releases its instance, which also ends the upstream stream and so the relay.
+    """
+
+    def __init__(self, request: web.Request, exchange: Exchange, lifecycle: Lifecycle) -> None:
+        self._request = request
+        self._exchange = exchange
+        self._lifecycle = lifecycle
+        self._minted = exchange.record.key if exchange.record is not None else ""
+        self._ended = False
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        transport = self._request.transport
+        while transport is not None and not transport.is_closing():
+            await asyncio.sleep(CLIENT_GONE_POLL)
+            transport = self._request.transport
+        await self._end()
+
+    async def _end(self) -> None:
+        record = self._exchange.record
+        if self._ended or record is None or record.key == self._minted:
+            return  # ended already, or no session was learned (the stream failed before it)
+        self._ended = True
+        await self._lifecycle.end_everywhere(record.function, record.key, "closed")
+
+    async def stream_ended(self) -> None:
+        if not self._ended:
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.shield(self._end())
 
 
 async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -> web.StreamResponse:

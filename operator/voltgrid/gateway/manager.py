@@ -7,6 +7,13 @@ New sessions take a warm instance this replica owns, or get an id minted here an
 Cold starts wait in a bounded per-function queue; concurrent wakes of one session share one start.
 Claiming a warm instance writes its first activity checkpoint at once, in the background (the
 operator then counts it as in use and tops its pool up); later checkpoints are the lifecycle's.
+
+Every instance a session gets is a *seat* granted by the Function's budget
+(:mod:`voltgrid.gateway.budget`), which one replica holds for the whole gateway: so
+``maxInstances`` and ``sessionsPerInstance`` hold across replicas and under bursts. The registry
+holds only the sessions this replica is authoritative for; the passive copies it keeps for another
+replica (:class:`BackupCopy`) live apart in :attr:`SessionManager.backups`, where nothing fires,
+lists or counts them.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance, InstanceBackend, InstanceStartError
+from voltgrid.gateway.budget import Budgets
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found, unavailable
 from voltgrid.gateway.functions import FunctionCatalog, FunctionEntry
 from voltgrid.gateway.metrics import GatewayMetrics
@@ -27,7 +36,7 @@ from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.gateway.warm import WarmPools, mint_owned_id
 from voltgrid.registry.ids import is_learned_key, is_session_id
 from voltgrid.registry.ownership import Membership
-from voltgrid.registry.records import SessionRecord
+from voltgrid.registry.records import SessionRecord, scoped_key
 from voltgrid.registry.scheduler import DeadlineScheduler
 from voltgrid.registry.store import SessionRegistry
 
@@ -35,6 +44,23 @@ logger = logging.getLogger(__name__)
 
 #: Scheduler keys of session-less instances start with this (session keys cannot contain NUL).
 INSTANCE_TIMER_PREFIX = "\x00i:"
+
+
+@dataclass(slots=True)
+class BackupCopy:
+    """A passive copy of a learned binding (MCP id -> instance), kept by the owner's runner-up.
+
+    It is data only: no timer but its expiry, no seat, no Session API row. It becomes a session
+    record only when this replica becomes the key's owner (:meth:`SessionManager.promote`).
+    """
+
+    key: str
+    function: str
+    storage_id: str
+    instance: Instance | None
+    idle_timeout: float
+    expires_at: float
+    principal: str | None
 
 
 class SessionManager:
@@ -62,7 +88,9 @@ class SessionManager:
         self._waking: dict[str, asyncio.Future[Instance]] = {}
         self._queued: dict[str, int] = {}
         self.releasing: dict[str, asyncio.Task[None]] = {}
+        self.backups: dict[str, BackupCopy] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.budget = Budgets(settings, backend, catalog, membership, local_seats=self.seats, spawn=self.spawn)
         self.warm = WarmPools(
             backend,
             membership,
@@ -123,38 +151,78 @@ class SessionManager:
             idle_timeout=idle_timeout if idle_timeout is not None else fn.idle_timeout,
             max_lifetime=max_lifetime if max_lifetime is not None else fn.max_lifetime,
         )
-        self.schedule(key, record.due())
+        self.schedule(record.rkey, record.due())
         return record
 
-    def session_for(self, fn: FunctionEntry, key: str) -> SessionRecord:
-        """The session a request's key names; a well-formed unknown id is a returning session."""
-        record = self.registry.get(key)
+    def session_for(
+        self, fn: FunctionEntry, key: str, principal: str | None = None, admit: Callable[[], None] | None = None
+    ) -> SessionRecord:
+        """The session a request's key names; a well-formed unknown id is a returning session
+        (``admit`` is called before one is created: the per-client mint limit).
+
+        A session created by a JWT principal is not found for any other caller."""
+        record = self.registry.find(fn.key, key)
         if record is not None:
-            if record.function != fn.key:
-                raise not_found(f"session {key!r} belongs to another function", "session_not_found")
-            if record.passive:  # this replica has become the owner of a copy it kept as backup
-                record.passive = False
-                record.last_active = self.now()
+            if record.principal is not None and record.principal != principal:
+                raise not_found(f"session {key!r} not found", "session_not_found")
             return record
         if fn.affinity is Affinity.MCP:
             if not is_learned_key(key):
                 raise bad_request("malformed MCP session id", "bad_session_id")
+            promoted = self.promote(fn.key, key)
+            if promoted is not None:
+                return self.session_for(fn, key, principal)
             # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
             raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
         if not is_session_id(key):
             raise bad_request(
                 "session ids are lowercase letters, digits and '-', at most 63 characters", "bad_session_id"
             )
-        return self.create_session(fn, key)
+        if admit is not None:
+            admit()
+        record = self.create_session(fn, key)
+        record.principal = principal
+        return record
 
-    async def new_session(self, fn: FunctionEntry) -> SessionRecord:
+    def promote(self, function: str, key: str) -> SessionRecord | None:
+        """Turn the backup copy of ``key`` into the authoritative record (this replica owns it now)."""
+        backup = self.backups.pop(scoped_key(function, key), None)
+        now = self.now()
+        if backup is None or backup.expires_at <= now or self.registry.find(function, key) is not None:
+            return None
+        record = self.registry.create(
+            key,
+            backup.function,
+            now=now,
+            storage_id=backup.storage_id,
+            idle_timeout=backup.idle_timeout,
+            max_lifetime=backup.expires_at - now,
+        )
+        record.principal = backup.principal
+        if backup.instance is not None:
+            self.bind(record, backup.instance)
+        self.schedule(record.rkey, record.due())
+        return record
+
+    def seats(self, function: str) -> dict[str, int]:
+        """Sessions of ``function`` held here, by the instance they are bound to (budget rebuilds)."""
+        seats: dict[str, int] = {}
+        for record in self.registry.by_function(function):
+            if record.instance is not None:
+                seats[record.instance] = seats.get(record.instance, 0) + 1
+        return seats
+
+    async def new_session(self, fn: FunctionEntry, principal: str | None = None) -> SessionRecord:
         """A brand-new session: on a warm instance this replica owns, else with an id minted here."""
         warm = await self.claim_warm(fn) if fn.sessions_per_instance == 1 else None
         if warm is not None:
             record = self.create_session(fn, warm.session)
             self.bind(record, warm)
-            return record
-        return self.create_session(fn, mint_owned_id(self.membership))
+            self.spawn(self.budget.claimed(fn.key, warm))
+        else:
+            record = self.create_session(fn, mint_owned_id(self.membership))
+        record.principal = principal
+        return record
 
     async def claim_warm(self, fn: FunctionEntry) -> Instance | None:
         """A warm instance of ``fn`` this replica owns, now in use here: from the known pool, else
@@ -186,7 +254,7 @@ class SessionManager:
             self.unbind(record)
         self.registry.bind(record, instance.id, self.now())
         self.metrics.function_usage(record.function).held.start(record.bound_since)
-        self.schedule(record.key, record.due())
+        self.schedule(record.rkey, record.due())
 
     def unbind(self, record: SessionRecord) -> str | None:
         since = record.bound_since
@@ -215,8 +283,14 @@ class SessionManager:
             self.instance_inflight.setdefault(instance.id, 0)
             self.metrics.instances.labels(instance.function).inc()
 
+    def lost_instance(self, instance_id: str) -> None:
+        """An instance was found dead: forget it here, and its slot in the budget (which deletes it)."""
+        gone = self.forget_instance(instance_id)
+        if gone is not None:
+            self.spawn(self.budget.lost(gone.function, gone))
+
     def forget_instance(self, instance_id: str) -> Instance | None:
-        """Drop an instance (deleted, or found dead) and unbind its sessions."""
+        """Drop an instance from this replica's view and unbind its sessions here (deletes nothing)."""
         instance = self.instances.pop(instance_id, None)
         self.instance_inflight.pop(instance_id, None)
         self.instance_last_active.pop(instance_id, None)
@@ -232,7 +306,7 @@ class SessionManager:
     # -- instances ----------------------------------------------------------------------------
     async def instance_for(self, fn: FunctionEntry, record: SessionRecord) -> tuple[Instance, bool]:
         """The session's instance, woken if needed; the flag says whether it had to be started."""
-        release = self.releasing.get(record.key)
+        release = self.releasing.get(record.rkey)
         if release is not None:
             await asyncio.shield(release)
         if record.instance is not None:
@@ -240,13 +314,13 @@ class SessionManager:
             if instance is not None:
                 return instance, False
             self.unbind(record)
-        waking = self._waking.get(record.key)
+        waking = self._waking.get(record.rkey)
         if waking is None:
             waking = asyncio.get_running_loop().create_future()
-            self._waking[record.key] = waking
+            self._waking[record.rkey] = waking
             self.spawn(self._wake(fn, record, waking))
         instance = await self._queue(fn, waking)
-        if record.instance != instance.id and self.registry.get(record.key) is record:
+        if record.instance != instance.id and self.registry.get(record.rkey) is record:
             self.bind(record, instance)
         return instance, True
 
@@ -263,30 +337,30 @@ class SessionManager:
             if not isinstance(e, Exception):
                 raise
         finally:
-            self._waking.pop(record.key, None)
+            self._waking.pop(record.rkey, None)
 
     async def _find_or_start(self, fn: FunctionEntry, record: SessionRecord) -> Instance:
-        if fn.sessions_per_instance > 1:
-            shared = self._with_capacity(fn)
-            if shared is not None:
-                return shared
-        existing = await self.backend.list(fn.key, session=record.storage_id)
-        if existing:
-            return existing[0]
-        return await self.cold_start(fn, record.storage_id)
-
-    def _with_capacity(self, fn: FunctionEntry) -> Instance | None:
-        for instance in self.instances.values():
-            if instance.function == fn.key and len(self.registry.sessions_on(instance.id)) < fn.sessions_per_instance:
-                return instance
-        return None
+        """The session's own instance if it still runs, else a seat from the Function's budget."""
+        if fn.sessions_per_instance == 1:
+            existing = await self.backend.list(fn.key, session=record.storage_id)
+            if existing:
+                await self.budget.claimed(fn.key, existing[0])
+                return existing[0]
+        grant = await self.budget.acquire(fn)
+        if grant.instance is not None:
+            self.adopt_instance(grant.instance)
+            return grant.instance
+        assert grant.slot is not None
+        try:
+            instance = await self.cold_start(fn, record.storage_id)
+        except BaseException:
+            self.spawn(self.budget.failed(fn.key, grant.slot))
+            raise
+        await self.budget.started(fn.key, grant.slot, instance)
+        return instance
 
     async def cold_start(self, fn: FunctionEntry, session_id: str) -> Instance:
-        running = sum(1 for i in self.instances.values() if i.function == fn.key)
-        if running >= fn.max_instances:
-            raise unavailable(
-                f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after, "max_instances"
-            )
+        """Start an instance (the caller holds a budget slot for it, or it is session-less)."""
         started = self.now()
         try:
             instance = await self.backend.create(fn.model, session_id)
@@ -334,8 +408,12 @@ class SessionManager:
         waking = self._waking.get(key)
         if waking is None:
             running = sum(1 for i in self.instances.values() if i.function == fn.key)
-            if best is not None and running >= fn.max_instances:
-                return best, False
+            if running >= fn.max_instances:
+                if best is not None:
+                    return best, False
+                raise unavailable(
+                    f"{fn.key} is at maxInstances ({fn.max_instances})", self.settings.retry_after, "max_instances"
+                )
             waking = asyncio.get_running_loop().create_future()
             self._waking[key] = waking
             self.spawn(self._start_shared(fn, key, waking))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -43,6 +43,7 @@ FUNCTION: Final = web.RequestKey("voltgrid.function", FunctionEntry)
 TAIL: Final = web.RequestKey("voltgrid.tail", str)
 PREFIX: Final = web.RequestKey("voltgrid.prefix", str)
 KEY: Final = web.RequestKey("voltgrid.key", str)
+CLAIMS: Final = web.RequestKey("voltgrid.claims", dict[str, Any])
 _DOT_SEGMENT: Final = re.compile(r"(^|/)(\.|%2e){1,2}(/|$|\?)", re.IGNORECASE)
 _FORBIDDEN_IN_PATH: Final = ("%00", "\x00", "%2f", "%5c", "\\")
 
@@ -159,7 +160,7 @@ async def route(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     fn = request.get(FUNCTION)
     if fn is not None and fn.verifier is not None:
-        fn.verifier.verify(request.headers.get("Authorization"))
+        request[CLAIMS] = fn.verifier.verify(request.headers.get("Authorization"))
     return await handler(request)
 
 

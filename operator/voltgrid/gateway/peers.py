@@ -1,8 +1,10 @@
-"""Internal calls between gateway replicas: binding hand-off, stream heartbeats, session listing.
+"""Internal calls between gateway replicas: hand-off, backups, heartbeats, budgets, listing.
 
 These carry the shared ``internal_token``; nothing here touches the apiserver. A binding learned
-on one replica (an MCP session id minted by an instance) is pushed to the owner and the backup of
-that id; a long stream held open on a non-owner touches the owner so the session is not idled.
+on one replica (an MCP session id minted by an instance) is handed to the owner of that id, which
+keeps a passive backup on its runner-up; a long stream held open on a non-owner touches the owner
+so the session is not idled; a session ended on a non-owner is ended by its owner; instance budgets
+are asked of the Function's budget owner (:mod:`voltgrid.gateway.budget`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from voltgrid.gateway.errors import GatewayError
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
@@ -44,22 +47,76 @@ class Peers:
             self._membership.suspect(peer)
             return False
 
-    async def push_binding(self, peer: str, payload: dict[str, Any]) -> bool:
-        return await self._post(peer, "/bindings", payload)
+    async def push_bindings(self, peer: str, items: list[dict[str, Any]]) -> bool:
+        return await self._post(peer, "/bindings", {"items": items})
 
-    async def touch(self, peer: str, key: str) -> bool:
-        return await self._post(peer, "/touch", {"key": key})
+    async def end(self, peer: str, function: str, key: str, reason: str) -> bool:
+        return await self._post(peer, "/end", {"function": function, "key": key, "reason": reason})
 
-    async def list_sessions(self, function: str) -> list[dict[str, Any]]:
-        """Sessions of ``function`` owned by the other replicas (each asked once, in parallel)."""
+    async def budget(self, peer: str, op: str, payload: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """The budget owner's answer to ``op``; an error answer is returned as
+        ``{"status", "error", "headers"}``; ConnectionError when the owner cannot be reached."""
+        try:
+            async with (
+                asyncio.timeout(seconds),
+                self._http.post(f"{peer}{INTERNAL_PREFIX}/budget/{op}", json=payload, headers=self._headers) as resp,
+            ):
+                body = await resp.json(content_type=None)
+                if not isinstance(body, dict):
+                    raise ValueError("the answer is not a JSON object")
+                if resp.status >= 300:
+                    retry = resp.headers.get("Retry-After")
+                    return {
+                        "status": resp.status,
+                        "error": body["error"],
+                        "headers": {"Retry-After": retry} if retry else {},
+                    }
+                return body
+        except TimeoutError:
+            raise GatewayError(
+                504, "cold_start_timeout", f"the budget owner {peer} did not answer in {seconds}s"
+            ) from None
+        except (aiohttp.ClientError, OSError, ValueError, KeyError) as e:
+            logger.warning("budget call %s to %s failed: %s", op, peer, e)
+            raise ConnectionError(str(e)) from e
+
+    async def seats(self, function: str) -> dict[str, int]:
+        """Seats by instance of ``function`` held on every other replica (for a budget rebuild)."""
+
+        async def one(peer: str) -> dict[str, int]:
+            try:
+                async with (
+                    asyncio.timeout(INTERNAL_TIMEOUT),
+                    self._http.get(
+                        f"{peer}{INTERNAL_PREFIX}/budget/seats", params={"function": function}, headers=self._headers
+                    ) as resp,
+                ):
+                    body = await resp.json(content_type=None) if resp.status == 200 else {}
+                    seats = body.get("seats", {}) if isinstance(body, dict) else {}
+                    return {str(k): int(v) for k, v in seats.items()}
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError, AttributeError) as e:
+                logger.warning("asking %s for seats failed: %s", peer, e)
+                return {}
+
+        total: dict[str, int] = {}
+        for seats in await asyncio.gather(*(one(p) for p in self._membership.peers())):
+            for instance_id, n in seats.items():
+                total[instance_id] = total.get(instance_id, 0) + n
+        return total
+
+    async def touch(self, peer: str, function: str, key: str) -> bool:
+        return await self._post(peer, "/touch", {"function": function, "key": key})
+
+    async def list_sessions(self, function: str, principal: str | None) -> list[dict[str, Any]]:
+        """Sessions of ``function`` owned by the other replicas (each asked once, in parallel), only
+        those of ``principal`` unless it is None."""
+        params = {"function": function} if principal is None else {"function": function, "principal": principal}
 
         async def one(peer: str) -> list[dict[str, Any]]:
             try:
                 async with (
                     asyncio.timeout(INTERNAL_TIMEOUT),
-                    self._http.get(
-                        f"{peer}{INTERNAL_PREFIX}/sessions", params={"function": function}, headers=self._headers
-                    ) as resp,
+                    self._http.get(f"{peer}{INTERNAL_PREFIX}/sessions", params=params, headers=self._headers) as resp,
                 ):
                     if resp.status != 200:
                         return []

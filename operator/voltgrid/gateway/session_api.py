@@ -4,7 +4,9 @@
 ``sessionId``, ``idleTimeout``, ``maxLifetime``), GET lists (every replica's sessions);
 ``.../sessions/{id}``: GET shows, DELETE ends (preStop, release, forget); ``.../{id}/renew``: POST
 resets the idle timer and extends the lifetime by ``maxLifetime`` from now. Requests for one session
-are served by its owning replica (one internal hop). Protected by the API's or the function's JWT.
+are served by its owning replica (one internal hop). Every route needs a credential, for every
+Function: an operator API token (every session) or a token of the JWT policy (the caller's own
+sessions only); see :mod:`voltgrid.gateway.access`. A session id is scoped to its Function.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from voltgrid.api.common import parse_duration
 from voltgrid.api.constants import MAX_LIFETIME_CEILING
+from voltgrid.gateway.access import Caller, session_api_caller
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found
 from voltgrid.gateway.forward import forward, is_forwarded
@@ -52,20 +55,18 @@ def session_json(gw: Gateway, record: SessionRecord) -> dict[str, Any]:
     }
 
 
-def _function(request: web.Request) -> tuple[Gateway, FunctionEntry]:
+def _function(request: web.Request) -> tuple[Gateway, FunctionEntry, Caller]:
     gw = request.app[GATEWAY]
     fn = gw.catalog.get(f"{request.match_info['namespace']}/{request.match_info['name']}")
-    if fn is None:
+    authorization = request.headers.get("Authorization")
+    if fn is None:  # what is served is no secret: an invoke URL says as much
         raise not_found("no such function is served here", "function_not_found")
-    verifier = gw.api_verifier or fn.verifier
-    if verifier is not None:
-        verifier.verify(request.headers.get("Authorization"))
-    return gw, fn
+    return gw, fn, session_api_caller(authorization, gw.api_tokens, gw.api_verifier or fn.verifier)
 
 
-def _session(gw: Gateway, fn: FunctionEntry, session_id: str) -> SessionRecord:
-    record = gw.manager.registry.get(session_id)
-    if record is None or record.function != fn.key:
+def _session(gw: Gateway, fn: FunctionEntry, session_id: str, caller: Caller) -> SessionRecord:
+    record = gw.manager.registry.find(fn.key, session_id)
+    if record is None or not caller.may_see(record.principal):
         raise not_found(f"session {session_id!r} not found", "session_not_found")
     return record
 
@@ -106,7 +107,7 @@ async def _owned(request: web.Request, session_id: str, handler: Any) -> web.Str
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    gw, fn = _function(request)
+    gw, fn, caller = _function(request)
     body = await _body(request)
     session_id = body.get("sessionId")
     if session_id is not None:
@@ -118,6 +119,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         if forwarded is not None:
             return forwarded
     idle, lifetime = _seconds(body, "idleTimeout"), _seconds(body, "maxLifetime")
+    if caller.principal is not None:  # operators are not limited
+        gw.mint_limiter.take(fn.key, caller.principal)
     try:
         if session_id is None:
             record = await gw.manager.new_session(fn)
@@ -129,56 +132,65 @@ async def create(request: web.Request) -> web.StreamResponse:
             record = gw.manager.create_session(fn, session_id, idle_timeout=idle, max_lifetime=lifetime)
     except SessionExistsError:
         raise GatewayError(409, "session_exists", f"session {session_id!r} already exists") from None
+    record.principal = caller.principal
     return web.json_response(session_json(gw, record), status=201)
 
 
 async def get(request: web.Request) -> web.StreamResponse:
-    gw, fn = _function(request)
+    gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
     forwarded = await _owned(request, session_id, get)
     if forwarded is not None:
         return forwarded
-    return web.json_response(session_json(gw, _session(gw, fn, session_id)))
+    return web.json_response(session_json(gw, _session(gw, fn, session_id, caller)))
 
 
 async def renew(request: web.Request) -> web.StreamResponse:
-    gw, fn = _function(request)
+    gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
     forwarded = await _owned(request, session_id, renew)
     if forwarded is not None:
         return forwarded
-    record = _session(gw, fn, session_id)
+    record = _session(gw, fn, session_id, caller)
     body = await _body(request)
     now = gw.manager.now()
     record.last_active = now
     record.expires_at = now + (_seconds(body, "maxLifetime") or fn.max_lifetime)
-    gw.manager.schedule(record.key, record.due())
+    gw.manager.schedule(record.rkey, record.due())
+    assert gw.lifecycle is not None
+    gw.lifecycle.push_backup(record)  # the runner-up's copy must not expire before the session
     return web.json_response(session_json(gw, record))
 
 
 async def delete(request: web.Request) -> web.StreamResponse:
-    gw, fn = _function(request)
+    gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
     forwarded = await _owned(request, session_id, delete)
     if forwarded is not None:
         return forwarded
-    record = _session(gw, fn, session_id)
+    record = _session(gw, fn, session_id, caller)
     assert gw.lifecycle is not None
     await gw.lifecycle.end_session(record, "deleted")
     return web.json_response(session_json(gw, record))
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    gw, fn = _function(request)
+    gw, fn, caller = _function(request)
     assert gw.peers is not None
-    items = local_sessions(gw, fn.key)
-    items += await gw.peers.list_sessions(fn.key)
+    items = local_sessions(gw, fn.key, caller)
+    items += await gw.peers.list_sessions(fn.key, caller.principal)
     return web.json_response({"function": fn.key, "items": sorted(items, key=lambda i: i["sessionId"])})
 
 
-def local_sessions(gw: Gateway, function: str) -> list[dict[str, Any]]:
-    """Sessions of ``function`` that this replica owns (passive copies left out)."""
-    return [session_json(gw, r) for r in gw.manager.registry.by_function(function) if not r.passive]
+def local_sessions(gw: Gateway, function: str, caller: Caller) -> list[dict[str, Any]]:
+    """Sessions of ``function`` that this replica owns and ``caller`` may see (a record held here
+    only until its hand-off to the owner completes is the owner's to list)."""
+    owns = gw.membership.is_owner
+    return [
+        session_json(gw, r)
+        for r in gw.manager.registry.by_function(function)
+        if owns(r.key) and caller.may_see(r.principal)
+    ]
 
 
 def add_routes(app: web.Application) -> None:

@@ -45,6 +45,10 @@ DEFAULT_HEADER_READ_TIMEOUT: Final = 15.0
 DEFAULT_BODY_IDLE_TIMEOUT: Final = 30.0
 #: Most connections that have not yet sent a complete request head; more are closed at once.
 DEFAULT_MAX_PENDING_CONNECTIONS: Final = 1024
+#: New sessions per second one client may mint on one Function, sustained (a token bucket) ...
+DEFAULT_SESSION_MINT_RATE: Final = 1.0
+#: ... and at once: enough for an agent framework opening a few sessions in parallel.
+DEFAULT_SESSION_MINT_BURST: Final = 10
 
 
 class SettingsError(VoltgridError):
@@ -140,6 +144,19 @@ class GatewaySettings:
     jwt: dict[str, JwtPolicy] = field(default_factory=dict)
     #: JWT policy of the Session API (falls back to the function's policy).
     api_jwt: JwtPolicy | None = None
+    #: Operator bearer tokens of the Session API (every session of every Function); without one,
+    #: and without a JWT policy, a Function's sessions cannot be listed or ended through the API.
+    api_tokens: list[str] = field(default_factory=list)
+    #: Files holding one operator token each (a mounted Secret), read at startup.
+    api_token_files: list[str] = field(default_factory=list)
+    #: New sessions one client (address) may mint per second, sustained, per Function ...
+    session_mint_rate: float = DEFAULT_SESSION_MINT_RATE
+    #: ... and in a burst; beyond them, 429 with Retry-After. 0 turns the limit off.
+    session_mint_burst: int = DEFAULT_SESSION_MINT_BURST
+    #: Header whose LAST address names the client, set by the proxy in front of the gateway (e.g.
+    #: ``X-Forwarded-For`` from an ingress that appends to it); only when clients cannot reach the
+    #: gateway around that proxy. Unset: the connection's peer address.
+    client_address_header: str | None = None
     #: ``trusted_proxies`` parsed (derived, not a setting).
     proxy_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         default_factory=list, init=False, repr=False
@@ -162,9 +179,16 @@ class GatewaySettings:
             self.proxy_networks = [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
         except ValueError as e:
             raise SettingsError(f"trusted_proxies: {e}") from None
+        if self.session_mint_rate <= 0 or self.session_mint_burst < 0:
+            raise SettingsError("session_mint_rate must be positive and session_mint_burst at least 0")
         self.jwt = {k: _policy(v) for k, v in self.jwt.items()}
         if self.api_jwt is not None:
             self.api_jwt = _policy(self.api_jwt)
+
+    def all_api_tokens(self) -> list[str]:
+        """The operator tokens, those from files included (blank ones ignored)."""
+        tokens = [*self.api_tokens, *(Path(p).read_text() for p in self.api_token_files)]
+        return [t.strip() for t in tokens if t.strip()]
 
     @property
     def self_url(self) -> str:

@@ -18,6 +18,12 @@ RELEASING: Final = 2
 STATE_NAMES: Final = ("Idle", "Active", "Releasing")
 
 
+def scoped_key(function: str, key: str) -> str:
+    """The registry's key of session ``key`` of ``function``: client ids are scoped to their
+    Function, so the same id on two Functions names two unrelated sessions."""
+    return f"{function}\x00{key}"
+
+
 class SessionRecord:
     """Everything the gateway knows about one session (or one learned alias such as an MCP id)."""
 
@@ -36,8 +42,9 @@ class SessionRecord:
         "instance",
         "key",
         "last_active",
-        "passive",
+        "principal",
         "requests",
+        "rkey",
         "state",
         "storage_id",
     )
@@ -54,6 +61,7 @@ class SessionRecord:
     ) -> None:
         self.key = key
         self.function = sys.intern(function)
+        self.rkey = scoped_key(self.function, key)
         self.storage_id = key if storage_id == key else storage_id
         self.instance: str | None = None
         self.state = UNBOUND
@@ -69,8 +77,8 @@ class SessionRecord:
         self.requests = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: A replica's copy kept for failover; it becomes live when this replica becomes the owner.
-        self.passive = False
+        #: Who created the session (a JWT principal), or None; only that principal may use it.
+        self.principal: str | None = None
 
     def active_seconds(self, now: float) -> float:
         """Seconds with at least one request in flight, including the current stretch."""

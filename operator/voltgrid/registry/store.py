@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from voltgrid.errors import VoltgridError
-from voltgrid.registry.records import BOUND, UNBOUND, SessionRecord
+from voltgrid.registry.records import BOUND, UNBOUND, SessionRecord, scoped_key
 
 #: Shards per process (a power of two so that the shard is ``hash & mask``).
 DEFAULT_SHARDS: Final = 64
@@ -23,7 +23,8 @@ class SessionExistsError(VoltgridError):
 
 
 class SessionRegistry:
-    """Sessions by key, with indexes by function and by instance."""
+    """Sessions by scoped key (:func:`~voltgrid.registry.records.scoped_key`, the record's ``rkey``),
+    with indexes by function and by instance."""
 
     def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
         if shards < 1 or shards & (shards - 1):
@@ -36,8 +37,12 @@ class SessionRegistry:
     def __len__(self) -> int:
         return sum(len(shard) for shard in self._shards)
 
-    def get(self, key: str) -> SessionRecord | None:
-        return self._shards[hash(key) & self._mask].get(key)
+    def get(self, rkey: str) -> SessionRecord | None:
+        return self._shards[hash(rkey) & self._mask].get(rkey)
+
+    def find(self, function: str, key: str) -> SessionRecord | None:
+        """The session ``key`` of ``function`` (a session of another Function is not found)."""
+        return self.get(scoped_key(function, key))
 
     def create(
         self,
@@ -49,27 +54,28 @@ class SessionRegistry:
         max_lifetime: float,
         storage_id: str | None = None,
     ) -> SessionRecord:
-        """Add a session; :class:`SessionExistsError` if the key is taken."""
-        shard = self._shards[hash(key) & self._mask]
-        if key in shard:
+        """Add a session; :class:`SessionExistsError` if the Function already has one with this key."""
+        rkey = scoped_key(function, key)
+        shard = self._shards[hash(rkey) & self._mask]
+        if rkey in shard:
             raise SessionExistsError(f"session {key!r} already exists")
         record = SessionRecord(
             key, function, storage_id or key, now=now, idle_timeout=idle_timeout, expires_at=now + max_lifetime
         )
-        shard[key] = record
-        self._by_function.setdefault(record.function, set()).add(key)
+        shard[rkey] = record
+        self._by_function.setdefault(record.function, set()).add(rkey)
         return record
 
-    def remove(self, key: str) -> SessionRecord | None:
-        record = self._shards[hash(key) & self._mask].pop(key, None)
+    def remove(self, rkey: str) -> SessionRecord | None:
+        record = self._shards[hash(rkey) & self._mask].pop(rkey, None)
         if record is not None:
             keys = self._by_function.get(record.function)
             if keys is not None:
-                keys.discard(key)
+                keys.discard(rkey)
                 if not keys:
                     del self._by_function[record.function]
             if record.instance is not None:
-                self._unindex(record.instance, key)
+                self._unindex(record.instance, rkey)
         return record
 
     def bind(self, record: SessionRecord, instance: str, now: float) -> None:
@@ -82,7 +88,7 @@ class SessionRegistry:
         record.state = BOUND
         record.bound_since = now
         record.last_active = now
-        self._by_instance.setdefault(instance, set()).add(record.key)
+        self._by_instance.setdefault(instance, set()).add(record.rkey)
 
     def unbind(self, record: SessionRecord, now: float) -> str | None:
         """Drop the binding, accounting held time; returns the instance it was bound to."""
@@ -92,7 +98,7 @@ class SessionRegistry:
         record.held_s += now - record.bound_since
         record.instance = None
         record.state = UNBOUND
-        self._unindex(instance, record.key)
+        self._unindex(instance, record.rkey)
         return instance
 
     def _unindex(self, instance: str, key: str) -> None:
@@ -120,7 +126,7 @@ class SessionRegistry:
         record.last_active = now
 
     def sessions_on(self, instance: str) -> set[str]:
-        """Keys of the sessions bound to ``instance`` (empty when none)."""
+        """Scoped keys of the sessions bound to ``instance`` (empty when none)."""
         return self._by_instance.get(instance, set())
 
     def functions(self) -> list[str]:
