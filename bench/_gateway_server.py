@@ -88,7 +88,8 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None
             },
         }
     )
-    settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench")
+    # Every request mints a session (no id sent): the per-client mint limit is off for the measurement.
+    settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench", session_mint_burst=0)
     asyncio.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
 
 

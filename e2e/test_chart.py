@@ -7,6 +7,8 @@ re-applying it (client-side, then server-side) changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import re
@@ -17,7 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
 from voltgrid.cli.run import host_volume
@@ -35,6 +40,8 @@ HELM_TIMEOUT = "3m"
 HELM_TIMEOUT_S = 240
 NOTES_TIMEOUT_S = 300
 LEFTOVERS = {("persistentvolumeclaim", "voltgrid-sessions"), ("secret", "voltgrid-webhook-tls")}
+#: The Session API's operator token of the upgraded release.
+API_TOKEN = "e2e-" + os.urandom(12).hex()
 #: The release's NOTES, kept for the manifest's smoke test.
 NOTES: list[str] = []
 
@@ -181,11 +188,23 @@ def test_notes_instructions_work_as_written(cluster: Any, helm: str) -> None:
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + NOTES_TIMEOUT_S + 300)
 def test_helm_upgrade_with_changed_values(cluster: Any, helm: str) -> None:
+    secret = [
+        "kubectl",
+        "-n",
+        HELM_NS,
+        "create",
+        "secret",
+        "generic",
+        "session-api",
+        f"--from-literal=token={API_TOKEN}",
+    ]
+    ok(run(cluster, *secret))
     ok(
         run(
             cluster,
             helm, "upgrade", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--reuse-values",
             "--set", "gateway.replicas=2", "--set", "operator.replicas=2", "--set", "logLevel=debug",
+            "--set", "gateway.apiToken.existingSecret=session-api",
             "--wait", "--timeout", HELM_TIMEOUT,
             timeout=HELM_TIMEOUT_S,
         )
@@ -266,6 +285,89 @@ def test_a_sessions_files_survive_idle_release_and_wake_through_two_gateways(clu
     finally:
         run(cluster, "kubectl", "delete", "namespace", JOURNEY_NS, "--ignore-not-found", "--wait=true", timeout=300)
         run(cluster, "kubectl", "delete", "pv", f"voltgrid-example-sessions-{JOURNEY_NS}", "--ignore-not-found")
+
+
+MCP_NS = "vg-mcp"
+
+
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """Each request to the next gateway pod, as a load balancer in front of the replicas would."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        self._hosts = itertools.cycle(hosts)
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.url = request.url.copy_with(host=next(self._hosts), port=8080)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def gateway_pod_ips(cluster: Any) -> list[str]:
+    selector = "app.kubernetes.io/component=gateway"
+    jsonpath = "jsonpath={.items[*].status.podIP}"
+    return ok(run(cluster, "kubectl", "-n", HELM_NS, "get", "pods", "-l", selector, "-o", jsonpath)).split()
+
+
+def session_rows(ip: str) -> list[str]:
+    request = urllib.request.Request(
+        f"http://{ip}:8080/_voltgrid/v1/functions/{MCP_NS}/notes/sessions",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return sorted(item["sessionId"] for item in json.loads(answer.read())["items"])
+
+
+async def mcp_conversation(hosts: list[str], tag: str, calls: int) -> None:
+    """One MCP session with the official SDK, its requests alternating between the gateway pods."""
+    client = httpx2.AsyncClient(transport=RoundRobin(hosts), timeout=httpx2.Timeout(30, read=300))
+    async with (
+        client,
+        streamable_http_client(f"http://{hosts[0]}:8080/fn/{MCP_NS}/notes/mcp", http_client=client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        await session.call_tool("add_note", {"text": tag})
+        for _ in range(calls):  # spaced past the Function's idleTimeout in total, never idle that long
+            listed = await session.call_tool("list_notes", {})
+            assert not listed.isError, listed
+            assert tag in json.dumps(listed.model_dump()), listed
+            await asyncio.sleep(1)
+
+
+@pytest.mark.timeout(600)
+async def test_mcp_sessions_across_two_gateway_pods(cluster: Any) -> None:
+    """The official MCP SDK through both gateway pods, each request of a session to the next pod
+    (half of the initializes land on the replica that does not own the minted id): calls past
+    idleTimeout never fail, the Session API of either pod lists each live session once, and after the
+    SDK's DELETE neither lists it and its instance is gone."""
+    ok(run(cluster, "kubectl", "create", "namespace", MCP_NS))
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", MCP_NS, "voltgrid.dev/enabled=true"))
+        ok(run(cluster, "kubectl", "apply", "-n", MCP_NS, "-f", "examples/mcp-server.yaml"))
+        patch = {"spec": {"sessions": {"idleTimeout": "3s"}}}
+        ok(run(cluster, "kubectl", "patch", "-n", MCP_NS, "function/notes", "--type=merge", "-p", json.dumps(patch)))
+        ready = ["--for=condition=Ready", "--timeout=120s"]
+        ok(run(cluster, "kubectl", "wait", "-n", MCP_NS, "function/notes", *ready))
+        hosts = gateway_pod_ips(cluster)
+        assert len(hosts) == 2, hosts
+        tasks = [asyncio.create_task(mcp_conversation(hosts, f"note-{i}", calls=6)) for i in range(6)]
+        await asyncio.sleep(4)  # every conversation has initialized and is calling
+        live = [session_rows(ip) for ip in hosts]
+        assert live[0] == live[1] and len(live[0]) == 6, live  # once each, on both pods
+        await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 60
+        while any(session_rows(ip) for ip in hosts):
+            assert time.monotonic() < deadline, [session_rows(ip) for ip in hosts]
+            await asyncio.sleep(1)
+        selector = "voltgrid.dev/function=notes"
+        while ok(run(cluster, "kubectl", "-n", MCP_NS, "get", "pods", "-l", selector, "-o", "name")).strip():
+            assert time.monotonic() < deadline + 60, "instances of ended MCP sessions were not released"
+            await asyncio.sleep(1)
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", MCP_NS, "--ignore-not-found", "--wait=true", timeout=300)
 
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)

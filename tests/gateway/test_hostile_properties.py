@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from gwhelpers import ADMIN_TOKEN
 from hostile import HostileGateway, raw, request_bytes, threaded_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -105,7 +106,8 @@ def test_session_api_durations_up_to_1e20_hours_are_201_or_400(
     gateway: HostileGateway, field: str, value: object
 ) -> None:
     body = json.dumps({field: value}).encode()
-    status = raw(gateway.port, request_bytes("POST", "/_voltgrid/v1/functions/default/open/sessions", [], body))
+    token = [(b"Authorization", f"Bearer {ADMIN_TOKEN}".encode())]  # the Session API needs a credential
+    status = raw(gateway.port, request_bytes("POST", "/_voltgrid/v1/functions/default/open/sessions", token, body))
     assert status in (201, 400)
 
 
