@@ -1,7 +1,7 @@
-"""A scripted apiserver over real HTTP, for the kubernetes_asyncio watchers of the data plane.
+"""A scripted apiserver over real HTTP, for the access layer's LIST+WATCH loop and its users.
 
 kmock emulates objects but not the shape of a WATCH in time (a server-side end, a silent dead
-connection, bookmarks, 410 Gone); these tests need exactly that, against the real client library.
+connection, bookmarks, 410 Gone); these tests need exactly that, against the real client.
 Each LIST answers the next scripted page; each WATCH streams the next scripted events and then ends
 (the server's timeout), or, past the script, stays open and silent.
 """
@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from kubernetes_asyncio import client
+
+from voltgrid.registry.kubeapi import KubeApi, StaticCredentials
 
 Json = dict[str, Any]
 
@@ -34,7 +35,7 @@ class ScriptedApiserver:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
-        if query.get("watch", "").lower() != "true":  # kubernetes_asyncio sends "True"
+        if query.get("watch") != "true":
             self.lists.append(query)
             return web.json_response(self.pages[len(self.lists) - 1])
         self.watches.append(query)
@@ -55,14 +56,14 @@ class ScriptedApiserver:
 
 
 @asynccontextmanager
-async def scripted_apiserver(path: str) -> AsyncIterator[tuple[ScriptedApiserver, client.ApiClient]]:
+async def scripted_apiserver(path: str) -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
     """The fake serving ``path`` (a collection URL) on loopback, and a client configured for it."""
     fake = ScriptedApiserver()
     app = web.Application()
     app.router.add_get(path, fake.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    api = client.ApiClient(client.Configuration(host=str(server.make_url("")).rstrip("/")))
+    api = KubeApi(StaticCredentials(str(server.make_url("")).rstrip("/")))
     try:
         yield fake, api
     finally:

@@ -40,6 +40,6 @@ def api(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
 async def ctl(api: kmock.KubernetesEmulator) -> AsyncIterator[Controllers]:
     settings = OperatorSettings(namespaces=(NS,), sweep_interval=5, reap_grace=60, sandbox_delete_grace=30)
     controllers = build_controllers(settings, clock=virtual_now)
-    controllers.ctx.client.configure(kopf.ConnectionInfo(server=str(api.url)))
+    controllers.ctx.client.login(kopf.ConnectionInfo(server=str(api.url)))
     yield controllers
     await controllers.ctx.client.close()

@@ -76,7 +76,7 @@ async def test_restart_adopts_existing_pods_without_duplicates(api: kmock.Kubern
     before = names(api, PODS)
     # A fresh operator process: new memory, same cluster.
     restarted = build_controllers(ctl.ctx.settings, clock=ctl.ctx.clock)
-    restarted.ctx.client.configure(kopf.ConnectionInfo(server=str(api.url)))
+    restarted.ctx.client.login(kopf.ConnectionInfo(server=str(api.url)))
     try:
         await restarted.resync()
         await restarted.functions.on_event(stored(api, FUNCTIONS, "echo"), None)

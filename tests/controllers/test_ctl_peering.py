@@ -33,7 +33,7 @@ async def replica(api: kmock.KubernetesEmulator) -> AsyncIterator[Controllers]:
     api.objects[FUNCTIONS, NS, "echo"] = function(isolation={"allowUnsandboxed": True})
     settings = OperatorSettings(namespaces=(NS,), peering="voltgrid", sweep_interval=5)
     ctl = build_controllers(settings, clock=virtual_now, identity="me", priority=10)
-    ctl.ctx.client.configure(kopf.ConnectionInfo(server=str(api.url)))
+    ctl.ctx.client.login(kopf.ConnectionInfo(server=str(api.url)))
     yield ctl
     await ctl.ctx.client.close()
 

@@ -9,15 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 
 from apifake import ScriptedApiserver, scripted_apiserver
 from bgtask import background
 from voltgrid.api import constants as c
-from voltgrid.gateway.catalog_watch import LIST_PAGE_SIZE, FunctionWatcher
+from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.functions import FunctionCatalog
 from voltgrid.gateway.settings import GatewaySettings
-from voltgrid.registry.kubewatch import WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S
+from voltgrid.registry.kubeapi import LIST_PAGE_SIZE, WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S, KubeApi
 
 NS = "default"
 #: Seconds (of the loop's virtual time) a test waits for the watcher's requests.
@@ -36,7 +35,7 @@ def function(name: str, version: str) -> Json:
 
 
 @pytest.fixture
-async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, client.ApiClient]]:
+async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
     async with scripted_apiserver(f"/apis/{c.API_VERSION}/namespaces/{NS}/functions") as served:
         yield served
 
@@ -47,7 +46,7 @@ def keys(catalog: FunctionCatalog) -> set[str]:
 
 @pytest.mark.looptime
 async def test_lists_once_in_pages_then_rewatches_from_the_last_version(
-    apiserver: tuple[ScriptedApiserver, client.ApiClient],
+    apiserver: tuple[ScriptedApiserver, KubeApi],
 ) -> None:
     fake, api = apiserver
     fake.pages = [
@@ -71,7 +70,7 @@ async def test_lists_once_in_pages_then_rewatches_from_the_last_version(
 
 @pytest.mark.looptime
 async def test_an_expired_watch_relists_and_notices_deletions(
-    apiserver: tuple[ScriptedApiserver, client.ApiClient],
+    apiserver: tuple[ScriptedApiserver, KubeApi],
 ) -> None:
     fake, api = apiserver
     gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
@@ -89,7 +88,7 @@ async def test_an_expired_watch_relists_and_notices_deletions(
 
 @pytest.mark.looptime
 async def test_a_silent_watch_counts_as_dead_and_relists(
-    apiserver: tuple[ScriptedApiserver, client.ApiClient],
+    apiserver: tuple[ScriptedApiserver, KubeApi],
 ) -> None:
     """A connection dropped without a FIN never ends: past the watch's own timeout it is given up."""
     fake, api = apiserver

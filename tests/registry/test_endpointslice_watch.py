@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 
 from apifake import ScriptedApiserver, scripted_apiserver
 from bgtask import background
 from voltgrid.registry.endpointslices import SERVICE_NAME_LABEL, EndpointSliceWatcher
-from voltgrid.registry.kubewatch import WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S
+from voltgrid.registry.kubeapi import WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S, KubeApi
 from voltgrid.registry.ownership import Membership
 
 NS = "voltgrid-system"
@@ -51,17 +50,17 @@ def listing(version: str, *slices: Json) -> Json:
 
 
 @pytest.fixture
-async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, client.ApiClient]]:
+async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
     async with scripted_apiserver(f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices") as served:
         yield served
 
 
-def watcher(membership: Membership, api: client.ApiClient) -> EndpointSliceWatcher:
+def watcher(membership: Membership, api: KubeApi) -> EndpointSliceWatcher:
     return EndpointSliceWatcher(membership, api, namespace=NS, service=SERVICE, port_name="http")
 
 
 @pytest.mark.looptime
-async def test_members_follow_the_ready_endpoints(apiserver: tuple[ScriptedApiserver, client.ApiClient]) -> None:
+async def test_members_follow_the_ready_endpoints(apiserver: tuple[ScriptedApiserver, KubeApi]) -> None:
     fake, api = apiserver
     first = endpoint_slice("gw-1", "5", **{"10.0.0.1": True, "10.0.0.2": True})
     fake.pages = [listing("10", first)]
@@ -78,7 +77,7 @@ async def test_members_follow_the_ready_endpoints(apiserver: tuple[ScriptedApise
 
 @pytest.mark.looptime
 async def test_a_silent_watch_counts_as_dead_and_relists(
-    apiserver: tuple[ScriptedApiserver, client.ApiClient],
+    apiserver: tuple[ScriptedApiserver, KubeApi],
 ) -> None:
     """A connection dropped without a FIN never ends: past the watch's own timeout it is given up."""
     fake, api = apiserver

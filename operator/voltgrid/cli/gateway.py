@@ -87,16 +87,19 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         from voltgrid.backends.kubernetes import KubernetesBackend  # noqa: PLC0415 (cluster only)
+        from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi  # noqa: PLC0415
 
         api = await _kube_client() if args.backend == "kubernetes" else None
+        kube = None
         if api is not None:
+            kube = KubeApi(ConfigurationCredentials(api.configuration), user_agent="voltgrid-gateway")
             backend: Any = KubernetesBackend(api, namespace=args.namespace)
         else:
             print(NOT_ISOLATED_WARNING, file=sys.stderr)
             backend = LocalProcessBackend(args.state_dir.resolve(), args.storage_dir.resolve())
         serving = asyncio.ensure_future(
             run_gateway(
-                settings, backend, functions, watcher_api=api, functions_api=api, functions_namespace=args.namespace
+                settings, backend, functions, watcher_api=kube, functions_api=kube, functions_namespace=args.namespace
             )
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                 await backend.stop_all()
             if api is not None:
                 await api.close()
+            if kube is not None:
+                await kube.close()
 
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -86,7 +86,7 @@ class Controllers:
             self.ctx.runtimes.set_class(rc["metadata"]["name"], rc)
         for node in await client.list(core_path("nodes")):
             self.ctx.runtimes.set_node(node["metadata"]["name"], node["metadata"].get("labels") or {})
-        pods = [PodInfo.from_pod(p) for p in await client.list(core_path("pods"), MANAGED_SELECTOR)]
+        pods = [PodInfo.from_pod(p) for p in await client.list(core_path("pods"), {"labelSelector": MANAGED_SELECTOR})]
         pods = [p for p in pods if self.ctx.settings.serves(p.namespace)]
         self.ctx.pods.replace_all(pods)
         for pod in pods:

@@ -69,7 +69,7 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info = login(**kwargs)
         if info is not None:
-            ctl.ctx.client.configure(info)
+            ctl.ctx.client.login(info)
         return info
 
     @kopf.on.startup(registry=registry)
@@ -83,7 +83,7 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
         if not ctl.ctx.client.configured:  # kopf logs in lazily, after the startup handlers
             info = login(logger=logger, settings=settings)
             if info is not None:
-                ctl.ctx.client.configure(info)
+                ctl.ctx.client.login(info)
         if ctl.ctx.settings.metrics:
             servers.append(await metrics.serve(ctl.ctx.metrics, ctl.ctx.settings.metrics))
         await ctl.resync()

@@ -27,6 +27,7 @@ from voltgrid.gateway.invoke import invoke
 from voltgrid.gateway.middlewares import INVOKE_ROUTE, PIPELINE
 from voltgrid.gateway.server import GatewayRunner
 from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
@@ -47,14 +48,14 @@ def build_app(
     functions: Sequence[Function],
     *,
     membership: Membership | None = None,
-    watcher_api: Any = None,
-    functions_api: Any = None,
+    watcher_api: KubeApi | None = None,
+    functions_api: KubeApi | None = None,
     functions_namespace: str | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application (see the module docstring).
 
-    With ``functions_api`` (a kubernetes_asyncio ApiClient) the catalog follows the cluster's
-    Function objects (:mod:`voltgrid.gateway.catalog_watch`) besides the ``functions`` given.
+    With ``functions_api`` (the access layer's :class:`~voltgrid.registry.kubeapi.KubeApi`) the catalog
+    follows the cluster's Function objects (:mod:`voltgrid.gateway.catalog_watch`) besides the ``functions`` given.
     """
     gateway = Gateway(settings, backend, list(functions), membership)
     app = web.Application(
@@ -97,8 +98,8 @@ async def run_gateway(
     functions: Sequence[Function],
     *,
     membership: Membership | None = None,
-    watcher_api: Any = None,
-    functions_api: Any = None,
+    watcher_api: KubeApi | None = None,
+    functions_api: KubeApi | None = None,
     functions_namespace: str | None = None,
     started: asyncio.Event | None = None,
 ) -> None:

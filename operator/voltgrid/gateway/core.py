@@ -27,6 +27,7 @@ from voltgrid.gateway.metrics import GatewayMetrics
 from voltgrid.gateway.peers import Peers
 from voltgrid.gateway.ratelimit import MintLimiter
 from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Gateway:
         self._jobs: list[asyncio.Task[Any]] = []
         self._membership_changed = asyncio.Event()
 
-    async def start(self, watcher_api: Any = None) -> None:
+    async def start(self, watcher_api: KubeApi | None = None) -> None:
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=UPSTREAM_CONNECTIONS_PER_HOST,

@@ -3,24 +3,22 @@
 The Service's EndpointSlices are the one list that Kubernetes already keeps of the live gateway
 pods (readiness included), so ownership follows it: a replica that dies or turns unready drops
 out, and rendezvous hashing moves only its sessions. This is a read-only watch; nothing is written.
+It runs on the access layer's one LIST+WATCH loop (:class:`voltgrid.registry.kubeapi.Reflector`):
+listed once, then watched with bookmarks from the last version; relisted only on 410 Gone, an error
+or a silent connection, when slices deleted meanwhile drop out.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from kubernetes_asyncio import client, watch
-
-from voltgrid.registry.kubewatch import REQUEST_TIMEOUT_S, WATCH_TIMEOUT_S, WATCH_TIMEOUTS
+from voltgrid.registry.kubeapi import KubeApi, Reflector
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between re-lists after a watch ends or fails.
-RELIST_BACKOFF: Final = 2.0
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 
 
@@ -48,52 +46,38 @@ class EndpointSliceWatcher:
     def __init__(
         self,
         membership: Membership,
-        api: client.ApiClient,
+        api: KubeApi,
         *,
         namespace: str,
         service: str,
         port_name: str | None = None,
     ) -> None:
         self._membership = membership
-        self._api = api
-        self._namespace = namespace
-        self._selector = f"{SERVICE_NAME_LABEL}={service}"
         self._port_name = port_name
         self._slices: dict[str, dict[str, Any]] = {}
+        self._reflector = Reflector(
+            api,
+            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+            self._handle,
+            name="EndpointSlices",
+            params={"labelSelector": f"{SERVICE_NAME_LABEL}={service}"},
+            listed=self._apply,
+        )
 
     def _apply(self) -> None:
         members = members_from_slices(self._slices.values(), self._port_name)
         if members:
             self._membership.set_members(members)
 
+    async def _handle(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        if event_type == "DELETED":
+            self._slices.pop(name, None)
+        else:
+            self._slices[name] = obj
+        if event_type is not None:  # a listed slice: applied once the whole list is in
+            self._apply()
+
     async def run(self) -> None:
         """Run until cancelled."""
-        discovery = client.DiscoveryV1Api(self._api)
-        while True:
-            try:
-                listing = await discovery.list_namespaced_endpoint_slice(
-                    self._namespace, label_selector=self._selector, _request_timeout=REQUEST_TIMEOUT_S
-                )
-                self._slices = {s.metadata.name: self._api.sanitize_for_serialization(s) for s in listing.items}
-                self._apply()
-                async with watch.Watch() as w:
-                    async for event in w.stream(
-                        discovery.list_namespaced_endpoint_slice,
-                        self._namespace,
-                        label_selector=self._selector,
-                        resource_version=listing.metadata.resource_version,
-                        timeout_seconds=WATCH_TIMEOUT_S,
-                        _request_timeout=WATCH_TIMEOUTS,
-                    ):
-                        obj = event["object"]
-                        name = obj.metadata.name
-                        if event["type"] == "DELETED":
-                            self._slices.pop(name, None)
-                        else:
-                            self._slices[name] = self._api.sanitize_for_serialization(obj)
-                        self._apply()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("EndpointSlice watch failed; re-listing")
-            await asyncio.sleep(RELIST_BACKOFF)
+        await self._reflector.run()
