@@ -3,7 +3,8 @@
 kmock emulates objects but not the shape of a WATCH in time (a server-side end, a silent dead
 connection, bookmarks, 410 Gone); these tests need exactly that, against the real client.
 Each LIST answers the next scripted page; each WATCH streams the next scripted events and then ends
-(the server's timeout), or, past the script, stays open and silent.
+(the server's timeout), or, past the script, stays open and silent. A scripted page or stream that
+is an HTTP status (an int) is answered with that status and a Kubernetes ``Status`` body.
 """
 
 from __future__ import annotations
@@ -29,23 +30,32 @@ class ScriptedApiserver:
         self.lists: list[dict[str, str]] = []
         self.watches: list[dict[str, str]] = []
         self.watch_began: asyncio.Queue[None] = asyncio.Queue()
-        self.pages: list[Json] = []
-        #: One list of events per WATCH, in order.
-        self.streams: list[list[Json]] = []
+        self.pages: list[Json | int] = []
+        #: One list of events (or a refusal's status) per WATCH, in order.
+        self.streams: list[list[Json] | int] = []
+        #: The Authorization header of every request, in order.
+        self.authorizations: list[str | None] = []
+        #: The base URL it serves on.
+        self.url = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
+        self.authorizations.append(request.headers.get("Authorization"))
         if query.get("watch") != "true":
             self.lists.append(query)
-            return web.json_response(self.pages[len(self.lists) - 1])
+            page = self.pages[len(self.lists) - 1]
+            return refusal(page) if isinstance(page, int) else web.json_response(page)
         self.watches.append(query)
         self.watch_began.put_nowait(None)
+        index = len(self.watches) - 1
+        stream = self.streams[index] if index < len(self.streams) else None
+        if isinstance(stream, int):
+            return refusal(stream)
         response = web.StreamResponse()
         await response.prepare(request)
-        index = len(self.watches) - 1
-        if index >= len(self.streams):
+        if stream is None:
             await asyncio.Event().wait()  # open and silent until the client goes away
-        for event in self.streams[index]:
+        for event in stream or []:
             await response.write(json.dumps(event).encode() + b"\n")
         return response
 
@@ -55,15 +65,22 @@ class ScriptedApiserver:
                 await self.watch_began.get()
 
 
+def refusal(status: int) -> web.Response:
+    """The apiserver's answer to a refused request: a ``Status`` object with that code."""
+    body = {"kind": "Status", "status": "Failure", "code": status, "reason": f"Code{status}", "message": "scripted"}
+    return web.json_response(body, status=status)
+
+
 @asynccontextmanager
-async def scripted_apiserver(path: str) -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
+async def scripted_apiserver(path: str, token: str | None = None) -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
     """The fake serving ``path`` (a collection URL) on loopback, and a client configured for it."""
     fake = ScriptedApiserver()
     app = web.Application()
     app.router.add_get(path, fake.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    api = KubeApi(StaticCredentials(str(server.make_url("")).rstrip("/")))
+    fake.url = str(server.make_url("")).rstrip("/")
+    api = KubeApi(StaticCredentials(fake.url, token))
     try:
         yield fake, api
     finally:

@@ -90,3 +90,36 @@ async def test_a_silent_watch_counts_as_dead_and_relists(
     assert loop.time() - began >= WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
     assert len(fake.lists) == 2
     assert fake.watches[0]["timeoutSeconds"] == str(WATCH_TIMEOUT_S)
+
+
+@pytest.mark.looptime
+async def test_a_watch_the_server_ended_resumes_from_the_last_version_with_bookmarks(
+    apiserver: tuple[ScriptedApiserver, KubeApi],
+) -> None:
+    """No relist every few minutes: each replica lists once and then follows bookmarks."""
+    fake, api = apiserver
+    fake.pages = [listing("10", endpoint_slice("gw-1", "5", **{"10.0.0.1": True}))]
+    fake.streams = [[{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}}], []]
+    async with background(watcher(Membership(SELF), api).run()):
+        await fake.watches_began(3, WATCH_TIMEOUT_S * 2)
+    assert len(fake.lists) == 1
+    assert [q["resourceVersion"] for q in fake.watches] == ["10", "15", "15"]
+    assert all(q["allowWatchBookmarks"] == "true" for q in fake.watches)
+
+
+@pytest.mark.looptime
+async def test_an_expired_watch_relists_and_a_slice_deleted_meanwhile_drops_out(
+    apiserver: tuple[ScriptedApiserver, KubeApi],
+) -> None:
+    fake, api = apiserver
+    gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+    one, two = endpoint_slice("gw-1", "5", **{"10.0.0.1": True}), endpoint_slice("gw-2", "6", **{"10.0.0.2": True})
+    fake.pages = [listing("10", one, two), listing("30", one)]
+    fake.streams = [[{"type": "ERROR", "object": gone}]]
+    membership = Membership(SELF)
+    async with background(watcher(membership, api).run()):
+        await fake.watches_began(1, WAIT_S)
+        assert membership.members == (SELF, "http://10.0.0.2:8080")
+        await fake.watches_began(1, WAIT_S)
+        assert membership.members == (SELF,)
+    assert [q["resourceVersion"] for q in fake.watches] == ["10", "30"]
