@@ -37,6 +37,9 @@ class ScriptedApiserver:
         self.authorizations: list[str | None] = []
         #: The base URL it serves on.
         self.url = ""
+        #: The bodies POSTed to the collection, and the names DELETEd from it.
+        self.created: list[Json] = []
+        self.deleted: list[str] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
@@ -59,6 +62,15 @@ class ScriptedApiserver:
             await response.write(json.dumps(event).encode() + b"\n")
         return response
 
+    async def create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.created.append(body)
+        return web.json_response(body, status=201)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self.deleted.append(request.match_info["name"])
+        return web.json_response({"kind": "Status", "status": "Success"})
+
     async def watches_began(self, count: int, within: float) -> None:
         async with asyncio.timeout(within):
             for _ in range(count):
@@ -77,6 +89,8 @@ async def scripted_apiserver(path: str, token: str | None = None) -> AsyncIterat
     fake = ScriptedApiserver()
     app = web.Application()
     app.router.add_get(path, fake.handle)
+    app.router.add_post(path, fake.create)
+    app.router.add_delete(path + "/{name}", fake.delete)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     fake.url = str(server.make_url("")).rstrip("/")

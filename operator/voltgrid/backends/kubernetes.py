@@ -13,7 +13,11 @@ Interface (the pod contract is in :mod:`voltgrid.controllers`' docstring):
   replica, a retry) already started this session's pod, and it is waited for instead; one still
   terminating (a release just before a wake) is waited out and created anew.
 * ``delete(instance)`` deletes the pod (absent is fine); ``list(function="ns/name", session=id)`` is
-  ONE pod LIST by label selector and returns the Ready, non-terminating instance pods.
+  ONE paged pod LIST by label selector and returns the Ready, non-terminating instance pods.
+* Reads go through the access layer (:mod:`voltgrid.registry.kubeapi`): the wait for a starting pod
+  is its one LIST+WATCH loop narrowed to that pod's name (410, errors and a silent connection
+  relist; a pod deleted meanwhile is noticed), and ``list`` its paged LIST. Writes use the
+  ``ApiClient``.
 * ``checkpoint(instance, when)`` patches the pod's ``voltgrid.dev/last-active`` annotation (one
   PATCH; the gateway calls it coarsely, never per request).
 * Every method raises :class:`~voltgrid.backends.base.ControlPlaneUnavailableError` when the
@@ -27,12 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from voltgrid.api import constants as c
@@ -46,12 +50,12 @@ from voltgrid.backends.base import (
     function_key,
 )
 from voltgrid.errors import SpecError
+from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi, KubeApiError, Reflector
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_READY_TIMEOUT: Final = 120.0
-#: Seconds one watch of a starting pod runs before it is re-listed.
-WATCH_TIMEOUT_S: Final = 30
+USER_AGENT: Final = "voltgrid-gateway"
 HTTP_NOT_FOUND: Final = 404
 HTTP_CONFLICT: Final = 409
 TERMINAL_PHASES: Final = ("Failed", "Succeeded")
@@ -63,6 +67,7 @@ INSTANCE_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE}!
 RETRY_LATER_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 
 PodBuilder = Callable[[Function, str, bool], dict[str, Any]]
+Json = dict[str, Any]
 
 
 @contextlib.contextmanager
@@ -70,7 +75,7 @@ def control_plane(action: str) -> Iterator[None]:
     """Turn "the apiserver is unreachable or asks to retry" raised inside into :class:`ControlPlaneUnavailableError`."""
     try:
         yield
-    except ApiException as e:
+    except (ApiException, KubeApiError) as e:
         if e.status in RETRY_LATER_STATUSES:
             raise ControlPlaneUnavailableError(f"the apiserver answered {e.status} {e.reason} to {action}") from e
         raise
@@ -89,16 +94,23 @@ def rfc3339(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ready(pod: Any) -> bool:
-    status = pod.status
-    if status is None or not status.pod_ip or pod.metadata.deletion_timestamp is not None:
+def _ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if not status.get("podIP") or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    return any(cond.type == "Ready" and cond.status == "True" for cond in status.conditions or [])
+    return any(cond.get("type") == "Ready" and cond.get("status") == "True" for cond in status.get("conditions") or [])
 
 
-def _last_active(pod: Any) -> float | None:
-    text = (pod.metadata.annotations or {}).get(podspec.ANNOTATION_LAST_ACTIVE)
-    if not text:
+def _terminal(pod: Mapping[str, Any]) -> str | None:
+    """The phase of a pod that ended on its own (not one being deleted), else None."""
+    phase = (pod.get("status") or {}).get("phase")
+    deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+    return str(phase) if phase in TERMINAL_PHASES and not deleting else None
+
+
+def _timestamp(text: Any) -> float | None:
+    """RFC 3339 text (the apiserver's, or the ``last-active`` annotation) as epoch seconds."""
+    if not isinstance(text, str) or not text:
         return None
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -106,22 +118,57 @@ def _last_active(pod: Any) -> float | None:
         return None
 
 
-def _to_instance(pod: Any, port: int | None = None) -> Instance:
-    labels = pod.metadata.labels or {}
+def _to_instance(pod: Mapping[str, Any], port: int | None = None) -> Instance:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
     if port is None:
-        ports = [p.container_port for ctr in pod.spec.containers for p in ctr.ports or []]
+        containers = (pod.get("spec") or {}).get("containers") or []
+        ports = [p["containerPort"] for ctr in containers for p in ctr.get("ports") or [] if "containerPort" in p]
         port = ports[0] if ports else c.DEFAULT_PORT
-    created = pod.metadata.creation_timestamp
     return Instance(
-        id=pod.metadata.name,
-        function=f"{pod.metadata.namespace}/{labels.get(c.LABEL_FUNCTION, '')}",
-        url=f"http://{pod.status.pod_ip}:{port}",
+        id=meta.get("name", ""),
+        function=f"{meta.get('namespace', '')}/{labels.get(c.LABEL_FUNCTION, '')}",
+        url=f"http://{(pod.get('status') or {}).get('podIP')}:{port}",
         session=labels.get(c.LABEL_SESSION, ""),
         warm=labels.get(c.LABEL_ROLE) == podspec.Role.WARM,
-        created=created.timestamp() if created else 0.0,
+        created=_timestamp(meta.get("creationTimestamp")) or 0.0,
         labels=dict(labels),
-        last_active=_last_active(pod),
+        last_active=_timestamp((meta.get("annotations") or {}).get(podspec.ANNOTATION_LAST_ACTIVE)),
     )
+
+
+class _PodWait:
+    """What the wait for one starting pod has seen: the Instance once Ready, None once the pod is gone
+    (create it again), :class:`InstanceStartError` once it ended; and whether the apiserver failed."""
+
+    def __init__(self, backend: KubernetesBackend, namespace: str, name: str, port: int) -> None:
+        self._backend, self.namespace, self.name, self._port = backend, namespace, name, port
+        self.outcome: asyncio.Future[Instance | None] = asyncio.get_running_loop().create_future()
+        self.failures = 0
+        self._listed_pod = False
+
+    async def handle(self, event_type: str | None, pod: Json) -> None:
+        if self.outcome.done():
+            return
+        if event_type is None:
+            self._listed_pod = True
+        if event_type == "DELETED":
+            self.outcome.set_result(None)
+        elif _ready(pod):
+            self.outcome.set_result(_to_instance(pod, self._port))
+        elif phase := _terminal(pod):
+            await self._backend.delete_pod(self.namespace, self.name)
+            where = f"{self.namespace}/{self.name}"
+            self.outcome.set_exception(InstanceStartError(f"pod {where} ended ({phase}) before ready"))
+
+    def listed(self) -> None:
+        if not self._listed_pod and not self.outcome.done():
+            self.outcome.set_result(None)  # not there (any more): create it again
+        self._listed_pod = False
+
+    def relisting(self, reason: str) -> None:
+        if reason in ("error", "silence"):
+            self.failures += 1
 
 
 class KubernetesBackend:
@@ -131,12 +178,16 @@ class KubernetesBackend:
         self,
         api: client.ApiClient,
         *,
+        kube: KubeApi | None = None,
         namespace: str | None = None,
         pod_builder: PodBuilder = instance_pod,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> None:
         self._api = api
         self._core = client.CoreV1Api(api)
+        #: The access layer's client for reads (the caller's, shared with its watchers, or our own).
+        self._kube = kube or KubeApi(ConfigurationCredentials(api.configuration), user_agent=USER_AGENT)
+        self._owns_kube = kube is None
         self._namespace = namespace
         self._build = pod_builder
         self._ready_timeout = ready_timeout
@@ -149,19 +200,23 @@ class KubernetesBackend:
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         created = False
+        wait: _PodWait | None = None
         try:
             async with asyncio.timeout(self._ready_timeout):
                 while True:
                     with control_plane(f"create pod {namespace}/{name}"):
                         created = await self._post(namespace, manifest) or created
-                    with control_plane(f"watch pod {namespace}/{name}"):
-                        instance = await self._wait_ready(namespace, name, function.spec.port)
+                    wait = _PodWait(self, namespace, name, function.spec.port)
+                    instance = await self._wait_ready(wait)
                     if instance is not None:
                         return instance
         except TimeoutError:
             if created:
-                with contextlib.suppress(ApiException):
-                    await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+                await self.delete_pod(namespace, name)
+            if wait is not None and wait.failures:  # not the pod's fault: the apiserver could not be followed
+                raise ControlPlaneUnavailableError(
+                    f"lost the apiserver while waiting for pod {namespace}/{name}"
+                ) from None
             raise InstanceStartError(f"pod {namespace}/{name} not ready after {self._ready_timeout}s") from None
 
     async def _post(self, namespace: str, manifest: dict[str, Any]) -> bool:
@@ -178,36 +233,30 @@ class KubernetesBackend:
             raise InstanceStartError(f"cannot create pod {namespace}/{name}: {e.status} {e.reason}") from e
         return True
 
-    async def _wait_ready(self, namespace: str, name: str, port: int) -> Instance | None:
+    async def _wait_ready(self, wait: _PodWait) -> Instance | None:
         """The pod once Ready; None once it is gone (it was terminating, or got deleted): create again."""
-        selector = f"metadata.name={name}"
-        while True:
-            listing = await self._core.list_namespaced_pod(namespace, field_selector=selector)
-            if not listing.items:
-                return None
-            pod = listing.items[0]
-            if pod.metadata.deletion_timestamp is None:
-                if _ready(pod):
-                    return _to_instance(pod, port)
-                if pod.status and pod.status.phase in TERMINAL_PHASES:
-                    with contextlib.suppress(ApiException):
-                        await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
-                    raise InstanceStartError(f"pod {namespace}/{name} ended ({pod.status.phase}) before ready")
-            async with watch.Watch() as w:
-                async for event in w.stream(
-                    self._core.list_namespaced_pod,
-                    namespace,
-                    field_selector=selector,
-                    resource_version=listing.metadata.resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_S,
-                ):
-                    pod = event["object"]
-                    if event["type"] == "DELETED":
-                        return None
-                    if _ready(pod):
-                        return _to_instance(pod, port)
-                    if pod.metadata.deletion_timestamp is None and pod.status and pod.status.phase in TERMINAL_PHASES:
-                        break  # re-listed above: deleted and reported
+        namespace, name = wait.namespace, wait.name
+        reflector = Reflector(
+            self._kube,
+            f"/api/v1/namespaces/{namespace}/pods",
+            wait.handle,
+            name=f"pod {namespace}/{name}",
+            params={"fieldSelector": f"metadata.name={name}"},
+            listed=wait.listed,
+            relisting=wait.relisting,
+        )
+        following = asyncio.create_task(reflector.run(), name=f"voltgrid-wait {namespace}/{name}")
+        try:
+            return await wait.outcome
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod at once (one that ended before Ready, or a start that timed out); gone is fine."""
+        with contextlib.suppress(ApiException):
+            await self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
     async def delete(self, instance: Instance) -> None:
         namespace = instance.function.split("/", 1)[0]
@@ -225,15 +274,13 @@ class KubernetesBackend:
         if session:
             selector.append(f"{c.LABEL_SESSION}={session}")
         namespace = function.split("/", 1)[0] if function else self._namespace
+        path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
         try:
             with control_plane("list instance pods"):
-                if namespace:
-                    listing = await self._core.list_namespaced_pod(namespace, label_selector=",".join(selector))
-                else:
-                    listing = await self._core.list_pod_for_all_namespaces(label_selector=",".join(selector))
-        except ApiException as e:
+                pods = await self._kube.list(path, {"labelSelector": ",".join(selector)})
+        except KubeApiError as e:
             raise BackendError(f"cannot list instance pods: {e.reason}") from e
-        return [_to_instance(pod) for pod in listing.items if _ready(pod)]
+        return [_to_instance(pod) for pod in pods if _ready(pod)]
 
     async def checkpoint(self, instance: Instance, when: float) -> None:
         namespace = instance.function.split("/", 1)[0]
@@ -247,4 +294,6 @@ class KubernetesBackend:
         instance.last_active = when
 
     async def close(self) -> None:
+        if self._owns_kube:
+            await self._kube.close()
         await self._api.close()

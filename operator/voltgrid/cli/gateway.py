@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         kube = None
         if api is not None:
             kube = KubeApi(ConfigurationCredentials(api.configuration), user_agent="voltgrid-gateway")
-            backend: Any = KubernetesBackend(api, namespace=args.namespace)
+            backend: Any = KubernetesBackend(api, kube=kube, namespace=args.namespace)
         else:
             print(NOT_ISOLATED_WARNING, file=sys.stderr)
             backend = LocalProcessBackend(args.state_dir.resolve(), args.storage_dir.resolve())
