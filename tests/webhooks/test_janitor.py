@@ -8,10 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from voltgrid.api import constants as c
+from voltgrid.registry.kubeapi import LIST_PAGE_SIZE, KubeApi, StaticCredentials
 from voltgrid.webhooks import janitor
-from voltgrid.webhooks.catalog import Catalog
+from voltgrid.webhooks.catalog import Catalog, KubernetesCatalog
 
 NOW = datetime(2030, 6, 1, tzinfo=UTC)
 RETENTION = timedelta(hours=168)
@@ -152,3 +156,38 @@ def test_settings_and_bad_durations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_main_refuses_a_missing_root(tmp_path: Path) -> None:
     assert janitor.main(["--root", str(tmp_path / "nope")]) == 1
+
+
+async def test_the_kubernetes_catalog_pages_pods_and_reads_retention_without_sessions_installed() -> None:
+    """Over real HTTP: pods in two pages, the Session CRD absent (404: warned, not fatal), Functions."""
+
+    queries: list[dict[str, str]] = []
+
+    def pod(ns: str, session: str) -> dict[str, object]:
+        return {"metadata": {"namespace": ns, "name": f"p-{session}", "labels": {c.LABEL_SESSION: session}}}
+
+    async def pods(request: web.Request) -> web.Response:
+        queries.append(dict(request.query))
+        if "continue" not in request.query:
+            return web.json_response({"metadata": {"continue": "p2"}, "items": [pod("a", "s1")]})
+        return web.json_response({"metadata": {"resourceVersion": "9"}, "items": [pod("b", "s2")]})
+
+    async def functions(_: web.Request) -> web.Response:
+        fn = {"metadata": {"namespace": "a", "name": "f"}, "spec": {"storage": {"retention": "2h"}}}
+        return web.json_response({"metadata": {}, "items": [fn]})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", pods)
+    app.router.add_get(f"/apis/{c.API_VERSION}/functions", functions)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    api = KubeApi(StaticCredentials(str(server.make_url("")).rstrip("/")))
+    try:
+        snapshot = await KubernetesCatalog(api).snapshot()
+    finally:
+        await api.close()
+        await server.close()
+    assert snapshot.live == {("a", "s1"), ("b", "s2")}
+    assert snapshot.retention == {("a", "f"): timedelta(hours=2)}
+    assert [q.get("continue") for q in queries] == [None, "p2"]
+    assert all(q["limit"] == str(LIST_PAGE_SIZE) and q["labelSelector"] == c.LABEL_SESSION for q in queries)

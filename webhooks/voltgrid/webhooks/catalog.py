@@ -2,7 +2,8 @@
 
 Why a Protocol with a snapshot: the janitor's decisions are pure (directories + snapshot + clock in,
 decisions out) and are tested with a fake; the Kubernetes implementation is a handful of paged LISTs
-per run — never one request per directory, whatever the number of sessions.
+per run (the access layer's, :mod:`voltgrid.registry.kubeapi`) — never one request per directory,
+whatever the number of sessions.
 
 Live means: a pod labelled ``voltgrid.dev/session`` exists in the namespace (running, pending or
 terminating — any pod may still write), or a ``Session`` object for it exists whose phase is not
@@ -13,20 +14,15 @@ terminating — any pod may still write), or a ``Session`` object for it exists 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final, Protocol
-
-from kubernetes_asyncio import client
+from typing import Any, Protocol
 
 from voltgrid.api import constants as c
 from voltgrid.api.common import parse_duration
+from voltgrid.registry.kubeapi import KubeApi, KubeApiError
 
 log = logging.getLogger(__name__)
-
-#: Objects per LIST page.
-PAGE_SIZE: Final = 500
 
 
 @dataclass(frozen=True)
@@ -41,42 +37,27 @@ class SessionCatalog(Protocol):
     async def snapshot(self) -> Catalog: ...
 
 
-async def _pages(list_call: Callable[..., Awaitable[Any]], **kwargs: Any) -> AsyncIterator[Any]:
-    token = None
-    while True:
-        page = await list_call(limit=PAGE_SIZE, _continue=token, **kwargs)
-        metadata = page["metadata"] if isinstance(page, dict) else page.metadata
-        yield page
-        token = metadata.get("continue") if isinstance(metadata, dict) else metadata._continue
-        if not token:
-            return
-
-
 class KubernetesCatalog:
-    """:class:`SessionCatalog` from pods, Session and Function objects (kubernetes_asyncio)."""
+    """:class:`SessionCatalog` from pods, Session and Function objects."""
 
-    def __init__(self, api: Any) -> None:
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
+    def __init__(self, api: KubeApi) -> None:
+        self._api = api
 
     async def _custom_objects(self, plural: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
         try:
-            async for page in _pages(
-                self._custom.list_cluster_custom_object, group=c.GROUP, version=c.VERSION, plural=plural
-            ):
-                items.extend(page.get("items") or [])
-        except client.ApiException as exc:
+            return await self._api.list(f"/apis/{c.API_VERSION}/{plural}")
+        except KubeApiError as exc:
             if exc.status != 404:
                 raise
             log.warning("%s.%s is not installed; no %s taken into account", plural, c.GROUP, plural)
-        return items
+        return []
 
     async def snapshot(self) -> Catalog:
         live: set[tuple[str, str]] = set()
-        async for page in _pages(self._core.list_pod_for_all_namespaces, label_selector=c.LABEL_SESSION):
-            for pod in page.items:
-                live.add((pod.metadata.namespace, pod.metadata.labels[c.LABEL_SESSION]))
+        async for page in self._api.list_pages("/api/v1/pods", {"labelSelector": c.LABEL_SESSION}):
+            for pod in page.get("items") or []:
+                meta = pod.get("metadata") or {}
+                live.add((meta.get("namespace", ""), (meta.get("labels") or {}).get(c.LABEL_SESSION, "")))
         for obj in await self._custom_objects("sessions"):
             if (obj.get("status") or {}).get("phase") != "Expired":
                 meta = obj.get("metadata") or {}

@@ -38,6 +38,7 @@ from typing import Final, Literal
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
 
 from voltgrid.api.common import parse_duration
+from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi
 from voltgrid.webhooks import contract as k
 from voltgrid.webhooks.catalog import Catalog, KubernetesCatalog, SessionCatalog
 from voltgrid.webhooks.kube import api_client
@@ -281,9 +282,11 @@ async def run(settings: JanitorSettings, catalog: SessionCatalog, metrics: Janit
 
 async def _main(settings: JanitorSettings) -> None:
     client = await api_client(settings.kubeconfig)
+    kube = KubeApi(ConfigurationCredentials(client.configuration), user_agent="voltgrid-janitor")
     try:
-        await run(settings, KubernetesCatalog(client), JanitorMetrics())
+        await run(settings, KubernetesCatalog(kube), JanitorMetrics())
     finally:
+        await kube.close()
         await client.close()
 
 
