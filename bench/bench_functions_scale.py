@@ -47,7 +47,6 @@ from _common import machine, skip
 CREATE_CONCURRENCY: Final = 64
 #: Seconds between progress lines.
 REPORT_INTERVAL: Final = 15.0
-WATCH_TIMEOUT_S: Final = 300
 NAMESPACE_POLL_S: Final = 5.0
 OPERATOR_CMD: Final = "from voltgrid.controllers.main import run_operator; run_operator()"
 
@@ -122,7 +121,7 @@ async def current_version(client: KubeClient, ns: str) -> str:
 async def watch_ready(client: KubeClient, ns: str, version: str, n: int, ready: set[str]) -> None:
     """Follow the Functions from ``version`` until all ``n`` are in ``ready``."""
     while len(ready) < n:
-        params = {"resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT_S), "allowWatchBookmarks": "true"}
+        params = {"resourceVersion": version, "allowWatchBookmarks": "true"}  # the layer sets timeoutSeconds
         async for event in client.watch(voltgrid_path("functions", ns), params):
             body = event.get("object") or {}
             version = str((body.get("metadata") or {}).get("resourceVersion") or version)
