@@ -4,6 +4,7 @@ again, one that ended is deleted and reported; and the paged instance LIST."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +17,12 @@ from voltgrid.api import constants as c
 from voltgrid.api.function import Function
 from voltgrid.backends.base import ControlPlaneUnavailableError, InstanceStartError
 from voltgrid.backends.kubernetes import KubernetesBackend
-from voltgrid.registry.kubeapi import LIST_PAGE_SIZE
+from voltgrid.registry.kubeapi import LIST_PAGE_SIZE, WATCH_SILENCE_SLACK_S, WATCH_TIMEOUT_S
 
 NS = "default"
 POD = "echo-abc"
+#: Long enough for a silent watch to be given up and relisted (virtual time).
+READY_TIMEOUT_S = 2 * (WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S)
 
 Json = dict[str, Any]
 
@@ -56,7 +59,8 @@ GONE = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Ex
 @pytest.fixture
 async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, KubernetesBackend]]:
     async with scripted_apiserver(f"/api/v1/namespaces/{NS}/pods") as (fake, api):
-        backend = KubernetesBackend(client.ApiClient(client.Configuration(host=fake.url)), kube=api, ready_timeout=60)
+        writes = client.ApiClient(client.Configuration(host=fake.url))
+        backend = KubernetesBackend(writes, kube=api, ready_timeout=READY_TIMEOUT_S)
         try:
             yield fake, backend
         finally:
@@ -96,6 +100,21 @@ async def test_create_waits_until_the_pod_is_ready(
     assert [q["resourceVersion"] for q in fake.watches][:1] in ([], ["10"])
     assert fake.deleted == []
     assert len(fake.created) == creates
+
+
+@pytest.mark.looptime
+async def test_a_silent_pod_watch_is_given_up_and_relisted(
+    apiserver: tuple[ScriptedApiserver, KubernetesBackend],
+) -> None:
+    """A watch connection dropped without a FIN: the pod became Ready meanwhile, the relist finds it."""
+    fake, backend = apiserver
+    fake.pages = [pods("10", pod("9")), pods("20", pod("19", ready=True))]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    instance = await backend.create(cluster_function(), "abc")
+    assert instance.id == POD
+    assert loop.time() - began >= WATCH_TIMEOUT_S + WATCH_SILENCE_SLACK_S
+    assert len(fake.lists) == 2
 
 
 @pytest.mark.looptime

@@ -116,6 +116,8 @@ class ConfigurationCredentials:
         if not self._conf.verify_ssl:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if getattr(self._conf, "disable_strict_ssl_verification", False):
+            context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         return context
 
 
