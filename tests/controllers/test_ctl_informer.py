@@ -12,7 +12,7 @@ from ctlfakes import FUNCTIONS, NS, eventually, function
 
 from bgtask import background
 from voltgrid.controllers.informer import LAST_APPLIED, Informer, slim
-from voltgrid.controllers.kube import KubeClient, voltgrid_path
+from voltgrid.controllers.kube import KopfCredentials, KubeClient, voltgrid_path
 from voltgrid.controllers.settings import OperatorSettings, matches_namespace
 
 Json = dict[str, Any]
@@ -123,3 +123,14 @@ def test_slim_drops_managed_fields_and_the_last_applied_copy() -> None:
 def test_namespace_patterns_follow_kopf(namespace: str, pattern: str, served: bool) -> None:
     assert matches_namespace(namespace, pattern) is served
     assert OperatorSettings(namespaces=(pattern,)).serves(namespace) is served
+
+
+@pytest.mark.parametrize(
+    ("server", "insecure", "verified"),
+    [("http://127.0.0.1:8001", False, True), ("https://10.96.0.1", True, False)],
+)
+async def test_kopfs_login_is_the_access_layers_credentials(server: str, insecure: bool, verified: bool) -> None:
+    credentials = KopfCredentials(kopf.ConnectionInfo(server=server, token="t0k", insecure=insecure))
+    assert credentials.server == server
+    assert await credentials.headers() == {"Authorization": "Bearer t0k"}
+    assert credentials.ssl_context() is verified

@@ -5,6 +5,7 @@ errors and silence relist, deletions noticed across a relist; and the credential
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,3 +255,18 @@ async def test_the_credentials_of_a_kubernetes_asyncio_configuration_are_asked_p
         finally:
             await api.close()
     assert fake.authorizations == ["Bearer one", "Bearer two"]
+
+
+@pytest.mark.parametrize(
+    ("host", "verify", "expected"),
+    [
+        ("http://127.0.0.1:8001", True, True),  # plain HTTP (kubectl proxy): no TLS settings at all
+        ("https://10.96.0.1", True, ssl.CERT_REQUIRED),
+        ("https://10.96.0.1", False, ssl.CERT_NONE),  # insecure-skip-tls-verify in the kubeconfig
+    ],
+)
+def test_the_tls_settings_of_a_configuration(host: str, verify: bool, expected: object) -> None:
+    configuration = client.Configuration(host=host)
+    configuration.verify_ssl = verify
+    context = ConfigurationCredentials(configuration).ssl_context()
+    assert (context if isinstance(context, bool) else context.verify_mode) == expected
