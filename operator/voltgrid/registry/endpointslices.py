@@ -10,14 +10,11 @@ or a silent connection, when slices deleted meanwhile drop out.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from voltgrid.registry.kubeapi import KubeApi, Reflector
 from voltgrid.registry.ownership import Membership
-
-logger = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 
