@@ -172,4 +172,3 @@ def test_a_model_built_directly_reads_only_its_arguments(monkeypatch: pytest.Mon
     monkeypatch.setenv("VOLTGRID_OPERATOR_SWEEP_INTERVAL", "1")
     assert GatewaySettings().port == 8080 and OperatorSettings().sweep_interval == 10.0
     assert GatewaySettings(port=9).port == 9
-
