@@ -89,12 +89,11 @@ class SettingReference:
 
 @dataclass(frozen=True)
 class _Layers:
-    """The values of one load, by layer, and where each came from (for error messages)."""
+    """The values of one load, by layer."""
 
     flags: Mapping[str, Any]
     env: Mapping[str, Any]
     file: Mapping[str, Any]
-    origin: Mapping[str, str]
 
 
 _LOADING: contextvars.ContextVar[_Layers | None] = contextvars.ContextVar("voltgrid_settings_layers", default=None)
@@ -260,9 +259,9 @@ class LayeredSettings(BaseSettings):
         file_values = dict(defaults or {})
         origin.update(dict.fromkeys(file_values, "default"))
         path = config or (Path(env[cls.config_env()]) if env.get(cls.config_env()) else None)
-        if path is not None or (cls.default_config_file is not None and cls.default_config_file.exists()):
-            path = path or cls.default_config_file
-            assert path is not None
+        if path is None and cls.default_config_file is not None and cls.default_config_file.exists():
+            path = cls.default_config_file
+        if path is not None:
             for name, value in cls._read_file(path).items():
                 file_values[name], origin[name] = value, f"config file {path} key {name}"
         env_values: dict[str, str] = {}
@@ -274,7 +273,7 @@ class LayeredSettings(BaseSettings):
         flag_values = {name: value for name, value in (flags or {}).items() if value is not None}
         for name, value in flag_values.items():
             origin[name] = f"{cls.flag_of(name) or name} {value!r}"
-        token = _LOADING.set(_Layers(flag_values, env_values, file_values, origin))
+        token = _LOADING.set(_Layers(flag_values, env_values, file_values))
         try:
             return cls()
         except pydantic.ValidationError as exc:
