@@ -12,8 +12,10 @@ import pytest
 
 from voltgrid.api.settings import LayeredSettings, SettingsError, parse_bool
 from voltgrid.cli.main import build_parser
+from voltgrid.cli.main import main as cli_main
 from voltgrid.controllers.settings import OperatorSettings
 from voltgrid.gateway.settings import GatewaySettings, load_settings
+from voltgrid.gpu_slicer import main as slicer_main
 from voltgrid.gpu_slicer import settings as slicer
 from voltgrid.webhooks import janitor, server
 
@@ -172,3 +174,34 @@ def test_a_model_built_directly_reads_only_its_arguments(monkeypatch: pytest.Mon
     monkeypatch.setenv("VOLTGRID_OPERATOR_SWEEP_INTERVAL", "1")
     assert GatewaySettings().port == 8080 and OperatorSettings().sweep_interval == 10.0
     assert GatewaySettings(port=9).port == 9
+
+
+#: component -> its entry point (argv -> exit status), as `voltgrid <component>` runs it
+MAINS: dict[str, Callable[[list[str]], int]] = {
+    "gateway": lambda argv: cli_main(["gateway", *argv]),
+    "operator": lambda argv: cli_main(["operator", *argv]),
+    "webhook": server.main,
+    "janitor": janitor.main,
+    "gpu-slicer": slicer_main.main,
+}
+
+
+@pytest.mark.parametrize("component", sorted(BOOLEANS))
+def test_a_typo_in_a_boolean_stops_the_component_with_exit_2(
+    component: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env_name, attribute = BOOLEANS[component]
+    monkeypatch.setenv(env_name, "ture")
+    assert MAINS[component]([]) == 2
+    assert f"setting {attribute} ({env_name}='ture'): 'ture' is not a boolean" in capsys.readouterr().err + caplog.text
+
+
+def test_a_bad_operator_setting_stops_it_before_kopf(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VOLTGRID_OPERATOR_REAP_GRACE", "soon")
+    assert MAINS["operator"]([]) == 2
+    assert "setting reap_grace (VOLTGRID_OPERATOR_REAP_GRACE='soon')" in capsys.readouterr().err
