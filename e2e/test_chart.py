@@ -332,7 +332,7 @@ async def mcp_conversation(hosts: list[str], tag: str, calls: int) -> None:
         await session.call_tool("add_note", {"text": tag})
         for _ in range(calls):  # spaced past the Function's idleTimeout in total, never idle that long
             listed = await session.call_tool("list_notes", {})
-            assert not listed.isError, listed
+            assert not listed.is_error, listed
             assert tag in json.dumps(listed.model_dump()), listed
             await asyncio.sleep(1)
 
@@ -372,6 +372,7 @@ async def test_mcp_sessions_across_two_gateway_pods(cluster: Any) -> None:
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
 def test_helm_uninstall_leaves_only_documented_leftovers(cluster: Any, helm: str) -> None:
+    run(cluster, "kubectl", "-n", HELM_NS, "delete", "secret", "session-api", "--ignore-not-found")  # the test's own
     ok(run(cluster, "kubectl", "delete", "-n", "default", "function", "echo", "--ignore-not-found", "--wait=true"))
     uninstall = [helm, "uninstall", RELEASE, "-n", HELM_NS, "--wait", "--timeout", HELM_TIMEOUT]
     ok(run(cluster, *uninstall, timeout=HELM_TIMEOUT_S))

@@ -101,7 +101,10 @@ async def test_liveness_fails_when_a_background_task_crashed(
         ({"METRICS": "0.0.0.0:8082"}, "metrics endpoint '0.0.0.0:8082': expected http://HOST:PORT/PATH"),
         ({"METRICS": "https://0.0.0.0:8082/metrics"}, "metrics endpoint .*: expected http://HOST:PORT/PATH"),
         ({"LIVENESS": "http://0.0.0.0/healthz"}, "liveness endpoint .*: expected http://HOST:PORT/PATH"),
-        ({"SWEEP_INTERVAL": "ten"}, "VOLTGRID_OPERATOR_SWEEP_INTERVAL='ten': expected a number of seconds"),
+        (
+            {"SWEEP_INTERVAL": "ten"},
+            r"sweep_interval \(VOLTGRID_OPERATOR_SWEEP_INTERVAL='ten'\): .*valid number",
+        ),
         ({"SWEEP_INTERVAL": "0"}, "sweep_interval must be a number of seconds, above zero"),
         ({"REAP_GRACE": "-5"}, "reap_grace must be a number of seconds, zero or more"),
         ({"REAP_GRACE": "nan"}, "reap_grace must be a number of seconds, zero or more"),

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from voltgrid.api import constants as c
+from voltgrid.api.settings import SettingsError
 from voltgrid.registry.kubeapi import LIST_PAGE_SIZE, KubeApi, StaticCredentials
 from voltgrid.webhooks import janitor
 from voltgrid.webhooks.catalog import Catalog, KubernetesCatalog
@@ -150,7 +151,7 @@ def test_settings_and_bad_durations(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.retention == timedelta(hours=24) and settings.dry_run and settings.root == Path("/x")
     assert settings.interval is None
     assert janitor.parse_settings(["--interval", "1h"], {}).interval == timedelta(hours=1)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SettingsError, match=r"setting retention \(--retention 'a week'\): invalid duration"):
         janitor.parse_settings(["--retention", "a week"], {})
 
 

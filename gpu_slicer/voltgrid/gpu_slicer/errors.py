@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from voltgrid.api.settings import SettingsError
 from voltgrid.errors import VoltgridError
 
 
@@ -9,7 +10,7 @@ class SlicerError(VoltgridError):
     """The device plugin cannot serve slices as configured."""
 
 
-class ConfigError(SlicerError):
+class ConfigError(SlicerError, SettingsError):
     """A flag, environment variable or config file value is invalid."""
 
 

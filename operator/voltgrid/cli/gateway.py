@@ -22,7 +22,7 @@ BACKENDS = ("kubernetes", "local")
 
 
 def add_parser(subparsers: Any) -> None:
-    from voltgrid.gateway.settings import FILE_ONLY, settings_reference  # noqa: PLC0415 (yaml only)
+    from voltgrid.gateway.settings import FILE_ONLY, GatewaySettings  # noqa: PLC0415 (pydantic only here)
 
     p = subparsers.add_parser(
         "gateway",
@@ -33,15 +33,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="kubernetes", help="where instances run")
     p.add_argument("--functions", nargs="*", type=Path, default=[], help="Function YAML files to serve as well")
     p.add_argument("--namespace", default=None, help="serve only this namespace's Functions (default: all)")
-    p.add_argument("--config", type=Path, default=None, help="gateway settings YAML")
     p.add_argument("--state-dir", type=Path, default=Path(".voltgrid/state"), help="local backend: instance state")
     p.add_argument("--storage-dir", type=Path, default=Path(".voltgrid/storage"), help="local backend: sessions")
-    settings = p.add_argument_group("gateway settings")
-    for ref in settings_reference():
-        if ref.flag:
-            default = ref.default or "none"
-            text = f"{ref.doc} [env {ref.env}; default {default}]".replace("%", "%%")
-            settings.add_argument(ref.flag, dest=f"setting_{ref.name}", metavar="VALUE", default=None, help=text)
+    GatewaySettings.add_arguments(p.add_argument_group("gateway settings"), dest_prefix="setting_")
     p.set_defaults(handler=run)
 
 
@@ -69,14 +63,14 @@ def run(args: argparse.Namespace) -> int:
     from voltgrid.errors import VoltgridError  # noqa: PLC0415
     from voltgrid.gateway.app import run_gateway  # noqa: PLC0415
     from voltgrid.gateway.functions import load_functions  # noqa: PLC0415
-    from voltgrid.gateway.settings import load_settings  # noqa: PLC0415
+    from voltgrid.gateway.settings import GatewaySettings, load_settings  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         functions = load_functions(args.functions) if args.functions else []
         # In a cluster the operator keeps the warm pools; the gateway claims what it created.
         defaults = {"manage_warm_pool": False} if args.backend == "kubernetes" else {}
-        flags = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+        flags = GatewaySettings.flags_from(args, "setting_")
         settings = load_settings(args.config, os.environ, flags, defaults)
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)

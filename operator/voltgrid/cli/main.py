@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,9 +47,8 @@ def _operator(args: argparse.Namespace) -> int:
     from voltgrid.controllers.settings import OperatorSettings  # noqa: PLC0415
     from voltgrid.errors import VoltgridError  # noqa: PLC0415
 
-    flags = {"namespaces": tuple(args.namespace or ()), "peering": args.peering}
     try:
-        settings = OperatorSettings.from_env(flags={name: value for name, value in flags.items() if value})
+        settings = OperatorSettings.load(config=args.config, env=os.environ, flags=OperatorSettings.flags_from(args))
         check_credentials()
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -68,6 +68,8 @@ DELEGATED = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from voltgrid.controllers.settings import OperatorSettings  # noqa: PLC0415 (its flags; no kopf there)
+
     parser = argparse.ArgumentParser(prog="voltgrid", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     crds = sub.add_parser("crds", help="generate crds/*.yaml and docs/crd-reference.md from the API models")
@@ -82,10 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_parser(sub)
     sessions.add_parser(sub)
     operator = sub.add_parser("operator", help="run the kopf controllers for Function, Session, Sandbox")
-    operator.add_argument(
-        "--namespace", action="append", help="serve this namespace or kopf pattern, e.g. team-*,!team-x (repeatable)"
-    )
-    operator.add_argument("--peering", default=None, help="kopf peering name for HA (default: standalone)")
+    OperatorSettings.add_arguments(operator)
     operator.set_defaults(handler=_operator)
     for name, (_module, text) in DELEGATED.items():
         sub.add_parser(name, help=f"{text} (own flags: voltgrid {name} --help)", add_help=False)

@@ -1,37 +1,33 @@
-"""Operator settings: one documented dataclass, defaults < environment < flags.
+"""Operator settings: one documented model (:mod:`voltgrid.api.settings`: flag > env > file > default).
 
-The CLI builds it from its flags with :meth:`OperatorSettings.from_env` as the base, so an
-environment variable (``VOLTGRID_OPERATOR_*``, handy in the chart) is overridden by an explicit flag.
-Settings are checked when built: a bad value is a :class:`SettingsError` naming it before anything
-starts (inside kopf a bad endpoint would only fail a startup activity that kopf retries forever).
+``voltgrid operator`` has a flag for each field, ``VOLTGRID_OPERATOR_<FIELD>`` environment variables
+(handy in the chart) and a ``--config`` YAML file (or ``VOLTGRID_OPERATOR_CONFIG``). Settings are checked
+when built: a bad value is a :class:`SettingsError` naming it before anything starts (inside kopf a bad
+endpoint would only fail a startup activity that kopf retries forever).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
 import os
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final, Self
+
+import pydantic
+from pydantic_settings import SettingsConfigDict
 
 from voltgrid.api import constants as c
-from voltgrid.errors import VoltgridError
+from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 
 ENV_PREFIX: Final = "VOLTGRID_OPERATOR_"
 DEFAULT_LIVENESS: Final = "http://0.0.0.0:8081/healthz"
 DEFAULT_METRICS: Final = "http://0.0.0.0:8082/metrics"
 DEFAULT_GATEWAY_SERVICE: Final = "voltgrid-gateway"
 _FLOAT_FIELDS: Final = frozenset({"sweep_interval", "reap_grace", "sandbox_delete_grace", "prestop_timeout_cap"})
-_OPTIONAL_FIELDS: Final = frozenset({"peering", "url_base"})
 #: Characters that make a namespace setting a pattern (served by a cluster-wide watch, filtered).
 PATTERN_CHARS: Final = frozenset("*?[!,")
-
-
-class SettingsError(VoltgridError):
-    """An operator setting cannot be used as given; the message names the setting and the fix."""
 
 
 def parse_http_endpoint(setting: str, url: str, default_path: str = "/") -> tuple[str, int, str]:
@@ -62,38 +58,39 @@ def matches_namespace(namespace: str, pattern: str) -> bool:
     return matches
 
 
-@dataclass(frozen=True)
-class OperatorSettings:
-    """How the operator runs.
+class OperatorSettings(LayeredSettings):
+    """How the operator runs."""
 
-    namespaces: namespaces to serve, or kopf-style patterns (``team-*``, ``!kube-*``); empty: all.
-    peering: kopf peering object name for HA (None: standalone, one replica).
-    liveness: kopf liveness endpoint URL ("" disables it).
-    metrics: Prometheus endpoint URL of the operator's ``voltgrid_operator_*`` metrics ("" disables it).
-    gateway_service / gateway_namespace: the gateway Service that Function URLs point at.
-    url_base: overrides the invoke-URL base (e.g. an Ingress host); the URL is
-        ``<base>/fn/<namespace>/<function>/``.
-    sweep_interval: seconds between passes of the ONE shared sweep over existing pods.
-    reap_grace: seconds added to a pod's idle timeout before the safety net deletes it (covers
-        the gateway's coarse ``last-active`` checkpoint interval).
-    sandbox_delete_grace: seconds an expired Sandbox object stays (phase Expired) before it is
-        deleted when ``deleteAfterExpiry`` is set.
-    prestop_timeout_cap: upper bound in seconds on a preStop call made by a Session finalizer.
-    """
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
 
-    namespaces: tuple[str, ...] = ()
+    namespaces: Annotated[tuple[str, ...], Names(flag="--namespace", repeatable=True)] = ()
+    """Namespaces to serve, or kopf-style patterns (``team-*``, ``!kube-*``); empty: all. The flag repeats;
+    the environment variable is comma-separated."""
     peering: str | None = None
+    """kopf peering object name for HA (none: standalone, one replica)."""
     liveness: str = DEFAULT_LIVENESS
+    """kopf liveness endpoint URL (empty disables it)."""
     metrics: str = DEFAULT_METRICS
+    """Prometheus endpoint URL of the operator's ``voltgrid_operator_*`` metrics (empty disables it)."""
     gateway_service: str = DEFAULT_GATEWAY_SERVICE
+    """The gateway Service that Function URLs point at."""
     gateway_namespace: str = "voltgrid-system"
+    """Namespace of the gateway Service."""
     url_base: str | None = None
+    """Overrides the invoke-URL base (e.g. an Ingress host); the URL is ``<base>/fn/<namespace>/<function>/``."""
     sweep_interval: float = 10.0
+    """Seconds between passes of the ONE shared sweep over existing pods."""
     reap_grace: float = 300.0
+    """Seconds added to a pod's idle timeout before the safety net deletes it (covers the gateway's coarse
+    ``last-active`` checkpoint interval)."""
     sandbox_delete_grace: float = 60.0
+    """Seconds an expired Sandbox object stays (phase Expired) before it is deleted when ``deleteAfterExpiry``
+    is set."""
     prestop_timeout_cap: float = 30.0
+    """Upper bound in seconds on a preStop call made by a Session finalizer."""
 
-    def __post_init__(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> Self:
         for name in ("liveness", "metrics"):
             if url := getattr(self, name):
                 parse_http_endpoint(name, url)
@@ -109,29 +106,13 @@ class OperatorSettings:
                 " KopfPeering per served namespace, so name at least one namespace literally (it holds the"
                 " replicas' shared peering object), or serve the whole cluster"
             )
+        return self
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> OperatorSettings:
-        """Defaults overridden by ``VOLTGRID_OPERATOR_<FIELD>`` variables (namespaces comma-separated),
-        overridden by ``flags`` (field name -> value; checked together, so a flag can mend the env)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            if f.name == "namespaces":
-                values[f.name] = tuple(n.strip() for n in raw.split(",") if n.strip())
-            elif f.name in _FLOAT_FIELDS:
-                try:
-                    values[f.name] = float(raw)
-                except ValueError:
-                    raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected a number of seconds") from None
-            elif f.name in _OPTIONAL_FIELDS:
-                values[f.name] = raw or None
-            else:
-                values[f.name] = raw
-        return cls(**{**values, **(flags or {})})
+    def from_env(cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None) -> Self:
+        """Flags (field name -> value) over ``VOLTGRID_OPERATOR_<FIELD>`` variables (``os.environ`` by
+        default) over the ``VOLTGRID_OPERATOR_CONFIG`` file; checked together, so a flag can mend the env."""
+        return cls.load(env=os.environ if env is None else env, flags=flags)
 
     @property
     def watches_cluster(self) -> bool:

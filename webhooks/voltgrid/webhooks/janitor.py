@@ -21,7 +21,6 @@ list pods, sessions and functions cluster-wide.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -33,11 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
+import pydantic
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, start_http_server
+from pydantic_settings import SettingsConfigDict
 
 from voltgrid.api.common import parse_duration
+from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi
 from voltgrid.webhooks import contract as k
 from voltgrid.webhooks.catalog import Catalog, KubernetesCatalog, SessionCatalog
@@ -209,54 +211,34 @@ def _remove(decision: Decision, metrics: JanitorMetrics) -> Decision:
     return decision
 
 
-@dataclass(frozen=True)
-class JanitorSettings:
-    """``voltgrid janitor`` settings: flag > ``VOLTGRID_JANITOR_*`` environment > default."""
+def _duration(value: object) -> object:
+    """Go-style duration text (``168h``) as a timedelta; ValueError names what is wrong."""
+    return parse_duration(value) if isinstance(value, str) else value
 
-    root: Path
-    retention: timedelta
-    dry_run: bool
-    #: None: one pass and exit (CronJob); else run every interval (Deployment), metrics served.
-    interval: timedelta | None
-    metrics_port: int
-    kubeconfig: str | None
+
+class JanitorSettings(LayeredSettings):
+    """``voltgrid janitor`` settings: flag > ``VOLTGRID_JANITOR_*`` environment > ``--config`` file > default."""
+
+    model_config = SettingsConfigDict(env_prefix="VOLTGRID_JANITOR_", frozen=True)
+
+    root: Path = Path(DEFAULT_ROOT)
+    """Where the session-storage claim is mounted."""
+    retention: Annotated[timedelta, pydantic.BeforeValidator(_duration)] = parse_duration(DEFAULT_RETENTION)
+    """Retention when the Function sets none (Go duration, e.g. 168h)."""
+    dry_run: bool = False
+    """Remove nothing; report what would be removed."""
+    interval: Annotated[timedelta | None, pydantic.BeforeValidator(_duration)] = None
+    """Run every interval (e.g. 1h, a Deployment, metrics served) instead of one pass (a CronJob)."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """Port of the Prometheus metrics in loop mode."""
+    kubeconfig: Annotated[str | None, Names(env=("KUBECONFIG",))] = None
+    """Kubeconfig used outside a cluster."""
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> JanitorSettings:
-    p = argparse.ArgumentParser(prog="voltgrid janitor", description="Remove session directories past retention")
-    p.add_argument("--root", default=env.get("VOLTGRID_JANITOR_ROOT", DEFAULT_ROOT), help="where the claim is mounted")
-    p.add_argument(
-        "--retention",
-        default=env.get("VOLTGRID_JANITOR_RETENTION", DEFAULT_RETENTION),
-        help="retention when the Function sets none (Go duration, e.g. 168h)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=env.get("VOLTGRID_JANITOR_DRY_RUN", "").lower() in ("1", "true", "yes"),
-    )
-    p.add_argument(
-        "--interval",
-        default=env.get("VOLTGRID_JANITOR_INTERVAL") or None,
-        help="run every interval (e.g. 1h) instead of once",
-    )
-    p.add_argument(
-        "--metrics-port", type=int, default=int(env.get("VOLTGRID_JANITOR_METRICS_PORT", DEFAULT_METRICS_PORT))
-    )
-    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
-    args = p.parse_args(argv)
-    try:
-        retention = parse_duration(args.retention)
-        interval = parse_duration(args.interval) if args.interval else None
-    except ValueError as exc:
-        p.error(str(exc))
-    return JanitorSettings(
-        root=Path(args.root),
-        retention=retention,
-        dry_run=args.dry_run,
-        interval=interval,
-        metrics_port=args.metrics_port,
-        kubeconfig=args.kubeconfig,
+    """The command line over the environment over a ``--config`` file; SettingsError names a bad value."""
+    return JanitorSettings.parse(
+        argv, env, prog="voltgrid janitor", description="Remove session directories past retention"
     )
 
 
@@ -293,7 +275,11 @@ async def _main(settings: JanitorSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``voltgrid janitor``: one pass (or a loop with ``--interval``); returns the exit status."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    settings = parse_settings(argv, os.environ)
+    try:
+        settings = parse_settings(argv, os.environ)
+    except SettingsError as exc:
+        log.error("voltgrid janitor: %s", exc)
+        return 2
     if not settings.root.is_dir():
         log.error("voltgrid janitor: --root %s is not a directory (is the claim mounted?)", settings.root)
         return 1

@@ -9,12 +9,12 @@ rotating, cert-manager renewing, or the kubelet refreshing a mounted Secret — 
 keep its own CA (``--manage-certs``, :mod:`voltgrid.webhooks.certs`). The decisions are pure functions
 (:mod:`voltgrid.webhooks.mutate`, :mod:`voltgrid.webhooks.validate`); this module is transport only.
 
-Entry point: :func:`main` (``voltgrid webhook`` in the CLI). Settings: flag > environment > default.
+Entry point: :func:`main` (``voltgrid webhook`` in the CLI). Settings: :class:`WebhookSettings`, flag >
+environment > ``--config`` file > default (:mod:`voltgrid.api.settings`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -29,10 +29,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import pydantic
 from aiohttp import web
+from pydantic_settings import SettingsConfigDict
 
+from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 from voltgrid.errors import VoltgridError
 from voltgrid.webhooks import certs, mutate, validate
 from voltgrid.webhooks import contract as k
@@ -70,64 +73,74 @@ class ServerSettings:
     cert_poll_interval: float = CERT_POLL_INTERVAL
 
 
-def _env_list(value: str | None) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
+class WebhookSettings(LayeredSettings):
+    """What ``voltgrid webhook`` can be told (flag > ``VOLTGRID_WEBHOOK_*`` > ``--config`` file > default)."""
+
+    model_config = SettingsConfigDict(env_prefix="VOLTGRID_WEBHOOK_")
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = k.DEFAULT_PORT
+    """Port to listen on (HTTPS)."""
+    cert_dir: Path = Path("/etc/voltgrid/webhook-tls")
+    """Directory of the serving certificate's ``tls.crt`` and ``tls.key``."""
+    tls_cert: Path | None = None
+    """The serving certificate (default ``<cert_dir>/tls.crt``)."""
+    tls_key: Path | None = None
+    """The serving certificate's key (default ``<cert_dir>/tls.key``)."""
+    session_claims: Annotated[list[str], Names(flag="--session-claim", repeatable=True)] = pydantic.Field(
+        default_factory=list
+    )
+    """A claim holding session directories in every namespace, besides a pod's own annotation (the flag
+    repeats; the environment variable is comma-separated)."""
+    trusted_users: Annotated[list[str], Names(flag="--trusted-user", repeatable=True)] = pydantic.Field(
+        default_factory=list
+    )
+    """A user allowed to create session pods, e.g. system:serviceaccount:voltgrid-system:voltgrid-gateway (the
+    flag repeats; the environment variable is comma-separated); at least one is required."""
+    manage_certs: bool = False
+    """Generate and rotate our own CA (a Secret) and patch caBundle; off with cert-manager."""
+    namespace: Annotated[str, Names(env=("VOLTGRID_NAMESPACE", "POD_NAMESPACE"))] = "voltgrid-system"
+    """Namespace of the webhook's Service and of the own CA's Secret."""
+    service: str = "voltgrid-webhook"
+    """The webhook's Service (the serving certificate's DNS names)."""
+    secret: str = "voltgrid-webhook-tls"
+    """The Secret holding the own CA and serving pair (with ``manage_certs``)."""
+    configuration_prefix: str = "voltgrid"
+    """Prefix of the webhook configurations that get the CA bundle (``<prefix>-session-storage``,
+    ``<prefix>-session-isolation``)."""
+    extra_names: Annotated[list[str], Names(flag="--extra-name", repeatable=True)] = pydantic.Field(
+        default_factory=list
+    )
+    """Another DNS name or IP for the serving certificate (the flag repeats; the environment variable is
+    comma-separated)."""
+    kubeconfig: Annotated[str | None, Names(env=("KUBECONFIG",))] = None
+    """Kubeconfig used outside a cluster."""
 
 
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerSettings:
-    """Flags over ``VOLTGRID_WEBHOOK_*`` environment variables over defaults."""
-    p = argparse.ArgumentParser(prog="voltgrid webhook", description="Voltgrid admission webhooks over TLS")
-    p.add_argument("--host", default=env.get("VOLTGRID_WEBHOOK_HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(env.get("VOLTGRID_WEBHOOK_PORT", k.DEFAULT_PORT)))
-    default_dir = env.get("VOLTGRID_WEBHOOK_CERT_DIR", "/etc/voltgrid/webhook-tls")
-    p.add_argument("--tls-cert", default=env.get("VOLTGRID_WEBHOOK_TLS_CERT", f"{default_dir}/tls.crt"))
-    p.add_argument("--tls-key", default=env.get("VOLTGRID_WEBHOOK_TLS_KEY", f"{default_dir}/tls.key"))
-    p.add_argument(
-        "--session-claim",
-        action="append",
-        help="a claim holding session directories (repeatable; env VOLTGRID_WEBHOOK_SESSION_CLAIMS, comma-separated)",
+    """Flags over ``VOLTGRID_WEBHOOK_*`` environment variables over a ``--config`` file over defaults."""
+    given = WebhookSettings.parse(
+        argv, env, prog="voltgrid webhook", description="Voltgrid admission webhooks over TLS"
     )
-    p.add_argument(
-        "--trusted-user",
-        action="append",
-        help="a user allowed to create session pods, e.g. system:serviceaccount:voltgrid-system:voltgrid-gateway "
-        "(repeatable; env VOLTGRID_WEBHOOK_TRUSTED_USERS, comma-separated); at least one is required",
-    )
-    p.add_argument(
-        "--manage-certs",
-        action="store_true",
-        default=env.get("VOLTGRID_WEBHOOK_MANAGE_CERTS", "").lower() in ("1", "true", "yes"),
-        help="generate and rotate our own CA (Secret) and patch caBundle; off with cert-manager",
-    )
-    p.add_argument("--namespace", default=env.get("VOLTGRID_NAMESPACE", env.get("POD_NAMESPACE", "voltgrid-system")))
-    p.add_argument("--service", default=env.get("VOLTGRID_WEBHOOK_SERVICE", "voltgrid-webhook"))
-    p.add_argument("--secret", default=env.get("VOLTGRID_WEBHOOK_SECRET", "voltgrid-webhook-tls"))
-    p.add_argument("--configuration-prefix", default=env.get("VOLTGRID_WEBHOOK_CONFIGURATION_PREFIX", "voltgrid"))
-    p.add_argument(
-        "--extra-name",
-        action="append",
-        help="another DNS name or IP for the serving certificate (env VOLTGRID_WEBHOOK_EXTRA_NAMES)",
-    )
-    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"))
-    args = p.parse_args(argv)
-    prefix = args.configuration_prefix
+    prefix = given.configuration_prefix
     return ServerSettings(
-        tls_cert=Path(args.tls_cert),
-        tls_key=Path(args.tls_key),
-        host=args.host,
-        port=args.port,
-        session_claims=frozenset(args.session_claim or _env_list(env.get("VOLTGRID_WEBHOOK_SESSION_CLAIMS"))),
-        trusted_users=frozenset(args.trusted_user or _env_list(env.get("VOLTGRID_WEBHOOK_TRUSTED_USERS"))),
-        manage_certs=args.manage_certs,
+        tls_cert=given.tls_cert or given.cert_dir / "tls.crt",
+        tls_key=given.tls_key or given.cert_dir / "tls.key",
+        host=given.host,
+        port=given.port,
+        session_claims=frozenset(given.session_claims),
+        trusted_users=frozenset(given.trusted_users),
+        manage_certs=given.manage_certs,
         cert_settings=certs.CertSettings(
-            namespace=args.namespace,
-            service=args.service,
-            secret=args.secret,
+            namespace=given.namespace,
+            service=given.service,
+            secret=given.secret,
             mutating_configuration=f"{prefix}-session-storage",
             validating_configuration=f"{prefix}-session-isolation",
-            extra_names=tuple(args.extra_name or _env_list(env.get("VOLTGRID_WEBHOOK_EXTRA_NAMES"))),
+            extra_names=tuple(given.extra_names),
         ),
-        kubeconfig=args.kubeconfig,
+        kubeconfig=given.kubeconfig,
     )
 
 
@@ -315,7 +328,11 @@ async def serve(settings: ServerSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``voltgrid webhook``: serve the admission webhooks until terminated; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = parse_settings(argv, os.environ)
+    try:
+        settings = parse_settings(argv, os.environ)
+    except SettingsError as exc:
+        log.error("voltgrid webhook: %s", exc)
+        return 2
     if not settings.trusted_users:
         log.error(
             "voltgrid webhook: no --trusted-user (VOLTGRID_WEBHOOK_TRUSTED_USERS): name the service accounts "
