@@ -20,6 +20,7 @@ run: install  ## Run Voltgrid: the local cluster when no kube context is reachab
 
 test: install  ## Everything CI runs: lint, unit tests, end-to-end tests on a real cluster
 	$(MAKE) lint
+	$(MAKE) helm  # the chart's render tests in the unit stage use it (they skip without it outside CI)
 	$(MAKE) unit
 	$(MAKE) e2e
 
