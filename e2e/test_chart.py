@@ -320,8 +320,9 @@ def session_rows(ip: str) -> list[str]:
         return sorted(item["sessionId"] for item in json.loads(answer.read())["items"])
 
 
-async def mcp_conversation(hosts: list[str], tag: str, calls: int) -> None:
-    """One MCP session with the official SDK, its requests alternating between the gateway pods."""
+async def mcp_conversation(hosts: list[str], tag: str, started: asyncio.Queue[str], go: asyncio.Event) -> None:
+    """One MCP session with the official SDK, its requests alternating between the gateway pods: it
+    initializes, says so, waits for ``go``, then calls for 6 s (twice the Function's idleTimeout)."""
     client = httpx2.AsyncClient(transport=RoundRobin(hosts), timeout=httpx2.Timeout(30, read=300))
     async with (
         client,
@@ -330,7 +331,9 @@ async def mcp_conversation(hosts: list[str], tag: str, calls: int) -> None:
     ):
         await session.initialize()
         await session.call_tool("add_note", {"text": tag})
-        for _ in range(calls):  # spaced past the Function's idleTimeout in total, never idle that long
+        await started.put(tag)
+        await go.wait()
+        for _ in range(6):  # spaced past the Function's idleTimeout in total, never idle that long
             listed = await session.call_tool("list_notes", {})
             assert not listed.is_error, listed
             assert tag in json.dumps(listed.model_dump()), listed
@@ -353,10 +356,15 @@ async def test_mcp_sessions_across_two_gateway_pods(cluster: Any) -> None:
         ok(run(cluster, "kubectl", "wait", "-n", MCP_NS, "function/notes", *ready))
         hosts = gateway_pod_ips(cluster)
         assert len(hosts) == 2, hosts
-        tasks = [asyncio.create_task(mcp_conversation(hosts, f"note-{i}", calls=6)) for i in range(6)]
-        await asyncio.sleep(4)  # every conversation has initialized and is calling
+        started: asyncio.Queue[str] = asyncio.Queue()
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(mcp_conversation(hosts, f"note-{i}", started, go)) for i in range(6)]
+        async with asyncio.timeout(240):  # cold starts under gVisor
+            for _ in tasks:
+                await started.get()
         live = [session_rows(ip) for ip in hosts]
         assert live[0] == live[1] and len(live[0]) == 6, live  # once each, on both pods
+        go.set()
         await asyncio.gather(*tasks)
         deadline = time.monotonic() + 60
         while any(session_rows(ip) for ip in hosts):
