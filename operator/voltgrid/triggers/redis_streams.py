@@ -89,15 +89,22 @@ class RedisStreamConsumer:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
-                entries = await self._next_batch()
-                for entry_id, fields in entries:
-                    if entry_id in self._mine:
-                        continue
-                    await self._slots.acquire()
-                    self._mine.add(entry_id)
-                    task = asyncio.create_task(self._handle(entry_id, fields))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                await self._slots.acquire()  # read nothing while ``prefetch`` entries are in flight
+                held = True
+                try:
+                    for entry_id, fields in await self._next_batch(self._prefetch - len(self._mine)):
+                        if entry_id in self._mine:
+                            continue
+                        if not held:
+                            await self._slots.acquire()  # free: the batch was sized to the free slots
+                        held = False
+                        self._mine.add(entry_id)
+                        task = asyncio.create_task(self._handle(entry_id, fields))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                finally:
+                    if held:
+                        self._slots.release()
         finally:
             for task in tasks:
                 task.cancel()
@@ -105,9 +112,8 @@ class RedisStreamConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _next_batch(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Stuck entries of dead replicas first, then new ones (blocking up to ``block``)."""
-        free = max(1, self._prefetch - len(self._mine))
+    async def _next_batch(self, free: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``free`` entries: stuck ones of dead replicas first, then new ones (blocking up to ``block``)."""
         claimed: Any = await self.redis.xautoclaim(
             self.stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms, count=free
         )
