@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
@@ -103,7 +104,7 @@ def message_event(message: Message, source: str, event_type: str) -> CloudEvent:
     return CloudEvent(attributes, message.body)
 
 
-def delivery(url: str, event: CloudEvent, policy: SessionPolicy, key: str | None) -> Delivery:
+def delivery(url: str, event: BaseCloudEvent, policy: SessionPolicy, key: str | None) -> Delivery:
     """The binary-mode POST of ``event`` to ``url`` with the session key where affinity reads it."""
     message = to_binary_event(event)
     headers = dict(message.headers)
