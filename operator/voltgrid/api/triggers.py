@@ -134,7 +134,7 @@ def check_schedule(schedule: str) -> str:
 
 
 class Cron(Model):
-    """A timer: a CloudEvent of type ``dev.voltgrid.cron.tick`` with ``data`` at each tick."""
+    """A timer: at each tick, a CloudEvent of type dev.voltgrid.cron.tick whose body is data."""
 
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=128)] = Field(
         description="A 5-field cron expression ('*/5 * * * *') or '@every 10s'."
