@@ -1,10 +1,13 @@
 """``voltgrid triggers``: the dispatcher process (cron timers, queue consumers, the CloudEvents ingress).
 
-Functions come from ``--functions`` (a YAML file of Function objects, re-read when it changes) and
-broker URLs from ``--secrets`` (a directory laid out like mounted Secrets:
-``<dir>/<namespace>/<secret>/<key>``). One HTTP port serves the ingress (``POST /events/<ns>``),
-``/metrics`` and ``/healthz``. SIGTERM stops it: messages in flight stay unacknowledged, so the
-brokers hand them to another replica.
+In a cluster (no ``--functions``) it LISTs the Functions every ``--resync`` seconds, reads the
+Secrets their queue triggers name, and shares cron ticks with the other replicas through one Lease
+per cron trigger in ``--lease-namespace``. Outside one (``voltgrid dev``, tests) Functions come
+from ``--functions`` (a YAML file, re-read when it changes) and broker URLs from ``--secrets`` (a
+directory laid out like mounted Secrets: ``<dir>/<namespace>/<secret>/<key>``); cron ticks are then
+this process's own. One HTTP port serves the ingress (``POST /events/<ns>``), ``/metrics`` and
+``/healthz``. SIGTERM stops it: messages in flight stay unacknowledged, so the brokers hand them
+to another replica.
 """
 
 from __future__ import annotations
@@ -13,37 +16,51 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
 import aiohttp
 import yaml
 from aiohttp import web
+from kubernetes_asyncio import client, config
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef
+from voltgrid.errors import CredentialsError
+from voltgrid.triggers.cron import MemoryLedger, TickLedger
 from voltgrid.triggers.dispatch import Dispatcher
 from voltgrid.triggers.ingress import Ingress, ingress_app
-from voltgrid.triggers.runner import Runner, plan
+from voltgrid.triggers.kubesource import KubeSource, lookup
+from voltgrid.triggers.leases import LeaseLedger
+from voltgrid.triggers.runner import Runner, SecretLookup, plan
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 8090
 #: How often the Functions file is checked for changes.
-RELOAD_INTERVAL: Final = 2.0
+FILE_RELOAD_INTERVAL: Final = 2.0
+#: How often the cluster's Functions are listed again.
+DEFAULT_RESYNC: Final = 10.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="voltgrid triggers", description="The trigger dispatcher: cron, queues, ingress.")
     p.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://voltgrid-gateway:8080")
-    p.add_argument("--functions", type=Path, required=True, help="YAML file of Function objects (multi-document)")
-    p.add_argument("--secrets", type=Path, default=None, help="directory <namespace>/<secret>/<key> of broker URLs")
+    p.add_argument("--functions", type=Path, default=None, help="YAML file of Functions (default: the cluster's)")
+    p.add_argument("--secrets", type=Path, default=None, help="with --functions: <namespace>/<secret>/<key> files")
+    p.add_argument("--resync", type=float, default=DEFAULT_RESYNC, help="seconds between LISTs of the cluster")
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "voltgrid-system"),
+        help="namespace of the cron Leases (default: $POD_NAMESPACE, else voltgrid-system)",
+    )
     p.add_argument("--host", default="0.0.0.0", help="address of the ingress and metrics port")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"ingress and metrics port (default {DEFAULT_PORT})")
     p.add_argument("--replica", default=socket.gethostname(), help="this replica's consumer name (default: hostname)")
@@ -52,14 +69,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def load_functions(path: Path) -> list[Function]:
     """Every Function in the file; other kinds are ignored, an invalid Function is a named error."""
-    out = []
-    for doc in yaml.safe_load_all(path.read_text()):
-        if isinstance(doc, dict) and doc.get("kind") == "Function":
-            out.append(Function.model_validate(doc))
-    return out
+    return [
+        Function.model_validate(doc)
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "Function"
+    ]
 
 
-def secret_files(root: Path | None) -> Callable[[str, SecretKeyRef], str | None]:
+def secret_files(root: Path | None) -> SecretLookup:
     def lookup(namespace: str, ref: SecretKeyRef) -> str | None:
         if root is None:
             return None
@@ -69,11 +86,43 @@ def secret_files(root: Path | None) -> Callable[[str, SecretKeyRef], str | None]
     return lookup
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+Loaded = tuple[list[Function], SecretLookup]
+
+
+async def from_file(args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[Loaded]:
+    """The file's Functions each time it changes (a file that does not load keeps the last ones)."""
+    seen: float | None = None
+    while not stop.is_set():
+        mtime = args.functions.stat().st_mtime if args.functions.exists() else None
+        if mtime != seen:
+            seen = mtime
+            try:
+                yield (load_functions(args.functions) if mtime is not None else []), secret_files(args.secrets)
+            except (OSError, yaml.YAMLError, ValidationError) as e:
+                log.error("%s not loaded, the running triggers stay: %s", args.functions, e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), FILE_RELOAD_INTERVAL)
+
+
+async def from_cluster(source: KubeSource, args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[Loaded]:
+    """The cluster's Functions and their Secrets, listed again every ``--resync`` seconds."""
+    while not stop.is_set():
+        try:
+            functions, secrets = await source.load()
+            yield functions, lookup(secrets)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.error("cannot list Functions, the running triggers stay: %s", e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.resync)
+
+
+async def serve(
+    args: argparse.Namespace, stop: asyncio.Event, loads: AsyncIterator[Loaded], ledger: TickLedger
+) -> None:
     async with aiohttp.ClientSession() as http:
         dispatcher = Dispatcher(http)
         ingress = Ingress(dispatcher)
-        runner = Runner(dispatcher, ingress, args.replica)
+        runner = Runner(dispatcher, ingress, args.replica, ledger)
         app = ingress_app(ingress)
 
         async def metrics(_: web.Request) -> web.Response:
@@ -87,32 +136,32 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         site_runner = web.AppRunner(app, shutdown_timeout=5.0)
         await site_runner.setup()
         await web.TCPSite(site_runner, args.host, args.port).start()
-        log.info("voltgrid triggers: listening on %s:%d, gateway %s", args.host, args.port, args.gateway)
-        seen: float | None = None
+        log.info("listening on %s:%d, delivering to %s", args.host, args.port, args.gateway)
         try:
-            while not stop.is_set():
-                mtime = args.functions.stat().st_mtime if args.functions.exists() else None
-                if mtime != seen:
-                    seen = mtime
-                    await reload(args, runner)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RELOAD_INTERVAL)
+            async for functions, secrets in loads:
+                jobs, routes, problems = plan(args.gateway, functions, secrets)
+                for problem in problems:
+                    log.error("%s", problem)
+                await runner.apply(jobs, routes)
+                log.info("%d jobs, %d ingress routes", len(jobs), len(routes))
         finally:
             await runner.close()
             await site_runner.cleanup()
 
 
-async def reload(args: argparse.Namespace, runner: Runner) -> None:
+async def kube_client() -> client.ApiClient:
+    """The in-cluster service account, else the kubeconfig; CredentialsError names why neither works."""
     try:
-        functions = load_functions(args.functions) if args.functions.exists() else []
-    except (OSError, yaml.YAMLError, ValidationError) as e:
-        log.error("voltgrid triggers: %s not loaded, keeping the triggers running: %s", args.functions, e)
-        return
-    jobs, routes, problems = plan(args.gateway, functions, secret_files(args.secrets))
-    for problem in problems:
-        log.error("voltgrid triggers: %s", problem)
-    await runner.apply(jobs, routes)
-    log.info("voltgrid triggers: %d jobs, %d ingress routes", len(jobs), len(routes))
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            await config.load_kube_config()
+        except (config.ConfigException, OSError, ValueError) as e:
+            raise CredentialsError(
+                "without --functions, voltgrid triggers reads the cluster's Functions and needs Kubernetes"
+                f" credentials: not in a cluster, and the kubeconfig cannot be used: {e}"
+            ) from None
+    return client.ApiClient()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args, stop)
+        if args.functions is not None:
+            await serve(args, stop, from_file(args, stop), MemoryLedger())
+            return
+        api = await kube_client()
+        try:
+            ledger = LeaseLedger(api, args.lease_namespace, args.replica)
+            await serve(args, stop, from_cluster(KubeSource(api), args, stop), ledger)
+        finally:
+            await api.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except CredentialsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
