@@ -67,7 +67,7 @@ async def test_entries_stay_pending_until_2xx_and_a_dead_replicas_are_taken_over
     stream, ids = await add(client, 40)
     target = make_target(sink)
     sink.hold = asyncio.Event()
-    async with background(consumer(client, stream, "replica-a", dispatcher, target).run()):
+    async with background(consumer(client, stream, "replica-a", dispatcher, target, claim_idle=30).run()):
         await wait_until(lambda: len(sink.received) == 10, what="replica-a's prefetch in flight")
         assert await pending(client, stream) == 10  # read, not acknowledged
     # replica-a died holding 10 entries; replica-b reads the other 30 and claims those 10 once idle.
@@ -77,6 +77,17 @@ async def test_entries_stay_pending_until_2xx_and_a_dead_replicas_are_taken_over
         await wait_until(lambda: dispatcher.metrics.delivered.labels(target.name)._value.get() == 40)
     assert await pending(client, stream) == 0
     assert sorted(sink.ids()) == sorted(ids + ids[:10])  # duplicates only around the crash
+
+
+async def test_lag_is_what_no_replica_has_read_yet(client: aioredis.Redis, sink: Sink, dispatcher: Dispatcher) -> None:
+    stream, _ = await add(client, 25)
+    target = make_target(sink)
+    sink.hold = asyncio.Event()
+    lag = dispatcher.metrics.lag.labels(target.name)
+    async with background(consumer(client, stream, "replica-a", dispatcher, target, claim_idle=0.3).run()):
+        await wait_until(lambda: lag._value.get() == 15, what="a lag of 25 entries minus the 10 read")
+        sink.hold.set()
+        await wait_until(lambda: lag._value.get() == 0, what="no lag once all are read")
 
 
 async def test_slow_delivery_is_not_taken_over(client: aioredis.Redis, sink: Sink, dispatcher: Dispatcher) -> None:

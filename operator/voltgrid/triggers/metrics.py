@@ -24,3 +24,9 @@ class TriggerMetrics:
             "voltgrid_trigger_skipped", "Cron ticks not fired (catch-up Skip, concurrency Forbid)", labels, registry=r
         )
         self.in_flight = Gauge("voltgrid_trigger_in_flight", "Events being delivered now", labels, registry=r)
+        self.lag = Gauge(
+            "voltgrid_trigger_lag",
+            "Entries no replica has read yet (a Redis Streams consumer group's lag)",
+            labels,
+            registry=r,
+        )

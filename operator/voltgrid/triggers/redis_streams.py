@@ -156,10 +156,19 @@ class RedisStreamConsumer:
         """Reset the idle time of the entries being delivered, so no other replica claims them.
 
         One task for all of them, every third of ``claim_idle``: XCLAIM to ourselves with JUSTID
-        changes nothing but the idle clock.
+        changes nothing but the idle clock. The same beat reports the group's lag.
         """
         while True:
             await asyncio.sleep(self.claim_idle_ms / 3000)
             if self._mine:
                 ids: list[int | bytes | str | memoryview[int]] = list(self._mine)
                 await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+            await self._report_lag()
+
+    async def _report_lag(self) -> None:
+        """The group's lag (entries not yet read by any replica), as the trigger's lag gauge."""
+        groups: Any = await self.redis.xinfo_groups(self.stream)
+        for group in groups:
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.group and group.get("lag") is not None:
+                self.dispatcher.metrics.lag.labels(self.target.name).set(group["lag"])
