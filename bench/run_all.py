@@ -52,6 +52,9 @@ BENCHES: Final = (
         ["--requests", "2000", "--duration", "5", "--rounds", "2"],
         ["--requests", "20", "--concurrency", "2", "--no-throughput"],
     ),
+    Bench(
+        "bench_triggers.py", ["--n", "5000", "--latency-n", "300"], ["--n", "50", "--latency-n", "5", "--rounds", "1"]
+    ),
     Bench("bench_pod_start.py", ["--n", "10"], ["--n", "1"], needs_cluster=True),
     Bench("bench_functions_scale.py", ["-n", "2000"], ["-n", "10"], needs_cluster=True),
 )

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the local cluster runs on (up.sh, e2e/images): etcd, containerd,
 # runc, gVisor (runsc), the CNI plugins, the image tools (umoci, skopeo, gcc for the static pause
-# binary, busybox-static and python3 for the Python image), and the network tools the kubelet and
-# kube-proxy call. Only missing packages are installed; `apt-get update` runs once, when needed.
+# binary, busybox-static and python3 for the Python image), the network tools the kubelet and
+# kube-proxy call, and the message brokers the trigger tests consume from (rabbitmq-server,
+# redis-server: tests/brokers.py starts private ones on loopback; the packages' own services, if
+# the package starts them, use other ports and are left alone). Only missing packages are installed; `apt-get update` runs once, when needed.
 # The Kubernetes binaries themselves come from build-k8s.sh (Go module), not from here. Services the
 # packages may start (etcd on :2379, containerd on /run/containerd) do not clash with the harness's
 # own ports, sockets and state dir, so they are left alone.
@@ -12,6 +14,7 @@ packages=(
   etcd-server containerd runc runsc containernetworking-plugins
   umoci skopeo gcc libc6-dev busybox-static python3.11 ca-certificates
   ipset conntrack iptables iproute2 socat util-linux mount curl openssl
+  rabbitmq-server redis-server
 )
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: needs root (apt-get)" >&2; exit 1; }
 

@@ -26,3 +26,11 @@ class ClusterError(VoltgridError):
 
 class CredentialsError(VoltgridError):
     """No usable Kubernetes credentials: neither a service account nor a readable kubeconfig."""
+
+
+class TriggerError(VoltgridError):
+    """An event trigger cannot do what it was asked (the dispatcher and its CloudEvents ingress)."""
+
+
+class MalformedEventError(TriggerError):
+    """A request to the CloudEvents ingress is not a valid CloudEvent (or batch); the message says why."""

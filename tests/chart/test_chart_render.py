@@ -54,6 +54,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("token-secret", {"gateway": {"internalToken": {"existingSecret": "mine"}}}, []),
     ("api-token", {"gateway": {"apiToken": {"existingSecret": "operators"}}}, []),
     ("namespace", {"namespace": {"create": True}}, []),
+    ("triggers", {"triggers": {"enabled": True, "secretNamespaces": ["shop", "bank"]}}, []),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -133,18 +134,21 @@ def test_pods_are_hardened(rendered: tuple[str, list[dict[str, Any]]]) -> None:
             assert "privileged" not in sc, name
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
             assert container["image"] == "voltgrid/voltgrid:0.1.0", name
-            assert container["args"][0] in {"operator", "gateway", "webhook", "janitor", "gpu-slicer"}, name
+            assert container["args"][0] in {"operator", "gateway", "webhook", "janitor", "gpu-slicer", "triggers"}, name
 
 
 def test_every_rbac_rule_is_bounded(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    """No wildcards, no secrets beyond the webhook's own, no escalation verbs."""
+    """No wildcards, no escalation verbs; secrets only in the webhook's own namespace, and `get` for the
+    trigger dispatcher in the namespaces the values list (broker URLs)."""
     _, docs = rendered
     for doc in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
         for rule in doc["rules"]:
             where = f"{doc['kind']}/{doc['metadata']['name']}: {rule}"
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], where
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), where
-            if "secrets" in rule["resources"]:
+            if "secrets" in rule["resources"] and doc["metadata"]["name"].endswith("-triggers"):
+                assert doc["kind"] == "Role" and rule["verbs"] == ["get"], where
+            elif "secrets" in rule["resources"]:
                 assert doc["kind"] == "Role" and doc["metadata"]["name"].endswith("-webhook"), where
                 assert set(rule["verbs"]) <= {"get", "update", "create"}, where
 
@@ -251,6 +255,37 @@ def check_options(name: str, docs: list[dict[str, Any]]) -> None:
         assert not kinds & {"PersistentVolumeClaim", "CronJob"}
     elif name == "namespace":
         assert one(docs, "Namespace", NAMESPACE)
+    elif name == "triggers":
+        check_triggers(docs)
+    if name != "triggers":
+        assert not [d for d in docs if d["metadata"]["name"] == "voltgrid-triggers"]  # opt-in
+
+
+def check_triggers(docs: list[dict[str, Any]]) -> None:
+    deployment = one(docs, "Deployment", "voltgrid-triggers")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == [
+        "triggers",
+        "--gateway",
+        f"http://voltgrid-gateway.{NAMESPACE}.svc:80",
+        "--port",
+        "8090",
+    ]
+    assert env_of(deployment)["POD_NAMESPACE"] is None  # from the downward API
+    assert deployment["spec"]["replicas"] == 2
+    secret_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "voltgrid-triggers"]
+    by_ns = {r["metadata"]["namespace"]: r["rules"] for r in secret_roles}
+    assert by_ns[NAMESPACE] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    for ns in ("shop", "bank"):
+        assert by_ns[ns] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    bindings = {
+        b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "voltgrid-triggers"
+    }
+    assert bindings == {NAMESPACE, "shop", "bank"}
+    (rule,) = one(docs, "ClusterRole", "voltgrid-triggers")["rules"]
+    assert rule == {"apiGroups": ["voltgrid.dev"], "resources": ["functions"], "verbs": ["list"]}
 
 
 def test_case_specifics(rendered: tuple[str, list[dict[str, Any]]]) -> None:

@@ -28,6 +28,7 @@ from voltgrid.api.common import (
     parse_duration,
 )
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
+from voltgrid.api.triggers import Trigger
 
 HttpPath = Annotated[
     str,
@@ -130,10 +131,23 @@ class FunctionSpec(Model):
     sessions: SessionPolicy = Field(default_factory=SessionPolicy)
     scaling: Scaling = Field(default_factory=Scaling)
     storage: Storage | None = None
+    triggers: list[Trigger] = Field(
+        default_factory=list,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Event sources (cron, CloudEvents, queues) delivered through the gateway; see docs/triggers.md.",
+    )
 
     @model_validator(mode="after")
     def _gpu(self) -> Self:
         check_gpu(self.resources.gpu)
+        return self
+
+    @model_validator(mode="after")
+    def _trigger_names(self) -> Self:
+        names = [t.name for t in self.triggers]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"trigger names must be unique: {', '.join(dupes)} repeated")
         return self
 
 

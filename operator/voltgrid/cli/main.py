@@ -64,6 +64,7 @@ DELEGATED = {
     "webhook": ("voltgrid.webhooks.server", "admission webhooks: session storage and isolation policy (TLS)"),
     "janitor": ("voltgrid.webhooks.janitor", "remove session directories past their retention"),
     "gpu-slicer": ("voltgrid.gpu_slicer.main", "kubelet device plugin for fractional GPUs"),
+    "triggers": ("voltgrid.triggers.main", "the trigger dispatcher: cron, queues, the CloudEvents ingress"),
 }
 
 

@@ -1,0 +1,114 @@
+"""Pure builders: the HTTP request that delivers one event, and where its session key comes from.
+
+Delivery is CloudEvents 1.0 in binary mode (the cloudevents SDK writes the ``ce-*`` headers), so a
+handler reads its body as the raw payload and its metadata from headers; the distributed-tracing
+extension's ``traceparent`` becomes the W3C header the gateway continues its trace from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings.http import to_binary_event
+from cloudevents.core.v1.event import CloudEvent
+
+from voltgrid.api import constants as c
+from voltgrid.api.function import Affinity, SessionPolicy
+from voltgrid.api.triggers import SessionFrom, SessionSource
+
+#: The longest session key the gateway accepts as is (its affinity middleware refuses longer ones).
+MAX_SESSION_KEY: Final = 256
+#: Prefix of a session key derived by hashing a value the gateway would refuse (too long, not ASCII).
+HASHED_KEY_PREFIX: Final = "evt-"
+MCP_SESSION_HEADER: Final = "Mcp-Session-Id"
+TRACEPARENT: Final = "traceparent"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a broker handed us, broker-neutral: body, headers (AMQP headers, stream fields), key."""
+
+    id: str
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One HTTP request to the gateway."""
+
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def invoke_url(gateway: str, namespace: str, function: str, path: str) -> str:
+    """``<gateway>/fn/<namespace>/<function><path>``: the same URL a client calls."""
+    return f"{gateway.rstrip('/')}{c.INVOKE_PATH_PREFIX}{namespace}/{function}{quote(path, safe='/:@!$&()*+,;=-._~%')}"
+
+
+def usable_key(value: str) -> str:
+    """A session key the gateway accepts: the value itself, or a stable hash of it.
+
+    Hashing keeps "same value, same session" for values the gateway's affinity would refuse
+    (longer than 256 characters, not printable ASCII), instead of dropping the event.
+    """
+    if value and len(value) <= MAX_SESSION_KEY and value.isascii() and value.isprintable():
+        return value
+    return HASHED_KEY_PREFIX + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+def session_key(source: SessionFrom | None, attributes: Mapping[str, Any], message: Message | None) -> str | None:
+    """The event's session key per its trigger's ``session``, or None (delivered session-less)."""
+    if source is None:
+        return None
+    raw: Any = None
+    if source.source is SessionSource.FIXED:
+        raw = source.name
+    elif source.source is SessionSource.ATTRIBUTE:
+        raw = attributes.get(source.name or "")
+    elif message is not None and source.source is SessionSource.HEADER:
+        raw = message.headers.get(source.name or "")
+    elif message is not None and source.source is SessionSource.KEY:
+        raw = message.key
+    return usable_key(str(raw)) if raw not in (None, "") else None
+
+
+def affinity_headers(policy: SessionPolicy, key: str | None) -> dict[str, str]:
+    """The header(s) that carry ``key`` the way the Function's affinity reads it."""
+    if key is None or policy.affinity is Affinity.NONE:
+        return {}
+    if policy.affinity is Affinity.HEADER:
+        return {policy.header: key}
+    if policy.affinity is Affinity.COOKIE:
+        return {"Cookie": f"{policy.cookie}={key}"}
+    return {MCP_SESSION_HEADER: key}
+
+
+def message_event(message: Message, source: str, event_type: str) -> CloudEvent:
+    """A queue message as a CloudEvent: its id, the broker as source, its bytes as data."""
+    attributes: dict[str, Any] = {"id": message.id, "source": source, "type": event_type}
+    if message.content_type:
+        attributes["datacontenttype"] = message.content_type
+    if message.key:
+        attributes["subject"] = message.key
+    if traceparent := message.headers.get(TRACEPARENT):
+        attributes[TRACEPARENT] = traceparent
+    return CloudEvent(attributes, message.body)
+
+
+def delivery(url: str, event: BaseCloudEvent, policy: SessionPolicy, key: str | None) -> Delivery:
+    """The binary-mode POST of ``event`` to ``url`` with the session key where affinity reads it."""
+    message = to_binary_event(event)
+    headers = dict(message.headers)
+    if traceparent := event.get_attributes().get(TRACEPARENT):
+        headers[TRACEPARENT] = str(traceparent)  # the W3C header: the gateway's span continues it
+    headers.update(affinity_headers(policy, key))
+    return Delivery(url, headers, message.body)
