@@ -1,0 +1,49 @@
+"""``python -m voltgrid.sandbox_agent``: serve the agent API in a sandbox.
+
+The token comes from ``VOLTGRID_SANDBOX_TOKEN`` or the file ``VOLTGRID_SANDBOX_TOKEN_FILE`` names —
+never a flag, which any process could read from ``ps``. Flags take precedence over the other
+``VOLTGRID_SANDBOX_*`` variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from voltgrid.sandbox_agent.server import TOKEN_ENV, AgentSettings, build_app
+
+DEFAULT_PORT: Final = 49999
+DEFAULT_WORKSPACE: Final = "/workspace"
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[AgentSettings, str, int]:
+    """Settings, host and port from flags over the environment."""
+    parser = argparse.ArgumentParser(prog="python -m voltgrid.sandbox_agent", description=__doc__)
+    parser.add_argument("--host", default=environ.get("VOLTGRID_SANDBOX_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(environ.get("VOLTGRID_SANDBOX_PORT", DEFAULT_PORT)))
+    parser.add_argument("--workspace", default=environ.get("VOLTGRID_SANDBOX_WORKSPACE", DEFAULT_WORKSPACE))
+    args = parser.parse_args(argv)
+    token = environ.get(TOKEN_ENV, "")
+    if not token and (path := environ.get(f"{TOKEN_ENV}_FILE")):
+        token = Path(path).read_text().strip()
+    return AgentSettings(token=token, workspace=args.workspace), args.host, args.port
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings, host, port = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+    except ValueError as exc:
+        sys.exit(f"voltgrid sandbox agent: {exc}")
+    web.run_app(build_app(settings, os.environ), host=host, port=port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""The agent's HTTP API: execution, contexts, commands and files, each call authorised by the token.
+
+Routes (JSON in, JSON or NDJSON out; errors ``{"error": {"code", "message"}}``):
+
+==========================================  ===================================================
+``GET /health``                             liveness for the kubelet; the only call without a token
+``POST /execute``                           ``{code, language?, contextId?, timeout?}`` → NDJSON events
+``POST /contexts`` / ``GET /contexts``      create ``{language, cwd?}`` / list
+``POST /contexts/{id}/restart|interrupt``   restart the kernel / interrupt what it runs
+``DELETE /contexts/{id}``                   stop the kernel or shell
+``POST /commands`` / ``GET /commands``      run ``{cmd, cwd?, env?, timeout?}`` → NDJSON / list
+``POST /commands/{id}/stdin|signal``        raw bytes (``?close=true`` sends EOF) / ``{signal}``
+``PUT|GET|DELETE /files/{path}``            upload or download raw bytes (streamed) / delete
+``GET /stat/{path}``, ``GET|POST /dirs/{path}``  stat / list or make a directory
+==========================================  ===================================================
+
+The token arrives as ``Authorization: Bearer …`` and is compared in constant time; it is removed
+from the environment the executed code and commands see, so code cannot echo it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from voltgrid.sandbox_agent.commands import Commands
+from voltgrid.sandbox_agent.contexts import Context, Event, new_context
+from voltgrid.sandbox_agent.errors import AgentError, bad_request, conflict, not_found
+from voltgrid.sandbox_agent.workspace import Workspace, split
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV: Final = "VOLTGRID_SANDBOX_TOKEN"
+MIN_TOKEN_CHARS: Final = 16
+MAX_JSON_BYTES: Final = 4 * 1024 * 1024
+FILE_CHUNK: Final = 1024 * 1024
+NDJSON: Final = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How one sandbox's agent runs; built by ``__main__`` from flags over the environment."""
+
+    token: str
+    """The per-sandbox bearer token; at least 16 characters, never logged."""
+    workspace: str
+    """The directory the files API serves and contexts start in (``/workspace`` in the images)."""
+    default_timeout: float = 300.0
+    """An execution or command without its own ``timeout`` is interrupted after this many seconds."""
+    max_timeout: float = 3600.0
+    """The longest ``timeout`` a caller may ask for: a sandbox is short-lived by design."""
+    idle_timeout: float = 60.0
+    """An upload or stdin body that sends nothing for this long is refused with 408, not waited on."""
+    max_contexts: int = 16
+    """Each context is a process (a kernel ~50 MiB); the sandbox's limits bound the rest."""
+
+    def __post_init__(self) -> None:
+        if len(self.token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the sandbox token must have at least {MIN_TOKEN_CHARS} characters")
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of executed code: the agent's own, without the token."""
+    return {k: v for k, v in environ.items() if not k.startswith(TOKEN_ENV)}
+
+
+@dataclass
+class _Slot:
+    id: str
+    context: Context
+    lock: asyncio.Lock
+
+    def describe(self) -> dict[str, Any]:
+        c = self.context
+        return {"id": self.id, "language": c.language, "cwd": c.cwd, "executionCount": c.execution_count}
+
+
+class Agent:
+    """The state of one sandbox's agent: its contexts (default one per language) and commands."""
+
+    def __init__(self, settings: AgentSettings, env: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.workspace = Workspace(os.path.realpath(settings.workspace))
+        self.env = dict(env)
+        self.contexts: dict[str, _Slot] = {}
+        self.defaults: dict[str, str] = {}
+        self._defaults_lock = asyncio.Lock()
+        self.commands = Commands(self.env)
+
+    def directory(self, rel: str) -> str:
+        """The absolute path of a workspace directory named by a caller (no ``..``, no symlinks)."""
+        if self.workspace.stat(rel)["type"] != "dir":
+            raise bad_request(f"cwd {rel!r} is not a directory")
+        return os.path.join(self.workspace.root, *split(rel))
+
+    async def create(self, language: str, cwd: str) -> _Slot:
+        if len(self.contexts) >= self.settings.max_contexts:
+            raise conflict(f"this sandbox already has {self.settings.max_contexts} contexts; delete one first")
+        context = new_context(language, self.directory(cwd), self.env)
+        await context.start()
+        slot = _Slot(secrets.token_hex(8), context, asyncio.Lock())
+        self.contexts[slot.id] = slot
+        return slot
+
+    def slot(self, context_id: str) -> _Slot:
+        try:
+            return self.contexts[context_id]
+        except KeyError:
+            raise not_found(f"no context {context_id!r}") from None
+
+    async def default(self, language: str) -> _Slot:
+        """The language's default context, made on first use (once, however many requests race for it)."""
+        async with self._defaults_lock:
+            if language not in self.defaults:
+                self.defaults[language] = (await self.create(language, "")).id
+            return self.contexts[self.defaults[language]]
+
+    async def delete(self, context_id: str) -> None:
+        slot = self.contexts.pop(context_id, None)
+        if slot is None:
+            raise not_found(f"no context {context_id!r}")
+        self.defaults = {k: v for k, v in self.defaults.items() if v != context_id}
+        await slot.context.stop()
+
+    async def close(self) -> None:
+        for context_id in list(self.contexts):
+            await self.delete(context_id)
+
+    def timeout(self, body: Mapping[str, Any]) -> float:
+        value = body.get("timeout", self.settings.default_timeout)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= self.settings.max_timeout:
+            raise bad_request(f"timeout must be a number of seconds in (0, {self.settings.max_timeout:g}]")
+        return float(value)
+
+
+AGENT: Final = web.AppKey("voltgrid.sandbox_agent", Agent)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AgentError as e:
+        logger.info("refused %s %s: %s %s", request.method, request.path, e.status, e.message)
+        return _error(e.status, e.code, e.message)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+    except Exception:
+        logger.exception("unexpected error handling %s %s", request.method, request.path)
+        return _error(500, "internal", "the sandbox agent failed unexpectedly; this is a bug")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/health":
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    expected = request.app[AGENT].settings.token
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise AgentError(401, "unauthorized", "a valid 'Authorization: Bearer <sandbox token>' header is required")
+    return await handler(request)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise AgentError(413, "body_too_large", f"a JSON body may have at most {MAX_JSON_BYTES} bytes")
+    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise AgentError(413, "body_too_large", f"a JSON body may have at most {MAX_JSON_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """``body[name]`` checked to be a ``kind`` (a JSON ``true`` is no number); ``default`` when absent."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise bad_request(f"{name!r} must be a {_JSON_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+_JSON_NAMES: Final = {str: "string", dict: "object", list: "list", bool: "boolean"}
+
+
+async def _stream(request: web.Request, events: AsyncGenerator[Event, None]) -> web.StreamResponse:
+    """NDJSON, one event a line, flushed as each happens; errors before the first event stay 4xx."""
+    async with aclosing(events) as it:
+        first = await anext(it)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
+        await response.prepare(request)
+        await response.write(json.dumps(first).encode() + b"\n")
+        async for event in it:
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def execute(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    body = await _json(request)
+    code = _field(body, "code", str)
+    if code is None:
+        raise bad_request("'code' is required")
+    language = _field(body, "language", str)
+    context_id = _field(body, "contextId", str)
+    timeout = agent.timeout(body)
+    if context_id is not None:
+        slot = agent.slot(context_id)
+        if language is not None and language != slot.context.language:
+            raise bad_request(f"context {context_id} runs {slot.context.language}, not {language}")
+    else:
+        slot = await agent.default(language or "python")
+    try:
+        async with asyncio.timeout(timeout):
+            await slot.lock.acquire()
+    except TimeoutError:
+        raise AgentError(409, "context_busy", f"context {slot.id} stayed busy for the whole timeout") from None
+    try:
+        return await _stream(request, slot.context.execute(code, timeout))
+    finally:
+        slot.lock.release()
+
+
+async def create_context(request: web.Request) -> web.Response:
+    body = await _json(request)
+    language = _field(body, "language", str, "python")
+    slot = await request.app[AGENT].create(language, _field(body, "cwd", str, ""))
+    return web.json_response(slot.describe(), status=201)
+
+
+async def list_contexts(request: web.Request) -> web.Response:
+    return web.json_response([s.describe() for s in request.app[AGENT].contexts.values()])
+
+
+async def context_action(request: web.Request) -> web.Response:
+    slot = request.app[AGENT].slot(request.match_info["id"])
+    if request.match_info["action"] == "interrupt":
+        await slot.context.interrupt()
+    else:
+        async with slot.lock:
+            await slot.context.restart()
+    return web.json_response(slot.describe())
+
+
+async def delete_context(request: web.Request) -> web.Response:
+    await request.app[AGENT].delete(request.match_info["id"])
+    return web.json_response({}, status=200)
+
+
+async def run_command(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    body = await _json(request)
+    cmd = body.get("cmd")
+    if isinstance(cmd, str) and cmd:
+        argv = ["bash", "-c", cmd]
+    elif isinstance(cmd, list) and cmd and all(isinstance(a, str) for a in cmd):
+        argv = cmd
+    else:
+        raise bad_request("'cmd' must be a shell command string or a non-empty list of strings (argv)")
+    env = _field(body, "env", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise bad_request("'env' must map names to strings")
+    cwd = agent.directory(_field(body, "cwd", str, ""))
+    return await _stream(request, agent.commands.run(argv, cwd, env, agent.timeout(body)))
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT].commands.describe())
+
+
+async def command_stdin(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    command = agent.commands.get(request.match_info["id"])
+    close = request.query.get("close", "false").lower() in ("1", "true", "yes")
+    written = await command.write_stdin(_body_chunks(request, agent.settings.idle_timeout), close)
+    return web.json_response({"written": written, "closed": close})
+
+
+async def command_signal(request: web.Request) -> web.Response:
+    command = request.app[AGENT].commands.get(request.match_info["id"])
+    name = _field(await _json(request), "signal", str)
+    if name is None:
+        raise bad_request("'signal' is required, e.g. 'SIGTERM'")
+    command.signal(name)
+    return web.json_response(command.describe())
+
+
+async def _body_chunks(request: web.Request, idle: float) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
+        except TimeoutError:
+            raise AgentError(408, "body_timeout", f"the request body sent nothing for {idle:g} s") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+async def put_file(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    upload = agent.workspace.open_write(request.match_info["path"])
+    try:
+        async for chunk in _body_chunks(request, agent.settings.idle_timeout):
+            await asyncio.to_thread(upload.write, chunk)
+        upload.commit()
+    finally:
+        upload.abort()
+    return web.json_response(agent.workspace.stat(request.match_info["path"]), status=201)
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    fd, size = request.app[AGENT].workspace.open_read(request.match_info["path"])
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(os.read, fd, FILE_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    recursive = request.query.get("recursive", "false").lower() in ("1", "true", "yes")
+    request.app[AGENT].workspace.delete(request.match_info["path"], recursive=recursive)
+    return web.json_response({})
+
+
+async def stat_path(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT].workspace.stat(request.match_info["path"]))
+
+
+async def list_dir(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT].workspace.listdir(request.match_info["path"]))
+
+
+async def make_dir(request: web.Request) -> web.Response:
+    return web.json_response(request.app[AGENT].workspace.mkdir(request.match_info["path"]), status=201)
+
+
+def build_app(settings: AgentSettings, environ: Mapping[str, str]) -> web.Application:
+    app = web.Application(middlewares=[errors, auth])
+    agent = Agent(settings, child_env(environ))
+    app[AGENT] = agent
+    r = app.router
+    r.add_get("/health", health)
+    r.add_post("/execute", execute)
+    r.add_post("/contexts", create_context)
+    r.add_get("/contexts", list_contexts)
+    r.add_post("/contexts/{id}/{action:restart|interrupt}", context_action)
+    r.add_delete("/contexts/{id}", delete_context)
+    r.add_post("/commands", run_command)
+    r.add_get("/commands", list_commands)
+    r.add_post("/commands/{id}/stdin", command_stdin)
+    r.add_post("/commands/{id}/signal", command_signal)
+    r.add_put("/files/{path:.*}", put_file)
+    r.add_get("/files/{path:.*}", get_file)
+    r.add_delete("/files/{path:.*}", delete_file)
+    r.add_get("/stat/{path:.*}", stat_path)
+    r.add_get("/dirs/{path:.*}", list_dir)
+    r.add_post("/dirs/{path:.*}", make_dir)
+
+    async def _close(app: web.Application) -> None:
+        await agent.close()
+
+    app.on_shutdown.append(_close)
+    return app
