@@ -122,7 +122,12 @@ class Workspace:
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, DIR_MODE, dir_fd=fd)
-                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except NotADirectoryError:  # Linux answers ENOTDIR for a symlink here: name it as one
+                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, "symlink") from None
+                    raise
                 os.close(fd)
                 fd = nxt
             yield fd
