@@ -14,9 +14,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from voltgrid.sandbox_agent.server import AgentSettings, build_app
+from voltgrid.sandbox_agent.agent import AgentSettings
+from voltgrid.sandbox_agent.server import build_app
 
 TOKEN = "sandbox-test-token-0123456789"
+POOL_SECRET = "pool-secret-of-the-template-0123"
 
 
 def free_port() -> int:
@@ -57,8 +59,8 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
     async def start(**overrides: Any) -> Agent:
         workspace = tmp_path / "ws"
         workspace.mkdir(exist_ok=True)
-        settings = AgentSettings(token=TOKEN, workspace=str(workspace), **overrides)
-        environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN}
+        settings = AgentSettings(workspace=str(workspace), **{"token": TOKEN, **overrides})
+        environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_POOL_SECRET": POOL_SECRET}
         runner = web.AppRunner(build_app(settings, environ), shutdown_timeout=1.0)
         await runner.setup()
         port = free_port()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TOKEN, Agent, text_of
 from voltgrid.sandbox_agent.__main__ import settings_from
-from voltgrid.sandbox_agent.server import AgentSettings, child_env
+from voltgrid.sandbox_agent.agent import AgentSettings, child_env
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ async def test_every_call_without_the_right_token_is_401(
 
 async def test_health_needs_no_token(agent: Agent) -> None:
     async with httpx.AsyncClient(base_url=agent.url) as anonymous:
-        assert (await anonymous.get("/health")).json() == {"status": "ok"}
+        assert (await anonymous.get("/health")).json() == {"status": "ok", "claimed": True}
 
 
 async def test_executed_code_and_commands_do_not_see_the_token(agent: Agent) -> None:
@@ -53,14 +53,17 @@ async def test_executed_code_and_commands_do_not_see_the_token(agent: Agent) -> 
 def test_settings_refuse_a_short_token_and_read_a_token_file(tmp_path: object) -> None:
     with pytest.raises(ValueError, match="at least 16"):
         AgentSettings(token="short", workspace="/tmp")
+    with pytest.raises(ValueError, match="exactly one"):
+        AgentSettings(token=TOKEN, pool_secret=TOKEN, workspace="/tmp")
     env = {"VOLTGRID_SANDBOX_TOKEN_FILE": "/dev/null", "VOLTGRID_SANDBOX_PORT": "1234"}
-    with pytest.raises(ValueError, match="at least 16"):
+    with pytest.raises(ValueError, match="exactly one"):
         settings_from([], env)
+    pool, _, _ = settings_from(["--prewarm", "python,bash"], {"VOLTGRID_SANDBOX_POOL_SECRET": TOKEN})
+    assert (pool.pool_secret, pool.token, pool.prewarm) == (TOKEN, "", ("python", "bash"))
     settings, host, port = settings_from(["--port", "4321"], {"VOLTGRID_SANDBOX_TOKEN": TOKEN, **env})
     assert (settings.token, host, port) == (TOKEN, "0.0.0.0", 4321)
-    assert child_env({"VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_TOKEN_FILE": "f", "HOME": "/h"}) == {
-        "HOME": "/h"
-    }
+    secret_env = {"VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_TOKEN_FILE": "f", "HOME": "/h"}
+    assert child_env({**secret_env, "VOLTGRID_SANDBOX_POOL_SECRET": "s"}) == {"HOME": "/h"}
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,7 @@ class Command:
 class Commands:
     """The commands running in this sandbox, by id."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = dict(env)
+    def __init__(self) -> None:
         self._running: dict[str, Command] = {}
 
     def get(self, command_id: str) -> Command:
@@ -95,7 +94,7 @@ class Commands:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=cwd,
-                env={**self._env, **env},
+                env=dict(env),
                 start_new_session=True,
             )
         except FileNotFoundError:

@@ -25,6 +25,7 @@ import asyncio
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import tempfile
@@ -53,6 +54,7 @@ class Context(Protocol):
 
     async def start(self) -> None: ...
     def execute(self, code: str, time_limit: float) -> AsyncGenerator[Event, None]: ...
+    async def set_env(self, env: Mapping[str, str]) -> None: ...
     async def interrupt(self) -> None: ...
     async def restart(self) -> None: ...
     async def stop(self) -> None: ...
@@ -130,6 +132,14 @@ class PythonContext:
         content = reply["content"]
         self.execution_count = content.get("execution_count", self.execution_count)
         yield _end("ok" if content["status"] == "ok" else "error", self.execution_count, started)
+
+    async def set_env(self, env: Mapping[str, str]) -> None:
+        """Into the running kernel (silently: no output, no execution count) and any restarted one."""
+        self._env.update(env)
+        code = f"import os as _vg_os\n_vg_os.environ.update({dict(env)!r})\ndel _vg_os"
+        await self._client.execute_interactive(
+            code, silent=True, store_history=False, timeout=KERNEL_READY_TIMEOUT, output_hook=lambda _m: None
+        )
 
     async def _stop_runaway(self) -> None:
         """Interrupt code that outlived its execution; restart the kernel if it ignores SIGINT."""
@@ -282,6 +292,11 @@ class BashContext:
         if exit_code != 0:
             yield {"type": "error", "name": "ExitCode", "value": str(exit_code), "traceback": []}
         yield _end("ok" if exit_code == 0 else "error", self.execution_count, started)
+
+    async def set_env(self, env: Mapping[str, str]) -> None:
+        """Exported in the running shell (idle: nothing runs before a claim) and any restarted one."""
+        self._env.update(env)
+        self._send("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
 
     async def _recover(self, token: str) -> None:
         """After a timeout or an abandoned execution: interrupt; restart the shell if it does not settle."""

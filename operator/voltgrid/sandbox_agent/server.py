@@ -4,6 +4,7 @@ Routes (JSON in, JSON or NDJSON out; errors ``{"error": {"code", "message"}}``):
 
 ==========================================  ===================================================
 ``GET /health``                             liveness for the kubelet; the only call without a token
+``POST /claim``                             ``{token, env?}`` with the pool secret: once, when claimed
 ``POST /execute``                           ``{code, language?, contextId?, timeout?}`` → NDJSON events
 ``POST /contexts`` / ``GET /contexts``      create ``{language, cwd?}`` / list
 ``POST /contexts/{id}/restart|interrupt``   restart the kernel / interrupt what it runs
@@ -21,127 +22,25 @@ from the environment the executed code and commands see, so code cannot echo it 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from voltgrid.sandbox_agent.commands import Commands
-from voltgrid.sandbox_agent.contexts import Context, Event, new_context
-from voltgrid.sandbox_agent.errors import AgentError, bad_request, conflict, not_found
-from voltgrid.sandbox_agent.workspace import Workspace, split
+from voltgrid.sandbox_agent.agent import Agent, AgentSettings, child_env
+from voltgrid.sandbox_agent.contexts import Event
+from voltgrid.sandbox_agent.errors import AgentError, bad_request
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV: Final = "VOLTGRID_SANDBOX_TOKEN"
-MIN_TOKEN_CHARS: Final = 16
 MAX_JSON_BYTES: Final = 4 * 1024 * 1024
 FILE_CHUNK: Final = 1024 * 1024
 NDJSON: Final = "application/x-ndjson"
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    """How one sandbox's agent runs; built by ``__main__`` from flags over the environment."""
-
-    token: str
-    """The per-sandbox bearer token; at least 16 characters, never logged."""
-    workspace: str
-    """The directory the files API serves and contexts start in (``/workspace`` in the images)."""
-    default_timeout: float = 300.0
-    """An execution or command without its own ``timeout`` is interrupted after this many seconds."""
-    max_timeout: float = 3600.0
-    """The longest ``timeout`` a caller may ask for: a sandbox is short-lived by design."""
-    idle_timeout: float = 60.0
-    """An upload or stdin body that sends nothing for this long is refused with 408, not waited on."""
-    max_contexts: int = 16
-    """Each context is a process (a kernel ~50 MiB); the sandbox's limits bound the rest."""
-
-    def __post_init__(self) -> None:
-        if len(self.token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the sandbox token must have at least {MIN_TOKEN_CHARS} characters")
-
-
-def child_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of executed code: the agent's own, without the token."""
-    return {k: v for k, v in environ.items() if not k.startswith(TOKEN_ENV)}
-
-
-@dataclass
-class _Slot:
-    id: str
-    context: Context
-    lock: asyncio.Lock
-
-    def describe(self) -> dict[str, Any]:
-        c = self.context
-        return {"id": self.id, "language": c.language, "cwd": c.cwd, "executionCount": c.execution_count}
-
-
-class Agent:
-    """The state of one sandbox's agent: its contexts (default one per language) and commands."""
-
-    def __init__(self, settings: AgentSettings, env: Mapping[str, str]) -> None:
-        self.settings = settings
-        self.workspace = Workspace(os.path.realpath(settings.workspace))
-        self.env = dict(env)
-        self.contexts: dict[str, _Slot] = {}
-        self.defaults: dict[str, str] = {}
-        self._defaults_lock = asyncio.Lock()
-        self.commands = Commands(self.env)
-
-    def directory(self, rel: str) -> str:
-        """The absolute path of a workspace directory named by a caller (no ``..``, no symlinks)."""
-        if self.workspace.stat(rel)["type"] != "dir":
-            raise bad_request(f"cwd {rel!r} is not a directory")
-        return os.path.join(self.workspace.root, *split(rel))
-
-    async def create(self, language: str, cwd: str) -> _Slot:
-        if len(self.contexts) >= self.settings.max_contexts:
-            raise conflict(f"this sandbox already has {self.settings.max_contexts} contexts; delete one first")
-        context = new_context(language, self.directory(cwd), self.env)
-        await context.start()
-        slot = _Slot(secrets.token_hex(8), context, asyncio.Lock())
-        self.contexts[slot.id] = slot
-        return slot
-
-    def slot(self, context_id: str) -> _Slot:
-        try:
-            return self.contexts[context_id]
-        except KeyError:
-            raise not_found(f"no context {context_id!r}") from None
-
-    async def default(self, language: str) -> _Slot:
-        """The language's default context, made on first use (once, however many requests race for it)."""
-        async with self._defaults_lock:
-            if language not in self.defaults:
-                self.defaults[language] = (await self.create(language, "")).id
-            return self.contexts[self.defaults[language]]
-
-    async def delete(self, context_id: str) -> None:
-        slot = self.contexts.pop(context_id, None)
-        if slot is None:
-            raise not_found(f"no context {context_id!r}")
-        self.defaults = {k: v for k, v in self.defaults.items() if v != context_id}
-        await slot.context.stop()
-
-    async def close(self) -> None:
-        for context_id in list(self.contexts):
-            await self.delete(context_id)
-
-    def timeout(self, body: Mapping[str, Any]) -> float:
-        value = body.get("timeout", self.settings.default_timeout)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= self.settings.max_timeout:
-            raise bad_request(f"timeout must be a number of seconds in (0, {self.settings.max_timeout:g}]")
-        return float(value)
 
 
 AGENT: Final = web.AppKey("voltgrid.sandbox_agent", Agent)
@@ -172,10 +71,12 @@ def _error(status: int, code: str, message: str) -> web.Response:
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/health":
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    expected = request.app[AGENT].settings.token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    agent = request.app[AGENT]
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    if request.path == "/claim" and request.method == "POST" and agent.is_pool_secret(given):
+        return await handler(request)
+    if not agent.authorised(given):
         raise AgentError(401, "unauthorized", "a valid 'Authorization: Bearer <sandbox token>' header is required")
     return await handler(request)
 
@@ -222,7 +123,20 @@ async def _stream(request: web.Request, events: AsyncGenerator[Event, None]) -> 
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Served once the prewarmed contexts run (the app starts serving after them): readiness too."""
+    return web.json_response({"status": "ok", "claimed": bool(request.app[AGENT].token)})
+
+
+async def claim(request: web.Request) -> web.Response:
+    body = await _json(request)
+    token = _field(body, "token", str)
+    if token is None:
+        raise bad_request("'token' is required")
+    env = _field(body, "env", dict, {})
+    if not all(isinstance(v, str) for v in env.values()):
+        raise bad_request("'env' must map names to strings")
+    await request.app[AGENT].claim(token, env)
+    return web.json_response({"claimed": True})
 
 
 async def execute(request: web.Request) -> web.StreamResponse:
@@ -291,7 +205,7 @@ async def run_command(request: web.Request) -> web.StreamResponse:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise bad_request("'env' must map names to strings")
     cwd = agent.directory(_field(body, "cwd", str, ""))
-    return await _stream(request, agent.commands.run(argv, cwd, env, agent.timeout(body)))
+    return await _stream(request, agent.commands.run(argv, cwd, {**agent.env, **env}, agent.timeout(body)))
 
 
 async def list_commands(request: web.Request) -> web.Response:
@@ -376,6 +290,7 @@ def build_app(settings: AgentSettings, environ: Mapping[str, str]) -> web.Applic
     app[AGENT] = agent
     r = app.router
     r.add_get("/health", health)
+    r.add_post("/claim", claim)
     r.add_post("/execute", execute)
     r.add_post("/contexts", create_context)
     r.add_get("/contexts", list_contexts)
@@ -392,8 +307,12 @@ def build_app(settings: AgentSettings, environ: Mapping[str, str]) -> web.Applic
     r.add_get("/dirs/{path:.*}", list_dir)
     r.add_post("/dirs/{path:.*}", make_dir)
 
+    async def _prewarm(app: web.Application) -> None:
+        await agent.prewarm()
+
     async def _close(app: web.Application) -> None:
         await agent.close()
 
+    app.on_startup.append(_prewarm)
     app.on_shutdown.append(_close)
     return app
