@@ -125,7 +125,7 @@ INVALID = [
             "metadata": {"name": "both-set"},
             "spec": {"image": "x", "functionRef": "echo"},
         },
-        "exactly one of image, functionRef and templateRef",
+        "exactly one of image and functionRef",
     ),
     (
         "sandbox-bad-cidr",

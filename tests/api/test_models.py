@@ -85,8 +85,8 @@ def test_session_rejects(spec: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({}, "exactly one of image, functionRef and templateRef"),
-        ({"image": "x", "functionRef": "echo"}, "exactly one of image, functionRef and templateRef"),
+        ({}, "exactly one of image and functionRef"),
+        ({"image": "x", "functionRef": "echo"}, "exactly one of image and functionRef"),
         ({"image": "x", "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"}, "at most one of ttl"),
         ({"image": "x", "storage": {"claimName": "c"}}, "storage needs sessionRef"),
         ({"image": "x", "network": {"egress": [{"cidr": "not-a-cidr"}]}}, "cidr"),

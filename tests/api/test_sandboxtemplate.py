@@ -1,4 +1,4 @@
-"""The SandboxTemplate model and CRD: pool bounds, secure defaults, the /scale subresource, templateRef."""
+"""The SandboxTemplate model and CRD: pool bounds, secure defaults, the /scale subresource."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from voltgrid.api import Sandbox, SandboxTemplate, crdgen
+from voltgrid.api import SandboxTemplate, crdgen
 
 
 def test_template_defaults_are_secure_and_the_pool_empty() -> None:
@@ -63,23 +63,3 @@ def test_template_crd_serves_scale_for_an_hpa() -> None:
 @pytest.mark.parametrize("kind", ["Function", "Session", "Sandbox"])
 def test_other_crds_have_no_scale(kind: str) -> None:
     assert "scale" not in _crd(kind)["spec"]["versions"][0]["subresources"]
-
-
-@pytest.mark.parametrize(
-    ("spec", "ok"),
-    [
-        ({"templateRef": "python"}, True),
-        ({"image": "x"}, True),
-        ({"functionRef": "f"}, True),
-        ({"templateRef": "python", "image": "x"}, False),
-        ({"templateRef": "python", "functionRef": "f"}, False),
-        ({"image": "x", "functionRef": "f", "templateRef": "t"}, False),
-        ({"templateRef": "Not_A_Name"}, False),
-    ],
-)
-def test_sandbox_names_exactly_one_of_image_function_and_template(spec: dict[str, Any], ok: bool) -> None:
-    if ok:
-        Sandbox.model_validate({"spec": spec})
-    else:
-        with pytest.raises(ValidationError):
-            Sandbox.model_validate({"spec": spec})

@@ -89,10 +89,6 @@ class SandboxStorage(Model):
 class SandboxSpec(Model):
     image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     function_ref: ObjectName | None = Field(default=None, description="Take image and command from a Function.")
-    template_ref: ObjectName | None = Field(
-        default=None,
-        description="Take image, env, resources, isolation and network from a SandboxTemplate.",
-    )
     command: list[str] | None = None
     args: list[str] | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=256)
@@ -107,10 +103,7 @@ class SandboxSpec(Model):
     session_ref: SessionId | None = Field(default=None, description="The session whose directory it sees.")
 
     CEL: ClassVar = [
-        cel(
-            "(has(self.image) ? 1 : 0) + (has(self.functionRef) ? 1 : 0) + (has(self.templateRef) ? 1 : 0) == 1",
-            "exactly one of image, functionRef and templateRef must be set",
-        ),
+        cel("has(self.image) != has(self.functionRef)", "exactly one of image and functionRef must be set"),
         cel("!(has(self.ttl) && has(self.expiresAt))", "set at most one of ttl and expiresAt"),
         cel(
             "!has(self.storage) || (has(self.sessionRef) && has(self.functionRef))",
@@ -121,8 +114,8 @@ class SandboxSpec(Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Self:
-        if [self.image, self.function_ref, self.template_ref].count(None) != 2:
-            raise ValueError("exactly one of image, functionRef and templateRef must be set")
+        if (self.image is None) == (self.function_ref is None):
+            raise ValueError("exactly one of image and functionRef must be set")
         if self.ttl is not None and self.expires_at is not None:
             raise ValueError("set at most one of ttl and expiresAt")
         if self.storage is not None and (self.session_ref is None or self.function_ref is None):
