@@ -61,7 +61,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
         workspace.mkdir(exist_ok=True)
         settings = AgentSettings(workspace=str(workspace), **{"token": TOKEN, **overrides})
         environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_POOL_SECRET": POOL_SECRET}
-        runner = web.AppRunner(build_app(settings, environ), shutdown_timeout=1.0)
+        runner = web.AppRunner(build_app(settings, environ), shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()

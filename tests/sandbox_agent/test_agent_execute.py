@@ -6,7 +6,10 @@ import asyncio
 import base64
 import json
 
+import pytest
+
 from conftest import Agent, text_of
+from voltgrid.sandbox_agent.contexts import EndMarker
 
 # A 1x1 PNG: the bytes IPython's Image display sends back base64-encoded as image/png.
 PNG = base64.b64decode(
@@ -130,3 +133,35 @@ async def test_a_busy_context_makes_a_second_execution_wait(agent: Agent) -> Non
     first = await slow
     assert (first[0]["data"]["text/plain"], first[-1]["execution_count"]) == ("'first'", 1)
     assert (second[0]["data"]["text/plain"], second[-1]["execution_count"]) == ("'second'", 2)
+
+
+async def test_a_client_that_goes_away_stops_its_python_code(agent: Agent) -> None:
+    sleeper = "import time\nprint('go', flush=True)\ntime.sleep(60)\nprint('finished')"
+    async with agent.client.stream("POST", "/execute", json={"code": sleeper}) as stream:
+        assert json.loads(await anext(stream.aiter_lines()))["text"] == "go\n"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    after = await agent.events("/execute", {"code": "'free'", "timeout": 20})
+    assert after[0]["data"]["text/plain"] == "'free'" and loop.time() - started < 10
+
+
+async def test_a_client_that_goes_away_stops_its_bash_code(agent: Agent) -> None:
+    async with agent.client.stream("POST", "/execute", json={"language": "bash", "code": "echo go; sleep 60"}) as s:
+        assert json.loads(await anext(s.aiter_lines()))["text"] == "go\n"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    after = await agent.events("/execute", {"language": "bash", "code": "echo free", "timeout": 20})
+    assert text_of(after) == "free\n" and loop.time() - started < 10
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 7, 64])
+def test_bash_marker_is_found_across_any_split_and_output_is_not_held_back(chunk: int) -> None:
+    token = b"__END_abc__"
+    stream = b"out _E __ line\n" + token + b"0\n"
+    marker = EndMarker(token)
+    emitted = b""
+    for i in range(0, len(stream), chunk):
+        emitted += marker.feed(stream[i : i + chunk])
+    assert (emitted, marker.found, marker.trailer) == (b"out _E __ line\n", True, b"0")
+    assert EndMarker(token).feed(b"go\n") == b"go\n"  # nothing that could start the marker waits
+    assert EndMarker(token).feed(b"go __E") == b"go "

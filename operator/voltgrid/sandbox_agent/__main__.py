@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings, host, port = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
     except ValueError as exc:
         sys.exit(f"voltgrid sandbox agent: {exc}")
-    web.run_app(build_app(settings, os.environ), host=host, port=port, print=None)
+    # handler_cancellation: a client that goes away stops its execution or command at once, not at
+    # the next line of output.
+    web.run_app(build_app(settings, os.environ), host=host, port=port, print=None, handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ def _from_iopub(msg: dict[str, Any]) -> Event | None:
 
 
 @dataclass
-class _Marker:
+class EndMarker:
     """Finds the end-of-execution marker in a byte stream that may split it across reads."""
 
     token: bytes
@@ -204,8 +204,16 @@ class _Marker:
                 self.found = True
                 self.trailer = self.buffer[len(self.token) : end - at]
             return out
-        keep = len(self.token) - 1
-        out, self.buffer = self.buffer[: max(0, len(self.buffer) - keep)], self.buffer[-keep:]
+        # Hold back only a tail that could be the marker's start, so output is never delayed otherwise.
+        keep = next(
+            (
+                k
+                for k in range(min(len(self.token) - 1, len(self.buffer)), 0, -1)
+                if self.buffer.endswith(self.token[:k])
+            ),
+            0,
+        )
+        out, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
         return out
 
 
@@ -258,7 +266,7 @@ class BashContext:
         _write_cell(cell, code)
         self._send(f". {cell} </dev/null; printf '{token}%d\\n' $?; printf '{token}\\n' >&2\n")
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        out_marker, err_marker = _Marker(token.encode()), _Marker(token.encode())
+        out_marker, err_marker = EndMarker(token.encode()), EndMarker(token.encode())
         readers = [
             asyncio.ensure_future(_pump(self._proc.stdout, "stdout", out_marker, queue)),
             asyncio.ensure_future(_pump(self._proc.stderr, "stderr", err_marker, queue)),
@@ -336,7 +344,7 @@ def _write_cell(path: str, code: str) -> None:
     Path(path).write_text(code if code.endswith("\n") else code + "\n")
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, marker: _Marker, queue: asyncio.Queue[Event | None]) -> None:
+async def _pump(stream: asyncio.StreamReader, name: str, marker: EndMarker, queue: asyncio.Queue[Event | None]) -> None:
     """Forward one pipe's output as events until the marker; ``None`` once done."""
     try:
         while not marker.found:
