@@ -22,6 +22,7 @@ context stays usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -320,7 +321,8 @@ class BashContext:
 
     async def interrupt(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
-            os.killpg(self._proc.pid, signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):  # exited, not reaped yet
+                os.killpg(self._proc.pid, signal.SIGINT)
 
     async def restart(self) -> None:
         await self.stop()
@@ -329,8 +331,9 @@ class BashContext:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited, not reaped yet
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         if self._cells:
             for name in os.listdir(self._cells):
