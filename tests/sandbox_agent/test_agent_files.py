@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import TOKEN, Agent, StartAgent
 from voltgrid.sandbox_agent.errors import AgentError
@@ -170,3 +172,18 @@ async def test_a_stalled_upload_gets_408(start_agent: StartAgent) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
     assert b"body_timeout" in answer
     assert os.listdir(agent.workspace) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "..", ".", "", "b c", "%2e", "\u00e9", "x" * 10]), max_size=12))
+def test_split_never_yields_a_component_that_leaves_the_root(components: list[str]) -> None:
+    path = "/".join(components)
+    try:
+        parts = split(path)
+    except AgentError as err:
+        assert err.status in (400, 403)
+        assert ".." in components or "." in components
+        return
+    assert all(p not in ("", ".", "..") and "/" not in p for p in parts)
+    root = "/ws"
+    assert os.path.normpath(os.path.join(root, *parts)).startswith(root)

@@ -44,8 +44,11 @@ WATCH_TIMEOUT_S: Final = 30
 HTTP_NOT_FOUND: Final = 404
 HTTP_CONFLICT: Final = 409
 TERMINAL_PHASES: Final = ("Failed", "Succeeded")
-#: Every pod of an instance (sandbox pods are Voltgrid pods too, but never instances).
-INSTANCE_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE}!={podspec.Role.SANDBOX}"
+#: Every pod of an instance (sandbox and sandbox-pool pods are Voltgrid pods too, but never instances):
+#: named by the roles it has, so a new kind of Voltgrid pod is never taken for an instance.
+INSTANCE_SELECTOR: Final = (
+    f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE} in ({podspec.Role.INSTANCE},{podspec.Role.WARM})"
+)
 
 PodBuilder = Callable[[Function, str, bool], dict[str, Any]]
 
