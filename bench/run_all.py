@@ -52,6 +52,7 @@ BENCHES: Final = (
         ["--requests", "2000", "--duration", "5", "--rounds", "2"],
         ["--requests", "20", "--concurrency", "2", "--no-throughput"],
     ),
+    Bench("bench_sandbox_agent.py", ["--n", "200", "--mib", "1024"], ["--n", "3", "--mib", "2"]),
     Bench("bench_pod_start.py", ["--n", "10"], ["--n", "1"], needs_cluster=True),
     Bench("bench_functions_scale.py", ["-n", "2000"], ["-n", "10"], needs_cluster=True),
 )
