@@ -134,3 +134,25 @@ async def test_command_timeout_kills_it_and_its_children(agent: Agent) -> None:
     assert loop.time() - started < 10
     assert events[-1]["timed_out"] is True and events[-1]["signal"] == "SIGKILL"
     assert "never" not in text_of(events)
+
+
+async def test_a_command_whose_client_goes_away_is_killed_with_its_group(agent: Agent) -> None:
+    async with agent.client.stream("POST", "/commands", json={"cmd": "sleep 60 & echo $!; wait"}) as stream:
+        lines = stream.aiter_lines()
+        start = json.loads(await anext(lines))
+        child = int(json.loads(await anext(lines))["text"])
+    for _ in range(200):
+        if (await agent.client.get("/commands")).json() == [] and not _alive(child) and not _alive(start["pid"]):
+            break
+        await asyncio.sleep(0.05)
+    assert (await agent.client.get("/commands")).json() == []
+    assert not _alive(child) and not _alive(start["pid"])
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
