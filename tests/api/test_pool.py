@@ -24,7 +24,7 @@ def pods(text: str) -> list[PoolPod]:
 
 
 def spec(**kw: int) -> SandboxTemplateSpec:
-    return SandboxTemplateSpec.model_validate({"image": "img", **kw})
+    return SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s", **kw})
 
 
 @pytest.mark.parametrize(
@@ -107,8 +107,8 @@ def test_a_claim_takes_the_oldest_ready_pod_of_the_current_revision(observed: st
     ],
 )
 def test_template_hash_changes_only_with_what_a_pod_is_made_of(change: dict[str, object], rolls_out: bool) -> None:
-    base = SandboxTemplateSpec.model_validate({"image": "img"})
-    changed = SandboxTemplateSpec.model_validate({"image": "img", **change})
+    base = SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s"})
+    changed = SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s", **change})
     assert (template_hash(base) != template_hash(changed)) is rolls_out
     assert len(template_hash(base)) == 10
 

@@ -15,12 +15,15 @@ from voltgrid.errors import SpecError
 
 def template(**spec: Any) -> SandboxTemplate:
     return SandboxTemplate.model_validate(
-        {"metadata": {"name": "py", "namespace": "team", "uid": "u-1"}, "spec": {"image": "img", **spec}}
+        {
+            "metadata": {"name": "py", "namespace": "team", "uid": "u-1"},
+            "spec": {"image": "img", "poolSecretName": "s", **spec},
+        }
     )
 
 
 def build(t: SandboxTemplate, runtime: str | None = "gvisor") -> dict[str, Any]:
-    return podspec.build_pool_pod(t, suffix="x1y2", template_hash="abc123", runtime_class_name=runtime, secret_name="s")
+    return podspec.build_pool_pod(t, suffix="x1y2", template_hash="abc123", runtime_class_name=runtime)
 
 
 def test_pool_pod_is_labelled_owned_and_isolated() -> None:
@@ -60,7 +63,7 @@ def test_pool_pod_runtime_class(runtime: str | None, has_class: bool) -> None:
 
 
 def test_pool_pod_needs_an_owner_identity() -> None:
-    t = SandboxTemplate.model_validate({"metadata": {"name": "py"}, "spec": {"image": "img"}})
+    t = SandboxTemplate.model_validate({"metadata": {"name": "py"}, "spec": {"image": "img", "poolSecretName": "s"}})
     with pytest.raises(SpecError, match="uid"):
         build(t)
 

@@ -309,12 +309,13 @@ POOL_SECRET_KEY: Final = "pool-secret"
 
 
 def build_pool_pod(
-    template: SandboxTemplate, *, suffix: str, template_hash: str, runtime_class_name: str | None, secret_name: str
+    template: SandboxTemplate, *, suffix: str, template_hash: str, runtime_class_name: str | None
 ) -> Manifest:
     """A warm sandbox of ``template``'s pool: the agent, prewarmed, waiting for its one claim.
 
-    The agent reads the pool's secret from a Secret (never a literal in the pod spec, which anyone
-    who can list pods would read); a claim replaces it with the claimant's token inside the agent.
+    The agent reads the pool's secret from the template's Secret (never a literal in the pod spec,
+    which anyone who can list pods would read); a claim replaces it with the claimant's token inside
+    the agent.
     ``suffix`` tells the pool's pods apart (the caller draws it); ``template_hash`` is its revision.
     """
     meta = template.metadata
@@ -326,7 +327,7 @@ def build_pool_pod(
     env.append(
         {
             "name": "VOLTGRID_SANDBOX_POOL_SECRET",
-            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": POOL_SECRET_KEY}},
+            "valueFrom": {"secretKeyRef": {"name": spec.pool_secret_name, "key": POOL_SECRET_KEY}},
         }
     )
     container = _container(spec.image, spec.command, None, env, port=spec.agent_port, resources=spec.resources)

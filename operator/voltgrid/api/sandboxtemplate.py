@@ -20,7 +20,17 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import Field, StringConstraints
 
 from voltgrid.api import constants as c
-from voltgrid.api.common import CONDITIONS_LIST, Condition, Duration, EnvVar, Isolation, Model, Resources, cel
+from voltgrid.api.common import (
+    CONDITIONS_LIST,
+    Condition,
+    Duration,
+    EnvVar,
+    Isolation,
+    Model,
+    ObjectName,
+    Resources,
+    cel,
+)
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
 from voltgrid.api.sandbox import NetworkPolicySpec
 
@@ -33,6 +43,12 @@ MAX_POOL_SIZE: Final = 10_000
 class SandboxTemplateSpec(Model):
     image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
         description="An image that runs the sandbox agent (e.g. localhost/voltgrid/sandbox-python)."
+    )
+    pool_secret_name: ObjectName = Field(
+        description=(
+            "A Secret in the namespace whose key 'pool-secret' (at least 16 characters) the pool's agents accept"
+            " for their one claim. Created by the template's owner: the operator holds no permission on Secrets."
+        )
     )
     command: list[str] | None = Field(
         default=None, description="Overrides the image's entrypoint; it must serve the agent on agentPort."
