@@ -119,6 +119,19 @@ async def test_template_change_rolls_out_with_surge_and_never_touches_claimed(
     assert names(api, PODS) == [claimed]  # burn after use is the claim's business, never the pool's
 
 
+async def test_concurrent_pod_events_never_overfill_the_pool(
+    api: kmock.KubernetesEmulator, ctl: Controllers, gvisor: None
+) -> None:
+    await apply(api, ctl, replicas=3)
+    first = names(api, PODS)
+    for name in first:
+        api.objects[PODS, NS, name].patch({"status": {"phase": "Failed"}})
+    # kopf delivers the three pods' events at once, each reconciling the same template.
+    await asyncio.gather(*(ctl.on_pod(stored(api, PODS, n), "MODIFIED") for n in first))
+    alive = [n for n in names(api, PODS) if n not in first]
+    assert len(alive) == 3, alive
+
+
 async def test_a_pool_pod_that_dies_is_replaced(api: kmock.KubernetesEmulator, ctl: Controllers, gvisor: None) -> None:
     await apply(api, ctl, replicas=1)
     [pod] = names(api, PODS)

@@ -12,8 +12,10 @@ operator holds no permission on Secrets (the chart's RBAC guard keeps it so), an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+from collections import defaultdict
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
@@ -63,6 +65,9 @@ class PoolController:
         self.ctx = ctx
         self.templates: dict[Key, tuple[SandboxTemplate, Json]] = {}
         self.buckets: dict[Key, pl.RefillBucket] = {}
+        #: kopf runs the handlers of different pods at once: one reconcile per template at a time,
+        #: or two would plan from the same index and create the missing pods twice.
+        self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata") or {}
@@ -70,6 +75,7 @@ class PoolController:
         if event_type == "DELETED":  # its pods and Secret go with it (owner references)
             self.templates.pop(key, None)
             self.buckets.pop(key, None)
+            self.locks.pop(key, None)
             self.ctx.scheduler.cancel((DEADLINE_KIND, *key))
             return
         try:
@@ -88,6 +94,10 @@ class PoolController:
         await self.reconcile(key)
 
     async def reconcile(self, key: Key) -> None:
+        async with self.locks[key]:
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: Key) -> None:
         entry = self.templates.get(key)
         if entry is None:
             return
