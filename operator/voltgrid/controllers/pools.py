@@ -72,7 +72,7 @@ class PoolController:
     async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata") or {}
         key: Key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        if event_type == "DELETED":  # its pods and Secret go with it (owner references)
+        if event_type == "DELETED":  # its pods and NetworkPolicies go with it (owner references)
             self.templates.pop(key, None)
             self.buckets.pop(key, None)
             self.locks.pop(key, None)
