@@ -79,6 +79,10 @@ async def test_pool_fills_under_gvisor_with_its_secret_and_counts(
     assert st["selector"] == f"{LABEL_TEMPLATE}=py,{LABEL_CLAIMED}!=true"
     await ready(api, ctl, *pods)
     assert (status(api)["ready"], status(api)["warming"]) == (2, 0)
+    scrape = ctl.ctx.metrics.exposition().decode()
+    assert 'voltgrid_operator_pool_pods{state="ready"} 2.0' in scrape
+    assert 'voltgrid_operator_pool_pods{state="warming"} 0.0' in scrape
+    assert "voltgrid_operator_pool_pods_created_total 2.0" in scrape
 
 
 async def test_without_a_sandboxed_runtime_no_pod_starts(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:

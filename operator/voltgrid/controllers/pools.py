@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
@@ -68,6 +68,11 @@ class PoolController:
         #: kopf runs the handlers of different pods at once: one reconcile per template at a time,
         #: or two would plan from the same index and create the missing pods twice.
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pl.PodState])
+
+    def state_counts(self) -> Counter[str]:
+        """Pool pods per state over every template (the metric's value at a scrape)."""
+        return Counter(pool_pod(p).state.value.lower() for p in self.ctx.pods.all() if p.template is not None)
 
     async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
         meta = body.get("metadata") or {}
@@ -136,6 +141,7 @@ class PoolController:
                 )
                 created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), manifest)
                 self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
+                self.ctx.metrics.pool_pods_created.inc()
                 bucket.take(1)
         except children.ChildRejected as exc:
             cond = st.condition(conditions, st.READY, False, exc.reason, str(exc), generation=gen, now=now)
