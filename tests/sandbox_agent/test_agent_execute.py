@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import Agent, text_of
-from voltgrid.sandbox_agent.contexts import EndMarker
+from voltgrid.sandbox_agent.repl import EndMarker
 
 # A 1x1 PNG: the bytes IPython's Image display sends back base64-encoded as image/png.
 PNG = base64.b64decode(

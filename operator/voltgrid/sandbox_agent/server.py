@@ -33,8 +33,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from voltgrid.sandbox_agent.agent import Agent, AgentSettings, child_env
-from voltgrid.sandbox_agent.contexts import Event
 from voltgrid.sandbox_agent.errors import AgentError, bad_request
+from voltgrid.sandbox_agent.events import Event
 
 logger = logging.getLogger(__name__)
 
