@@ -55,6 +55,7 @@ BENCHES: Final = (
     Bench(
         "bench_triggers.py", ["--n", "5000", "--latency-n", "300"], ["--n", "50", "--latency-n", "5", "--rounds", "1"]
     ),
+    Bench("bench_sandbox_agent.py", ["--n", "200", "--mib", "1024"], ["--n", "3", "--mib", "2"]),
     Bench("bench_pod_start.py", ["--n", "10"], ["--n", "1"], needs_cluster=True),
     Bench("bench_functions_scale.py", ["-n", "2000"], ["-n", "10"], needs_cluster=True),
 )

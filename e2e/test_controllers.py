@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -307,3 +308,59 @@ def test_with_peering_one_replica_acts_and_the_standby_takes_over(env: Env) -> N
         for proc in replicas.values():
             proc.terminate()
             proc.wait(timeout=60)
+
+
+def _agent(ip: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    """One call to a pool pod's agent; (status, body text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{ip}:49999{path}", data=data, headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(env: Env, voltgrid_image: str) -> None:
+    """UNRUN by its author (written without cluster access): the pool controller and the agent together."""
+    secret = f"pool-secret-{uuid.uuid4().hex}"
+    env.kubectl("create", "secret", "generic", "py-pool", f"--from-literal=pool-secret={secret}")
+    writable = [{"name": n, "value": v} for n, v in (("HOME", "/tmp"), ("JUPYTER_RUNTIME_DIR", "/tmp/jupyter"))]
+    env.apply(
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "SandboxTemplate",
+            "metadata": {"name": "py"},
+            "spec": {
+                "image": voltgrid_image,
+                "poolSecretName": "py-pool",
+                "command": ["python3", "-m", "voltgrid.sandbox_agent", "--workspace", "/tmp"],
+                "env": writable,
+                "resources": {"cpu": "500m", "memory": "512Mi"},
+                "replicas": 2,
+            },
+        }
+    )
+    st = wait_for(
+        "the pool ready or refused", lambda: (s := status(env, "sandboxtemplate", "py")).get("conditions") and s
+    )
+    if st["conditions"][0]["reason"] == "NoSandboxRuntime":
+        env.cluster.without_gvisor(st["conditions"][0].get("message", "NoSandboxRuntime"))
+    wait_for("2 warm sandboxes ready", lambda: status(env, "sandboxtemplate", "py").get("ready") == 2, 300)
+    pods = env.get("pods", selector="voltgrid.dev/sandbox-template=py")["items"]
+    assert len(pods) == 2 and all(p["spec"]["runtimeClassName"] == "gvisor" for p in pods)
+    ip = pods[0]["status"]["podIP"]
+    token = f"claimant-{uuid.uuid4().hex}"
+    assert _agent(ip, "/contexts", secret)[0] == 401  # the pool secret opens nothing but the claim
+    assert _agent(ip, "/claim", secret, {"token": token, "env": {"GREETING": "hi"}})[0] == 200
+    assert _agent(ip, "/claim", secret, {"token": "x" * 32})[0] == 401  # spent
+    code, text = _agent(ip, "/execute", token, {"code": "import os\nprint(os.environ['GREETING'])\n6*7"})
+    events = [json.loads(line) for line in text.splitlines()]
+    assert code == 200 and events[0] == {"type": "stdout", "text": "hi\n"}, text
+    assert events[1]["data"]["text/plain"] == "42" and events[-1]["status"] == "ok"
+    assert _agent(ip, "/execute", "wrong-token-0123456789", {"code": "1"})[0] == 401
+    assert _agent(ip, "/files/..%2F..%2Fetc%2Fpasswd", token)[0] in (403, 404)
+    env.kubectl("scale", "sandboxtemplate/py", "--replicas=3")
+    wait_for("the pool scaled to 3", lambda: status(env, "sandboxtemplate", "py").get("ready") == 3, 300)

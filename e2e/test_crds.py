@@ -147,6 +147,16 @@ INVALID = [
         },
         "must be an IPv4 or IPv6 CIDR",
     ),
+    (
+        "sandboxtemplate-ttl-over-max",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "SandboxTemplate",
+            "metadata": {"name": "ttl-over-max"},
+            "spec": {"image": "x", "poolSecretName": "s", "ttl": "2h", "maxTtl": "1h"},
+        },
+        "ttl must not exceed maxTtl",
+    ),
 ]
 
 
@@ -168,3 +178,20 @@ def test_session_id_is_immutable(crds: Any) -> None:
     doc["spec"]["sessionId"] = "second"
     out = apply(crds, doc)
     assert out.returncode != 0 and "sessionId is immutable" in out.stderr, out.stderr
+
+
+def test_sandboxtemplate_scales_through_its_scale_subresource(crds: Any) -> None:
+    doc = {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "SandboxTemplate",
+        "metadata": {"name": "pool"},
+        "spec": {"image": "localhost/voltgrid/sandbox-python", "poolSecretName": "pool-secret"},
+    }
+    assert apply(crds, doc).returncode == 0
+    out = kubectl(crds, "scale", "-n", NAMESPACE, "sandboxtemplate/pool", "--replicas=7")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(kubectl(crds, "get", "-n", NAMESPACE, "sandboxtemplate/pool", "-o", "json").stdout)
+    assert got["spec"]["replicas"] == 7 and got["spec"]["maxWarming"] == 10
+    path = f"/apis/voltgrid.dev/v1alpha1/namespaces/{NAMESPACE}/sandboxtemplates/pool/scale"
+    scale = kubectl(crds, "get", "--raw", path)
+    assert json.loads(scale.stdout)["spec"]["replicas"] == 7

@@ -19,6 +19,7 @@ def test_crds_writes_then_check_passes(tmp_path: Path, capsys: pytest.CaptureFix
     assert sorted(p.name for p in (tmp_path / "crds").glob("*.yaml")) == [
         "functions.voltgrid.dev.yaml",
         "sandboxes.voltgrid.dev.yaml",
+        "sandboxtemplates.voltgrid.dev.yaml",
         "sessions.voltgrid.dev.yaml",
     ]
     assert crds(tmp_path, "--check") == 0

@@ -7,7 +7,20 @@ from collections.abc import AsyncIterator
 import kmock
 import kopf
 import pytest
-from ctlfakes import EVENTS, FUNCTIONS, NETPOLS, NODES, NS, PODS, RUNTIMECLASSES, SANDBOXES, SESSIONS, virtual_now
+from ctlfakes import (
+    EVENTS,
+    FUNCTIONS,
+    NETPOLS,
+    NODES,
+    NS,
+    PODS,
+    RUNTIMECLASSES,
+    SANDBOXES,
+    SECRETS,
+    SESSIONS,
+    TEMPLATES,
+    virtual_now,
+)
 
 from voltgrid.controllers.core import Controllers
 from voltgrid.controllers.main import build_controllers
@@ -24,6 +37,8 @@ def api(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
         (PODS, "Pod"),
         (NETPOLS, "NetworkPolicy"),
         (EVENTS, "Event"),
+        (TEMPLATES, "SandboxTemplate"),
+        (SECRETS, "Secret"),
     ):
         kmock.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs, subresources={"status"})
     for resource, kind in (

@@ -7,6 +7,7 @@ The models are the one source of truth: ``crds/*.yaml`` is generated from them
 from voltgrid.api.constants import API_VERSION, GROUP, LABEL_PREFIX, VERSION
 from voltgrid.api.function import Function, FunctionSpec, FunctionStatus
 from voltgrid.api.sandbox import Sandbox, SandboxSpec, SandboxStatus
+from voltgrid.api.sandboxtemplate import SandboxTemplate, SandboxTemplateSpec, SandboxTemplateStatus
 from voltgrid.api.session import Session, SessionSpec, SessionStatus
 
 __all__ = [
@@ -20,6 +21,9 @@ __all__ = [
     "Sandbox",
     "SandboxSpec",
     "SandboxStatus",
+    "SandboxTemplate",
+    "SandboxTemplateSpec",
+    "SandboxTemplateStatus",
     "Session",
     "SessionSpec",
     "SessionStatus",

@@ -19,6 +19,7 @@ from voltgrid.api import constants as c
 from voltgrid.api.common import Model
 from voltgrid.api.function import Function, FunctionSpec, FunctionStatus
 from voltgrid.api.sandbox import Sandbox, SandboxSpec, SandboxStatus
+from voltgrid.api.sandboxtemplate import SandboxTemplate, SandboxTemplateSpec, SandboxTemplateStatus
 from voltgrid.api.session import Session, SessionSpec, SessionStatus
 
 Schema = dict[str, Any]
@@ -27,7 +28,13 @@ RESOURCES: Final[tuple[tuple[type[Model], type[Model], type[Model]], ...]] = (
     (Function, FunctionSpec, FunctionStatus),
     (Session, SessionSpec, SessionStatus),
     (Sandbox, SandboxSpec, SandboxStatus),
+    (SandboxTemplate, SandboxTemplateSpec, SandboxTemplateStatus),
 )
+SCALE: Final = {
+    "specReplicasPath": ".spec.replicas",
+    "statusReplicasPath": ".status.replicas",
+    "labelSelectorPath": ".status.selector",
+}
 HEADER: Final = "# GENERATED from the pydantic models in operator/voltgrid/api by `voltgrid crds`. Do not edit.\n"
 
 
@@ -106,7 +113,7 @@ def crd(resource: type[Model], spec: type[Model], status: type[Model]) -> Schema
                     "name": c.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, **({"scale": SCALE} if info.scale else {})},
                     "additionalPrinterColumns": [
                         {"name": n, "type": t, "jsonPath": p, **({"description": d} if d else {})}
                         for n, t, p, d in info.printer_columns

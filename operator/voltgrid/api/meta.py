@@ -38,6 +38,9 @@ class ResourceInfo:
     plural: str
     short_names: tuple[str, ...]
     printer_columns: tuple[PrinterColumn, ...]
+    scale: bool = False
+    """Serve a ``/scale`` subresource (``.spec.replicas``, ``.status.replicas``, ``.status.selector``),
+    so ``kubectl scale``, an HPA or KEDA can size the resource."""
 
     @property
     def singular(self) -> str:

@@ -29,7 +29,9 @@ from voltgrid.api import constants as c
 from voltgrid.api import gpu as gpu_map
 from voltgrid.api.common import EnvVar, Resources
 from voltgrid.api.function import Function
+from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
 from voltgrid.api.sandbox import Sandbox
+from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.api.session import Session
 from voltgrid.errors import RuntimeUnavailableError, SpecError
 
@@ -60,6 +62,7 @@ class Role(StrEnum):
     INSTANCE = "instance"  # serves one or more sessions (created for a session by the gateway)
     WARM = "warm"  # pre-started, labelled with a pre-minted session id, unclaimed until touched
     SANDBOX = "sandbox"  # the one pod of a Sandbox
+    POOL = "pool"  # a SandboxTemplate's warm sandbox, waiting for one claim (then burnt after use)
 
 
 def new_session_id() -> str:
@@ -299,3 +302,61 @@ def build_sandbox_pod(
             pod, storage.claim_name, storage.mount_path, function=spec.function_ref, session_id=spec.session_ref
         )
     return pod
+
+
+#: Key of the pool secret in the Secret a SandboxTemplate's pods read it from.
+POOL_SECRET_KEY: Final = "pool-secret"
+
+
+def build_pool_pod(
+    template: SandboxTemplate, *, suffix: str, template_hash: str, runtime_class_name: str | None
+) -> Manifest:
+    """A warm sandbox of ``template``'s pool: the agent, prewarmed, waiting for its one claim.
+
+    The agent reads the pool's secret from the template's Secret (never a literal in the pod spec,
+    which anyone who can list pods would read); a claim replaces it with the claimant's token inside
+    the agent.
+    ``suffix`` tells the pool's pods apart (the caller draws it); ``template_hash`` is its revision.
+    """
+    meta = template.metadata
+    if not meta.name or not meta.namespace or not meta.uid:
+        raise SpecError("the SandboxTemplate needs metadata.name, namespace and uid to own its pods")
+    spec = template.spec
+    extra = {"VOLTGRID_SANDBOX_PORT": str(spec.agent_port), "VOLTGRID_SANDBOX_PREWARM": "python"}
+    env = _env(spec.env, extra)
+    env.append(
+        {
+            "name": "VOLTGRID_SANDBOX_POOL_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": spec.pool_secret_name, "key": POOL_SECRET_KEY}},
+        }
+    )
+    container = _container(spec.image, spec.command, None, env, port=spec.agent_port, resources=spec.resources)
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/health", "port": spec.agent_port},
+        "periodSeconds": 1,
+        "failureThreshold": 3,
+    }
+    pod_spec: Manifest = {
+        "containers": [container],
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if runtime_class_name:
+        pod_spec["runtimeClassName"] = runtime_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": bounded_name(meta.name, suffix),
+            "namespace": meta.namespace,
+            "labels": {
+                c.LABEL_MANAGED: MANAGED,
+                c.LABEL_ROLE: str(Role.POOL),
+                LABEL_TEMPLATE: meta.name,
+                LABEL_TEMPLATE_HASH: template_hash,
+            },
+            "ownerReferences": [owner_reference("SandboxTemplate", meta.name, meta.uid)],
+        },
+        "spec": pod_spec,
+    }

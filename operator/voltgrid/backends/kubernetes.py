@@ -59,8 +59,11 @@ USER_AGENT: Final = "voltgrid-gateway"
 HTTP_NOT_FOUND: Final = 404
 HTTP_CONFLICT: Final = 409
 TERMINAL_PHASES: Final = ("Failed", "Succeeded")
-#: Every pod of an instance (sandbox pods are Voltgrid pods too, but never instances).
-INSTANCE_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE}!={podspec.Role.SANDBOX}"
+#: Every pod of an instance (sandbox and sandbox-pool pods are Voltgrid pods too, but never instances):
+#: named by the roles it has, so a new kind of Voltgrid pod is never taken for an instance.
+INSTANCE_SELECTOR: Final = (
+    f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE} in ({podspec.Role.INSTANCE},{podspec.Role.WARM})"
+)
 
 #: Apiserver answers that mean "try again later": throttled, overloaded, or a proxy in front of it
 #: that lost it (a restarting apiserver behind a load balancer).

@@ -29,6 +29,8 @@ from voltgrid.controllers.events import NORMAL
 from voltgrid.controllers.functions import FunctionController
 from voltgrid.controllers.informer import Informer
 from voltgrid.controllers.kube import KubeApiError, core_path, group_path
+from voltgrid.controllers.pools import DEADLINE_KIND as POOL_DEADLINE
+from voltgrid.controllers.pools import PoolController
 from voltgrid.controllers.sandboxes import SandboxController
 from voltgrid.controllers.scheduler import Deadline
 from voltgrid.controllers.sessions import SessionController
@@ -56,6 +58,7 @@ class Controllers:
         self.functions = FunctionController(ctx)
         self.sandboxes = SandboxController(ctx)
         self.sessions = SessionController(ctx)
+        self.pools = PoolController(ctx)
         self.identity = identity
         self.priority = priority
         #: Open while this replica is the active one: Function work waits on it. A standalone
@@ -111,6 +114,9 @@ class Controllers:
         else:
             self.ctx.pods.upsert(pod)
             self._schedule_reap(pod)
+        if pod.template:
+            await self.pools.on_pod(pod)
+            return
         if pod.sandbox:
             await self.sandboxes.on_pod(pod)
             return
@@ -133,6 +139,8 @@ class Controllers:
             return
         logger.info("available runtime classes now %s", sorted(self.ctx.runtimes.available()))
         await self.sandboxes.retry_not_started()
+        for key in list(self.pools.templates):
+            await self.pools.reconcile(key)
         self.function_informer.resync()  # every Function's runtime choice may differ now
 
     # -- deadlines ------------------------------------------------------------------------------
@@ -154,6 +162,8 @@ class Controllers:
             await self.sessions.on_deadline((namespace, name))
         elif kind == "pod":
             await self._reap(namespace, name)
+        elif kind == POOL_DEADLINE:
+            await self.pools.on_deadline((namespace, name))
 
     async def _reap(self, namespace: str, name: str) -> None:
         pod = self.ctx.pods.get(namespace, name)

@@ -119,6 +119,10 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
     async def _sandbox(body: kopf.Body, type: str | None, **_: Any) -> None:
         await ctl.sandboxes.on_event(body, type)
 
+    @kopf.on.event(c.GROUP, c.VERSION, "sandboxtemplates", registry=registry)
+    async def _sandbox_template(body: kopf.Body, type: str | None, **_: Any) -> None:
+        await ctl.pools.on_event(body, type)
+
     @kopf.on.resume(c.GROUP, c.VERSION, "sessions", registry=registry)
     @kopf.on.create(c.GROUP, c.VERSION, "sessions", registry=registry)
     @kopf.on.update(c.GROUP, c.VERSION, "sessions", field="spec", registry=registry)

@@ -9,7 +9,7 @@ default; the chart's ServiceMonitor scrapes it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -56,6 +56,15 @@ class OperatorMetrics:
             registry=r,
         )
         self.active = Gauge("voltgrid_operator_active", "1 while this replica is the active one", registry=r)
+        self.pool_pods = Gauge(
+            "voltgrid_operator_pool_pods",
+            "SandboxTemplate pool pods by state (ready, warming, claimed, dead), all templates together",
+            ["state"],
+            registry=r,
+        )
+        self.pool_pods_created = Counter(
+            "voltgrid_operator_pool_pods_created_total", "Pool pods created (refills and rollouts)", registry=r
+        )
 
     def watch_depth(self, queue: str, depth: Callable[[], int]) -> None:
         self.depth.labels(queue=queue).set_function(lambda: float(depth()))
@@ -63,8 +72,17 @@ class OperatorMetrics:
     def watch_active(self, active: Callable[[], bool]) -> None:
         self.active.set_function(lambda: 1.0 if active() else 0.0)
 
+    def watch_pools(self, states: Callable[[], Mapping[str, int]], names: Iterable[str]) -> None:
+        """``states()``: pool pods per state, read at each scrape (no bookkeeping to drift)."""
+        for name in names:
+            self.pool_pods.labels(state=name).set_function(_count_of(states, name))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _count_of(states: Callable[[], Mapping[str, int]], name: str) -> Callable[[], float]:
+    return lambda: float(states().get(name, 0))
 
 
 async def serve(metrics: OperatorMetrics, url: str) -> web.AppRunner:

@@ -94,6 +94,13 @@ class PodIndex:
         name = self._by_sandbox.get((namespace, sandbox))
         return None if name is None else self._pods.get((namespace, name))
 
+    def all(self) -> list[PodInfo]:
+        return list(self._pods.values())
+
+    def for_template(self, namespace: str, template: str) -> list[PodInfo]:
+        """The pool pods of a SandboxTemplate (a scan: pools are few pods next to instances)."""
+        return [p for p in self._pods.values() if p.namespace == namespace and p.template == template]
+
     def functions(self) -> list[Key]:
         return list(self._by_function)
 

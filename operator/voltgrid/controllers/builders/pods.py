@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import podspec, pool
 from voltgrid.api.common import parse_duration
 from voltgrid.api.function import Scaling
 
@@ -49,6 +49,11 @@ class PodInfo:
     idle_timeout: float | None = None
     keep_warm: bool = False
     deleting: bool = False
+    template: str | None = None
+    """The SandboxTemplate whose pool the pod belongs to (``voltgrid.dev/sandbox-template``)."""
+    template_hash: str = ""
+    pool_claimed: bool = False
+    """A pool pod handed to a claimant (``voltgrid.dev/claimed``): never returned, never reused."""
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
@@ -81,6 +86,9 @@ class PodInfo:
             idle_timeout=idle_seconds,
             keep_warm=ann.get(podspec.ANNOTATION_KEEP_WARM) == "true",
             deleting=bool(meta.get("deletionTimestamp")),
+            template=labels.get(pool.LABEL_TEMPLATE),
+            template_hash=str(labels.get(pool.LABEL_TEMPLATE_HASH, "")),
+            pool_claimed=labels.get(pool.LABEL_CLAIMED) == "true",
         )
 
     @property

@@ -12,7 +12,9 @@ from typing import Any, Final
 from voltgrid.api import constants as c
 from voltgrid.api import podspec
 from voltgrid.api.common import parse_duration
-from voltgrid.api.sandbox import Sandbox, SandboxPhase
+from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
+from voltgrid.api.sandbox import NetworkPolicySpec, Sandbox, SandboxPhase
+from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.controllers.builders.pods import PodInfo
 
 Json = dict[str, Any]
@@ -64,15 +66,7 @@ def network_policy(sandbox: Sandbox) -> Json:
     """The NetworkPolicy that confines the sandbox's egress to its allow-list."""
     meta = sandbox.metadata
     assert meta.name and meta.namespace and meta.uid  # checked by build_sandbox_pod before
-    net = sandbox.spec.network
-    egress: list[Json] = []
-    for rule in net.egress:
-        entry: Json = {"to": [{"ipBlock": {"cidr": rule.cidr}}]}
-        if rule.ports:
-            entry["ports"] = [{"protocol": proto, "port": port} for port in rule.ports for proto in ("TCP", "UDP")]
-        egress.append(entry)
-    if net.allow_dns:
-        egress.append({"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]})
+    egress = _egress(sandbox.spec.network)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -86,5 +80,43 @@ def network_policy(sandbox: Sandbox) -> Json:
             "podSelector": {"matchLabels": {c.LABEL_SANDBOX: meta.name, c.LABEL_ROLE: str(podspec.Role.SANDBOX)}},
             "policyTypes": ["Egress"],
             "egress": egress,
+        },
+    }
+
+
+def _egress(net: NetworkPolicySpec) -> list[Json]:
+    """Egress rules of an allow-list: nothing is allowed that it does not name."""
+    egress: list[Json] = []
+    for rule in net.egress:
+        entry: Json = {"to": [{"ipBlock": {"cidr": rule.cidr}}]}
+        if rule.ports:
+            entry["ports"] = [{"protocol": proto, "port": port} for port in rule.ports for proto in ("TCP", "UDP")]
+        egress.append(entry)
+    if net.allow_dns:
+        egress.append({"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]})
+    return egress
+
+
+def pool_network_policy(template: SandboxTemplate, revision: str) -> Json:
+    """The NetworkPolicy of one revision of a template's pool pods, warm or claimed.
+
+    One per revision (named after its hash), so a change of the allow-list applies to the new pods
+    while claimed pods keep the policy they were claimed under; all go with the template.
+    """
+    meta = template.metadata
+    assert meta.name and meta.namespace and meta.uid  # checked by build_pool_pod before
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": podspec.bounded_name(meta.name, "pool", revision),
+            "namespace": meta.namespace,
+            "labels": {c.LABEL_MANAGED: podspec.MANAGED, LABEL_TEMPLATE: meta.name},
+            "ownerReferences": [podspec.owner_reference("SandboxTemplate", meta.name, meta.uid)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_TEMPLATE: meta.name, LABEL_TEMPLATE_HASH: revision}},
+            "policyTypes": ["Egress"],
+            "egress": _egress(template.spec.network),
         },
     }

@@ -1,0 +1,174 @@
+"""The SandboxTemplate controller: keeps each template's pool of warm sandboxes at its size.
+
+Thin over :mod:`voltgrid.api.pool` (what to create and delete, decided from the pod index) and
+:func:`voltgrid.api.podspec.build_pool_pod` (what a pool pod is). On every template event and every
+event of one of its pods it plans, deletes and creates, and writes the counts the ``/scale``
+subresource and ``kubectl get sandboxtemplates`` show. Creation is paced by a per-template refill
+bucket; when the bucket holds the pool back, a deadline on the ONE scheduler comes back when the
+next creation is allowed. The pool's secret (good for one claim per pod, see
+:mod:`voltgrid.sandbox_agent.agent`) lives in the Secret the template names, made by its owner: the
+operator holds no permission on Secrets (the chart's RBAC guard keeps it so), and never reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from voltgrid.api import podspec
+from voltgrid.api import pool as pl
+from voltgrid.api.sandboxtemplate import SandboxTemplate
+from voltgrid.controllers import children
+from voltgrid.controllers.builders import sandbox as sb
+from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders.pods import PodInfo
+from voltgrid.controllers.builders.runtime import select_runtime
+from voltgrid.controllers.kube import core_path, group_path, voltgrid_path
+from voltgrid.controllers.state import Context, Key, spec_only
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+DEADLINE_KIND: Final = "pool"
+NETPOL_API: Final = "networking.k8s.io/v1"
+NETPOLS: Final = "networkpolicies"
+
+
+def pool_pod(pod: PodInfo) -> pl.PoolPod:
+    """The pool's view of an indexed pod."""
+    if pod.pool_claimed:
+        state = pl.PodState.CLAIMED
+    elif not pod.alive:
+        state = pl.PodState.DEAD
+    elif pod.ready:
+        state = pl.PodState.READY
+    else:
+        state = pl.PodState.WARMING
+    created = pod.created.timestamp() if pod.created else 0.0
+    return pl.PoolPod(pod.name, pod.template_hash, state, created)
+
+
+def selector(template: str) -> str:
+    """The warm pods' label selector (``status.selector``, read by an HPA through ``/scale``)."""
+    return f"{pl.LABEL_TEMPLATE}={template},{pl.LABEL_CLAIMED}!=true"
+
+
+class PoolController:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.templates: dict[Key, tuple[SandboxTemplate, Json]] = {}
+        self.buckets: dict[Key, pl.RefillBucket] = {}
+        #: kopf runs the handlers of different pods at once: one reconcile per template at a time,
+        #: or two would plan from the same index and create the missing pods twice.
+        self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pl.PodState])
+
+    def state_counts(self) -> Counter[str]:
+        """Pool pods per state over every template (the metric's value at a scrape)."""
+        return Counter(pool_pod(p).state.value.lower() for p in self.ctx.pods.all() if p.template is not None)
+
+    async def on_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if event_type == "DELETED":  # its pods and NetworkPolicies go with it (owner references)
+            self.templates.pop(key, None)
+            self.buckets.pop(key, None)
+            self.locks.pop(key, None)
+            self.ctx.scheduler.cancel((DEADLINE_KIND, *key))
+            return
+        try:
+            template = SandboxTemplate.model_validate(spec_only(body))
+        except ValidationError as exc:  # the CRD schema let through what the model refuses
+            logger.warning("SandboxTemplate %s/%s is invalid: %s", *key, exc)
+            return
+        self.templates[key] = (template, dict(body.get("status") or {}))
+        await self.reconcile(key)
+
+    async def on_pod(self, pod: PodInfo) -> None:
+        if pod.template is not None:
+            await self.reconcile((pod.namespace, pod.template))
+
+    async def on_deadline(self, key: Key) -> None:
+        await self.reconcile(key)
+
+    async def reconcile(self, key: Key) -> None:
+        async with self.locks[key]:
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: Key) -> None:
+        entry = self.templates.get(key)
+        if entry is None:
+            return
+        template, current = entry
+        ns, name = key
+        spec = template.spec
+        gen = template.metadata.generation
+        revision = pl.template_hash(spec)
+        now = self.ctx.clock()
+        rt = self.ctx.runtimes
+        choice = select_runtime(spec.isolation, rt.classes, rt.nodes.values(), spec.resources.gpu)
+        pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
+        conditions = current.get("conditions")
+        if not choice.runnable:
+            cond = st.condition(conditions, st.READY, False, choice.reason, choice.message, generation=gen, now=now)
+            await self._write(key, current, self._counts(name, pods, revision, gen, cond))
+            return
+        bucket = self.buckets.get(key)
+        if bucket is None or bucket.per_minute != spec.refill_per_minute:
+            bucket = self.buckets[key] = pl.RefillBucket.full(spec.refill_per_minute, now.timestamp())
+        plan = pl.plan(spec, pods, revision, allowance=bucket.available(now.timestamp()))
+        for victim in plan.delete:
+            await self.ctx.client.delete(core_path("pods", ns, victim))
+            self.ctx.pods.remove(ns, victim)
+        cond = st.condition(conditions, st.READY, True, "PoolServing", "", generation=gen, now=now)
+        try:
+            if plan.create:  # egress confined before the first pod of the revision starts
+                policy = sb.pool_network_policy(template, revision)
+                await children.create(self.ctx.client, "NetworkPolicy", group_path(NETPOL_API, NETPOLS, ns), policy)
+            for _ in range(plan.create):
+                manifest = podspec.build_pool_pod(
+                    template,
+                    suffix=secrets.token_hex(4),
+                    template_hash=revision,
+                    runtime_class_name=choice.runtime_class_name,
+                )
+                created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), manifest)
+                self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
+                self.ctx.metrics.pool_pods_created.inc()
+                bucket.take(1)
+        except children.ChildRejected as exc:
+            cond = st.condition(conditions, st.READY, False, exc.reason, str(exc), generation=gen, now=now)
+        pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
+        await self._write(key, current, self._counts(name, pods, revision, gen, cond))
+        short = spec.replicas - pl.counts(pods, revision).updated
+        if short > 0 and bucket.available(now.timestamp()) < 1:  # held back by the refill rate
+            wait = timedelta(seconds=60.0 / spec.refill_per_minute)
+            self.ctx.scheduler.schedule((DEADLINE_KIND, ns, name), now + wait)
+
+    def _counts(self, name: str, pods: list[pl.PoolPod], revision: str, gen: int | None, cond: Json) -> Json:
+        counts = pl.counts(pods, revision)
+        return {
+            "replicas": counts.replicas,
+            "ready": counts.ready,
+            "warming": counts.warming,
+            "claimed": counts.claimed,
+            "updated": counts.updated,
+            "templateHash": revision,
+            "selector": selector(name),
+            "conditions": [cond],
+            "observedGeneration": gen,
+        }
+
+    async def _write(self, key: Key, current: Json, patch: Json) -> None:
+        if not st.changed(current, patch):
+            return
+        await self.ctx.client.patch(voltgrid_path("sandboxtemplates", *key) + "/status", {"status": patch})
+        template, _ = self.templates[key]
+        self.templates[key] = (template, {**current, **patch})

@@ -1,0 +1,84 @@
+"""Sandbox agent fixtures: a real agent on a loopback port, a real httpx client, a tmp workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from voltgrid.sandbox_agent.agent import AgentSettings
+from voltgrid.sandbox_agent.server import build_app
+
+TOKEN = "sandbox-test-token-0123456789"
+POOL_SECRET = "pool-secret-of-the-template-0123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Agent:
+    url: str
+    port: int
+    workspace: Path
+    client: httpx.AsyncClient
+
+    async def events(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """POST ``body`` and read the NDJSON answer to its end."""
+        async with self.client.stream("POST", path, json=body) as r:
+            assert r.status_code == 200, (r.status_code, await r.aread())
+            assert r.headers["content-type"] == "application/x-ndjson"
+            return [json.loads(line) async for line in r.aiter_lines() if line]
+
+
+def text_of(events: list[dict[str, Any]], kind: str = "stdout") -> str:
+    return "".join(e["text"] for e in events if e["type"] == kind)
+
+
+StartAgent = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
+    """``await start_agent(**settings)`` -> a served :class:`Agent` (workspace ``tmp_path/ws``)."""
+    runners: list[web.AppRunner] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def start(**overrides: Any) -> Agent:
+        workspace = tmp_path / "ws"
+        workspace.mkdir(exist_ok=True)
+        settings = AgentSettings(workspace=str(workspace), **{"token": TOKEN, **overrides})
+        environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_POOL_SECRET": POOL_SECRET}
+        runner = web.AppRunner(build_app(settings, environ), shutdown_timeout=1.0, handler_cancellation=True)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        clients.append(client)
+        return Agent(url, port, workspace, client)
+
+    yield start
+    for client in clients:
+        await client.aclose()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def agent(start_agent: StartAgent) -> Agent:
+    a: Agent = await start_agent()
+    return a
