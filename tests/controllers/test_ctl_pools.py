@@ -76,7 +76,7 @@ async def test_pool_fills_under_gvisor_with_its_secret_and_counts(
     assert secret_ref["valueFrom"]["secretKeyRef"]["name"] == "py-pool"
     st = status(api)
     assert (st["replicas"], st["ready"], st["warming"], st["claimed"], st["updated"]) == (2, 0, 2, 0, 2)
-    assert st["selector"] == f"{LABEL_TEMPLATE}=py,{LABEL_CLAIMED}!=true"
+    assert st["selector"] == f"{LABEL_TEMPLATE}=py,{LABEL_CLAIMED} notin (true)"
     await ready(api, ctl, *pods)
     assert (status(api)["ready"], status(api)["warming"]) == (2, 0)
     scrape = ctl.ctx.metrics.exposition().decode()

@@ -56,8 +56,11 @@ def pool_pod(pod: PodInfo) -> pl.PoolPod:
 
 
 def selector(template: str) -> str:
-    """The warm pods' label selector (``status.selector``, read by an HPA through ``/scale``)."""
-    return f"{pl.LABEL_TEMPLATE}={template},{pl.LABEL_CLAIMED}!=true"
+    """The warm pods' label selector (``status.selector``, read by an HPA through ``/scale``).
+
+    Set-based (``notin``): the apiserver turns ``/scale``'s selector into an autoscaling Scale with a
+    parser that refuses ``!=``, so ``kubectl scale`` and an HPA would fail on it."""
+    return f"{pl.LABEL_TEMPLATE}={template},{pl.LABEL_CLAIMED} notin (true)"
 
 
 class PoolController:
