@@ -94,9 +94,6 @@ class PodIndex:
         name = self._by_sandbox.get((namespace, sandbox))
         return None if name is None else self._pods.get((namespace, name))
 
-    def functions(self) -> list[Key]:
-        return list(self._by_function)
-
 
 class RuntimeInventory:
     """RuntimeClasses (name -> handler, node selector) and node labels."""
