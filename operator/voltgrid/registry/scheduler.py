@@ -26,14 +26,14 @@ import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 
 #: Callback for a due key: return a new deadline to look again, or None to forget the key.
-#: It may be a coroutine function; the scheduler awaits it before the next key (one at a time).
+#: It may be a coroutine function (``async def``); the scheduler awaits it before the next key.
 DueCallback = Callable[[K, float], "float | Awaitable[float | None] | None"]
 #: At most this many due keys are handled before yielding to the event loop.
 BATCH: Final = 1000
@@ -52,6 +52,8 @@ class DeadlineScheduler(Generic[K]):
         self, on_due: DueCallback[K], *, clock: Callable[[], float] | None = None, retry: float = RETRY
     ) -> None:
         self._on_due = on_due
+        #: Decided once: asking each result whether it is awaitable would cost more than the heap work.
+        self._awaits = inspect.iscoroutinefunction(on_due)
         self._clock = clock
         self._retry = retry
         self._heap: list[tuple[float, int, K]] = []
@@ -115,7 +117,7 @@ class DeadlineScheduler(Generic[K]):
             handled += 1
             try:
                 result = self._on_due(key, now)
-                again = await result if inspect.isawaitable(result) else result
+                again = await cast("Awaitable[float | None]", result) if self._awaits else cast("float | None", result)
             except Exception:
                 logger.exception("timer callback failed for %s; retrying in %ss", key, self._retry)
                 self.schedule(key, now + self._retry)
