@@ -9,8 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import constants, podspec
 from voltgrid.api.common import parse_duration
 from voltgrid.api.sandbox import Sandbox, SandboxPhase
 from voltgrid.controllers.builders.pods import PodInfo
@@ -79,11 +78,13 @@ def network_policy(sandbox: Sandbox) -> Json:
         "metadata": {
             "name": network_policy_name(meta.name),
             "namespace": meta.namespace,
-            "labels": {c.LABEL_MANAGED: podspec.MANAGED, c.LABEL_SANDBOX: meta.name},
+            "labels": {constants.LABEL_MANAGED: podspec.MANAGED, constants.LABEL_SANDBOX: meta.name},
             "ownerReferences": [podspec.owner_reference("Sandbox", meta.name, meta.uid)],
         },
         "spec": {
-            "podSelector": {"matchLabels": {c.LABEL_SANDBOX: meta.name, c.LABEL_ROLE: str(podspec.Role.SANDBOX)}},
+            "podSelector": {
+                "matchLabels": {constants.LABEL_SANDBOX: meta.name, constants.LABEL_ROLE: str(podspec.Role.SANDBOX)}
+            },
             "policyTypes": ["Egress"],
             "egress": egress,
         },
