@@ -33,7 +33,7 @@ from typing import Any, Final
 import kopf
 
 from voltgrid.api.function import Function
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import count
 from voltgrid.controllers.builders.runtime import select_runtime
 from voltgrid.controllers.core import FUNCTION_WORKERS
@@ -82,7 +82,7 @@ def operator_status(ns: str, i: int) -> dict[str, Any]:
     """The status the operator writes for this bench's Function ``i``, built by the operator's own
     builders (no pods, no sandboxed runtime: ``allowUnsandboxed``)."""
     fn = Function.model_validate({**function(i), "metadata": {"name": f"fn-{i:06d}", "namespace": ns}})
-    status = st.function_status(
+    status = status_builder.function_status(
         None,
         generation=1,
         choice=select_runtime(fn.spec.isolation, {}, [], fn.spec.resources.gpu),

@@ -37,7 +37,7 @@ def main() -> None:
     gc.collect()
     before = rss_bytes()
     reg = SessionRegistry()
-    sched = DeadlineScheduler(lambda key, now: None)
+    sched: DeadlineScheduler[str] = DeadlineScheduler(lambda key, now: None)
     t0 = time.perf_counter()
     for i in range(args.n):
         record = reg.create(mint_session_id(), "bench/fn", now=0.0, idle_timeout=900, max_lifetime=21600)

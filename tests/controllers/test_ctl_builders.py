@@ -12,9 +12,9 @@ from voltgrid.api.common import Isolation
 from voltgrid.api.function import Scaling
 from voltgrid.api.sandbox import Sandbox, SandboxPhase
 from voltgrid.api.session import SessionPhase
-from voltgrid.controllers.builders import sandbox as sb
-from voltgrid.controllers.builders import session as ss
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import sandbox as sandbox_builder
+from voltgrid.controllers.builders import session as session_builder
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo, count, plan_pool, reapable
 from voltgrid.controllers.builders.runtime import RuntimeClassInfo, select_runtime
 
@@ -129,14 +129,14 @@ def test_counts() -> None:
 
 
 def test_condition_keeps_transition_time_while_status_holds() -> None:
-    first = st.condition(None, "Ready", True, "Ready", "ok", generation=1, now=EPOCH)
+    first = status_builder.condition(None, "Ready", True, "Ready", "ok", generation=1, now=EPOCH)
     later = EPOCH + timedelta(hours=1)
-    same = st.condition([first], "Ready", True, "Ready", "still ok", generation=2, now=later)
-    flipped = st.condition([first], "Ready", False, "NoSandboxRuntime", "x", generation=2, now=later)
+    same = status_builder.condition([first], "Ready", True, "Ready", "still ok", generation=2, now=later)
+    flipped = status_builder.condition([first], "Ready", False, "NoSandboxRuntime", "x", generation=2, now=later)
     assert same["lastTransitionTime"] == first["lastTransitionTime"]
-    assert flipped["lastTransitionTime"] == st.rfc3339(later)
-    assert not st.changed({"conditions": [first], "instances": 0}, {"conditions": [first], "instances": 0})
-    assert st.changed({"conditions": [first]}, {"conditions": [flipped]})
+    assert flipped["lastTransitionTime"] == status_builder.rfc3339(later)
+    assert not status_builder.changed({"conditions": [first], "instances": 0}, {"conditions": [first], "instances": 0})
+    assert status_builder.changed({"conditions": [first]}, {"conditions": [flipped]})
 
 
 def sbx(**spec: Any) -> Sandbox:
@@ -158,7 +158,7 @@ def sbx(**spec: Any) -> Sandbox:
     ],
 )
 def test_sandbox_expiry(spec: dict[str, Any], started: Any, expected: Any) -> None:
-    assert sb.expiry(sbx(**spec), started) == expected
+    assert sandbox_builder.expiry(sbx(**spec), started) == expected
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_sandbox_expiry(spec: dict[str, Any], started: Any, expected: Any) -> No
     ],
 )
 def test_sandbox_phase_and_endpoint(p: PodInfo | None, phase: SandboxPhase, endpoint: str | None) -> None:
-    assert (sb.phase_of(p), sb.endpoint(p)) == (phase, endpoint)
+    assert (sandbox_builder.phase_of(p), sandbox_builder.endpoint(p)) == (phase, endpoint)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_sandbox_phase_and_endpoint(p: PodInfo | None, phase: SandboxPhase, endp
     ],
 )
 def test_network_policy_denies_egress_but_the_allow_list(network: dict[str, Any], egress: list[Any]) -> None:
-    policy = sb.network_policy(sbx(network=network))
+    policy = sandbox_builder.network_policy(sbx(network=network))
     assert policy["spec"]["policyTypes"] == ["Egress"]
     assert policy["spec"]["egress"] == egress
     assert policy["spec"]["podSelector"]["matchLabels"]["voltgrid.dev/sandbox"] == "s"
@@ -213,5 +213,5 @@ def test_network_policy_denies_egress_but_the_allow_list(network: dict[str, Any]
     ],
 )
 def test_session_phase(pods: list[PodInfo], expiry: Any, previous: SessionPhase | None, expected: SessionPhase) -> None:
-    got = ss.phase(pods, now=EPOCH, idle=timedelta(minutes=15), expiry=expiry, previous=previous)
+    got = session_builder.phase(pods, now=EPOCH, idle=timedelta(minutes=15), expiry=expiry, previous=previous)
     assert got == expected

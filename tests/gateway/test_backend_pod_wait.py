@@ -13,7 +13,7 @@ from gwhelpers import function
 from kubernetes_asyncio import client
 
 from apifake import ScriptedApiserver, scripted_apiserver
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.function import Function
 from voltgrid.backends.base import ControlPlaneUnavailableError, InstanceStartError
 from voltgrid.backends.kubernetes import KubernetesBackend
@@ -42,7 +42,7 @@ def pod(version: str, *, ready: bool = False, phase: str = "Pending", ip: str = 
             "namespace": NS,
             "resourceVersion": version,
             "creationTimestamp": "2026-01-02T03:04:05Z",
-            "labels": {c.LABEL_FUNCTION: "echo", c.LABEL_SESSION: "abc"},
+            "labels": {constants.LABEL_FUNCTION: "echo", constants.LABEL_SESSION: "abc"},
         },
         "spec": {"containers": [{"name": "fn", "ports": [{"containerPort": 9000}]}]},
         "status": {"phase": phase, "podIP": ip, "conditions": conditions},
@@ -157,4 +157,4 @@ async def test_list_returns_the_ready_instances_of_a_paged_list(
     ]
     assert [q.get("continue") for q in fake.lists] == [None, "p2"]
     assert all(q["limit"] == str(LIST_PAGE_SIZE) for q in fake.lists)
-    assert fake.lists[0]["labelSelector"].endswith(f"{c.LABEL_FUNCTION}=echo")
+    assert fake.lists[0]["labelSelector"].endswith(f"{constants.LABEL_FUNCTION}=echo")

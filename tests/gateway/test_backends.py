@@ -11,8 +11,7 @@ import pytest
 from gwhelpers import function
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import constants, podspec
 from voltgrid.api.function import FunctionStatus
 from voltgrid.backends.base import ControlPlaneUnavailableError, InstanceBackend
 from voltgrid.backends.kubernetes import control_plane, instance_pod, rfc3339
@@ -30,10 +29,10 @@ def test_instance_pod_is_the_operators_pod(warm: bool, role: str) -> None:
     role_enum = podspec.Role.WARM if warm else podspec.Role.INSTANCE
     assert pod == podspec.build_instance_pod(fn, "s-abc", role=role_enum, runtime_class_name="kata-fc")
     assert pod["metadata"]["labels"] == {
-        c.LABEL_MANAGED: "true",
-        c.LABEL_FUNCTION: "agent",
-        c.LABEL_SESSION: "s-abc",
-        c.LABEL_ROLE: role,
+        constants.LABEL_MANAGED: "true",
+        constants.LABEL_FUNCTION: "agent",
+        constants.LABEL_SESSION: "s-abc",
+        constants.LABEL_ROLE: role,
     }
     assert pod["metadata"]["name"] == "agent-s-abc"  # deterministic: a repeated create answers 409
     assert pod["metadata"]["annotations"][podspec.ANNOTATION_IDLE_TIMEOUT] == "10s"

@@ -12,7 +12,7 @@ import pytest
 
 from apifake import ScriptedApiserver, scripted_apiserver
 from bgtask import background
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.functions import FunctionCatalog
 from voltgrid.gateway.settings import GatewaySettings
@@ -27,7 +27,7 @@ Json = dict[str, Any]
 
 def function(name: str, version: str) -> Json:
     return {
-        "apiVersion": c.API_VERSION,
+        "apiVersion": constants.API_VERSION,
         "kind": "Function",
         "metadata": {"name": name, "namespace": NS, "resourceVersion": version},
         "spec": {"image": "local/echo:1"},
@@ -36,7 +36,7 @@ def function(name: str, version: str) -> Json:
 
 @pytest.fixture
 async def apiserver() -> AsyncIterator[tuple[ScriptedApiserver, KubeApi]]:
-    async with scripted_apiserver(f"/apis/{c.API_VERSION}/namespaces/{NS}/functions") as served:
+    async with scripted_apiserver(f"/apis/{constants.API_VERSION}/namespaces/{NS}/functions") as served:
         yield served
 
 

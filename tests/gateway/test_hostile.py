@@ -12,8 +12,7 @@ import jwt
 import pytest
 from gwhelpers import ADMIN_TOKEN
 from hostile import MAX_BODY, SECRET, get, raw, threaded_gateway
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -24,7 +23,9 @@ def gateway() -> Iterator[int]:
         yield gw.port
 
 
-header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=300)
+header_text = strategies.text(
+    strategies.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=300
+)
 
 
 @EXAMPLES
@@ -41,11 +42,13 @@ def test_any_mcp_session_id_is_404_or_400(gateway: int, session: str) -> None:
     assert status in (200, 400, 404)  # empty means "new session" (200 from the fake upstream)
 
 
-segment = st.sampled_from(["..", ".", "%2e%2e", "%2E.", "%00", "%2f", "%5c", "", "fn", "default", "open", "a", "~"])
+segment = strategies.sampled_from(
+    ["..", ".", "%2e%2e", "%2E.", "%00", "%2f", "%5c", "", "fn", "default", "open", "a", "~"]
+)
 
 
 @EXAMPLES
-@given(parts=st.lists(st.one_of(segment, st.text("abc-._~%/", max_size=8)), max_size=8))
+@given(parts=strategies.lists(strategies.one_of(segment, strategies.text("abc-._~%/", max_size=8)), max_size=8))
 def test_path_tricks_never_reach_past_the_function(gateway: int, parts: list[str]) -> None:
     status = get(gateway, "/" + "/".join(parts))
     assert status < 500
@@ -53,11 +56,11 @@ def test_path_tricks_never_reach_past_the_function(gateway: int, parts: list[str
 
 @EXAMPLES
 @given(
-    token=st.one_of(
-        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=400),
-        st.builds(
+    token=strategies.one_of(
+        strategies.text(strategies.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=400),
+        strategies.builds(
             lambda p: jwt.encode(p, "wrong-key-0123456789-0123456789-01", algorithm="HS256"),
-            st.fixed_dictionaries({"iss": st.text(max_size=5), "exp": st.integers(0, 2**40)}),
+            strategies.fixed_dictionaries({"iss": strategies.text(max_size=5), "exp": strategies.integers(0, 2**40)}),
         ),
     )
 )

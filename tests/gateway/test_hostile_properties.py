@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import pytest
 from gwhelpers import ADMIN_TOKEN
 from hostile import HostileGateway, raw, request_bytes, threaded_gateway
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies
 from pydantic import ValidationError
 
 from voltgrid.api.function import Function
@@ -63,11 +62,15 @@ ROUTES = [
     "/fn/default/secured/x",
     "/fn/default/mcp/mcp",
 ]
-ascii_text = st.binary(max_size=40).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F))
+ascii_text = strategies.binary(max_size=40).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F))
 #: Bytes that are never UTF-8 between ASCII: 0xC0, 0xC1, 0xF5-0xFF, a lone continuation byte, a
 #: truncated sequence.
-never_utf8 = st.sampled_from([b"\xff", b"\xfe", b"\xc0", b"\xc1", b"\xf5", b"\x80", b"\xbf", b"\xe9 ", b"\xe2\x82"])
-header_bytes = st.binary(min_size=1, max_size=40).map(lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80))
+never_utf8 = strategies.sampled_from(
+    [b"\xff", b"\xfe", b"\xc0", b"\xc1", b"\xf5", b"\x80", b"\xbf", b"\xe9 ", b"\xe2\x82"]
+)
+header_bytes = strategies.binary(min_size=1, max_size=40).map(
+    lambda b: bytes(c for c in b if 0x20 <= c < 0x7F or c >= 0x80)
+)
 
 
 def is_utf8(value: bytes) -> bool:
@@ -80,11 +83,11 @@ def is_utf8(value: bytes) -> bool:
 
 @examples(1200)
 @given(
-    name=st.sampled_from(READ_HEADERS),
-    route=st.sampled_from(ROUTES),
-    method=st.sampled_from(["GET", "POST", "DELETE"]),
-    value=st.one_of(
-        st.tuples(ascii_text, never_utf8, ascii_text).map(lambda parts: b"".join(parts).strip() or parts[1]),
+    name=strategies.sampled_from(READ_HEADERS),
+    route=strategies.sampled_from(ROUTES),
+    method=strategies.sampled_from(["GET", "POST", "DELETE"]),
+    value=strategies.one_of(
+        strategies.tuples(ascii_text, never_utf8, ascii_text).map(lambda parts: b"".join(parts).strip() or parts[1]),
         header_bytes.map(bytes.strip).filter(bool),
     ),
 )
@@ -95,13 +98,15 @@ def test_a_header_that_is_not_utf8_is_400_on_any_route(
     assert status == 400 if not is_utf8(value) else status < 500
 
 
-hours = st.one_of(st.integers(0, 10**20), st.floats(0, 1e20, allow_nan=False))
-duration_text = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**20), st.sampled_from(["h", "m", "s", "ms"]))
-duration_value = st.one_of(duration_text, hours.map(lambda h: h * 3600), st.integers(0, 10**400))
+hours = strategies.one_of(strategies.integers(0, 10**20), strategies.floats(0, 1e20, allow_nan=False))
+duration_text = strategies.builds(
+    lambda n, unit: f"{n}{unit}", strategies.integers(0, 10**20), strategies.sampled_from(["h", "m", "s", "ms"])
+)
+duration_value = strategies.one_of(duration_text, hours.map(lambda h: h * 3600), strategies.integers(0, 10**400))
 
 
 @examples(500)
-@given(field=st.sampled_from(["maxLifetime", "idleTimeout"]), value=duration_value)
+@given(field=strategies.sampled_from(["maxLifetime", "idleTimeout"]), value=duration_value)
 def test_session_api_durations_up_to_1e20_hours_are_201_or_400(
     gateway: HostileGateway, field: str, value: object
 ) -> None:
@@ -112,7 +117,7 @@ def test_session_api_durations_up_to_1e20_hours_are_201_or_400(
 
 
 @examples(300)
-@given(field=st.sampled_from(["idleTimeout", "maxLifetime"]), value=duration_text)
+@given(field=strategies.sampled_from(["idleTimeout", "maxLifetime"]), value=duration_text)
 def test_function_durations_up_to_1e20_hours_validate_or_fail_cleanly(field: str, value: str) -> None:
     spec = {"image": "x", "sessions": {field: value}}
     try:
@@ -122,14 +127,16 @@ def test_function_durations_up_to_1e20_hours_validate_or_fail_cleanly(field: str
 
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
-handshake_defect = st.sampled_from(["no-key", "short-key", "long-key", "not-base64", "no-version", "version", "conn"])
+handshake_defect = strategies.sampled_from(
+    ["no-key", "short-key", "long-key", "not-base64", "no-version", "version", "conn"]
+)
 
 
 @examples(400)
 @given(
-    defects=st.sets(handshake_defect, min_size=1),
-    junk=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30),
-    route=st.sampled_from(["/fn/default/open/ws", "/fn/default/mcp/ws", "/fn/default/open/"]),
+    defects=strategies.sets(handshake_defect, min_size=1),
+    junk=strategies.text(strategies.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30),
+    route=strategies.sampled_from(["/fn/default/open/ws", "/fn/default/mcp/ws", "/fn/default/open/"]),
 )
 def test_a_malformed_websocket_upgrade_is_400_before_any_instance(
     gateway: HostileGateway, defects: set[str], junk: str, route: str

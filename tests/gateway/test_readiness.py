@@ -12,7 +12,7 @@ from aiohttp import web
 from gwhelpers import FakeBackend, free_port, function
 
 from apifake import scripted_apiserver
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.server import GatewayRunner
 from voltgrid.gateway.settings import GatewaySettings
@@ -24,7 +24,7 @@ async def status(http: aiohttp.ClientSession, url: str) -> int:
 
 
 async def test_not_ready_until_the_function_catalog_is_listed() -> None:
-    async with scripted_apiserver(f"/apis/{c.API_VERSION}/functions") as (apiserver, api):
+    async with scripted_apiserver(f"/apis/{constants.API_VERSION}/functions") as (apiserver, api):
         port = free_port()
         app = build_app(GatewaySettings(port=port), FakeBackend("http://127.0.0.1:9"), [], functions_api=api)
         runner = GatewayRunner(app)

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies
 
 from conftest import TOKEN, Agent, StartAgent
 from voltgrid.sandbox_agent.errors import AgentError
@@ -175,7 +174,7 @@ async def test_a_stalled_upload_gets_408(start_agent: StartAgent) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["a", "..", ".", "", "b c", "%2e", "\u00e9", "x" * 10]), max_size=12))
+@given(strategies.lists(strategies.sampled_from(["a", "..", ".", "", "b c", "%2e", "\u00e9", "x" * 10]), max_size=12))
 def test_split_never_yields_a_component_that_leaves_the_root(components: list[str]) -> None:
     path = "/".join(components)
     try:

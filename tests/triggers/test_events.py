@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_binary_event
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies
 
 from voltgrid.api.function import SessionPolicy
 from voltgrid.api.triggers import SessionFrom, SessionSource
@@ -58,7 +57,7 @@ def test_usable_key_hashes_what_the_gateway_would_refuse(value: str, kept: bool)
         assert key.startswith(HASHED_KEY_PREFIX) and len(key) == len(HASHED_KEY_PREFIX) + 40
 
 
-@given(st.text(min_size=1, max_size=400))
+@given(strategies.text(min_size=1, max_size=400))
 def test_usable_key_is_stable_and_acceptable(value: str) -> None:
     key = usable_key(value)
     assert key == usable_key(value)

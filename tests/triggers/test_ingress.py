@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from aiohttp import web
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies
 from trighelpers import Sink, make_target
 
 from voltgrid.api.triggers import Filter, SessionFrom, SessionSource
@@ -70,7 +69,12 @@ def test_parse_rejects_naming_the_problem(headers: dict[str, str], body: bytes, 
     assert problem in str(e.value)
 
 
-@given(st.dictionaries(st.sampled_from(["content-type", "ce-specversion", "ce-id", "ce-time"]), st.text()), st.binary())
+@given(
+    strategies.dictionaries(
+        strategies.sampled_from(["content-type", "ce-specversion", "ce-id", "ce-time"]), strategies.text()
+    ),
+    strategies.binary(),
+)
 @settings(max_examples=200)
 def test_parse_never_fails_otherwise(headers: dict[str, str], body: bytes) -> None:
     """Whatever a client sends, the ingress either parses it or names the problem (never a 500)."""

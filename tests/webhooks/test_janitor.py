@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.settings import SettingsError
 from voltgrid.registry.kubeapi import LIST_PAGE_SIZE, KubeApi, StaticCredentials
 from voltgrid.webhooks import janitor
@@ -165,7 +165,7 @@ async def test_the_kubernetes_catalog_pages_pods_and_reads_retention_without_ses
     queries: list[dict[str, str]] = []
 
     def pod(ns: str, session: str) -> dict[str, object]:
-        return {"metadata": {"namespace": ns, "name": f"p-{session}", "labels": {c.LABEL_SESSION: session}}}
+        return {"metadata": {"namespace": ns, "name": f"p-{session}", "labels": {constants.LABEL_SESSION: session}}}
 
     async def pods(request: web.Request) -> web.Response:
         queries.append(dict(request.query))
@@ -179,7 +179,7 @@ async def test_the_kubernetes_catalog_pages_pods_and_reads_retention_without_ses
 
     app = web.Application()
     app.router.add_get("/api/v1/pods", pods)
-    app.router.add_get(f"/apis/{c.API_VERSION}/functions", functions)
+    app.router.add_get(f"/apis/{constants.API_VERSION}/functions", functions)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     api = KubeApi(StaticCredentials(str(server.make_url("")).rstrip("/")))
@@ -191,4 +191,4 @@ async def test_the_kubernetes_catalog_pages_pods_and_reads_retention_without_ses
     assert snapshot.live == {("a", "s1"), ("b", "s2")}
     assert snapshot.retention == {("a", "f"): timedelta(hours=2)}
     assert [q.get("continue") for q in queries] == [None, "p2"]
-    assert all(q["limit"] == str(LIST_PAGE_SIZE) and q["labelSelector"] == c.LABEL_SESSION for q in queries)
+    assert all(q["limit"] == str(LIST_PAGE_SIZE) and q["labelSelector"] == constants.LABEL_SESSION for q in queries)

@@ -11,9 +11,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from voltgrid.api import constants as c
-from voltgrid.webhooks import contract as k
-from voltgrid.webhooks import mutate
+from voltgrid.api import constants
+from voltgrid.webhooks import contract, mutate
 from voltgrid.webhooks.review import AdmissionRequest, json_patch, parse_review, review_response
 
 NS = "team-a"
@@ -37,9 +36,9 @@ def make_pod(
         labels["voltgrid.dev/function"] = function
     annotations = dict(extra_annotations or {})
     if claim is not None:
-        annotations[c.ANNOTATION_STORAGE_CLAIM] = claim
+        annotations[constants.ANNOTATION_STORAGE_CLAIM] = claim
     if mount_path is not None:
-        annotations[c.ANNOTATION_STORAGE_MOUNT_PATH] = mount_path
+        annotations[constants.ANNOTATION_STORAGE_MOUNT_PATH] = mount_path
     pod_spec: dict[str, Any] = {"containers": containers or [{"name": "app", "image": "img"}], **spec}
     if pod_security is not None:
         pod_spec["securityContext"] = pod_security
@@ -105,7 +104,7 @@ CASES: list[tuple[str, dict[str, Any], Any]] = [
     ("runAsNonRoot false kept", make_pod(pod_security={"runAsNonRoot": False}), ("run_as_non_root", False)),
     (
         "annotation opts out of non-root",
-        make_pod(extra_annotations={k.ANNOTATION_RUN_AS_ROOT: "true"}),
+        make_pod(extra_annotations={contract.ANNOTATION_RUN_AS_ROOT: "true"}),
         ("run_as_non_root", None),
     ),
     ("runAsUser 1000 is non-root", make_pod(pod_security={"runAsUser": 1000}), ("run_as_non_root", True)),
@@ -170,13 +169,13 @@ def _pick(pod: dict[str, Any], what: str) -> Any:
     return getters[what]()
 
 
-@pytest.mark.parametrize(("pod", "expected"), [(p, e) for _, p, e in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("pod", "expected"), [(p, e) for _, p, e in CASES], ids=[case[0] for case in CASES])
 def test_rules(pod: dict[str, Any], expected: tuple[str, Any]) -> None:
     what, value = expected
     assert _pick(admit(pod), what) == value
 
 
-@pytest.mark.parametrize(("pod", "expected"), [(p, e) for _, p, e in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("pod", "expected"), [(p, e) for _, p, e in CASES], ids=[case[0] for case in CASES])
 def test_idempotent(pod: dict[str, Any], expected: tuple[str, Any]) -> None:
     once = admit(pod)
     assert mutate.mutate(once, NS) == once
@@ -226,7 +225,7 @@ def test_only_create_is_mutated(operation: str) -> None:
 def test_namespace_from_request_when_pod_has_none() -> None:
     request = AdmissionRequest(uid="u", operation="CREATE", namespace="", object=make_pod() | {"metadata": {
         "namespace": "other", "labels": {"voltgrid.dev/session": "s", "voltgrid.dev/function": "f"},
-        "annotations": {c.ANNOTATION_STORAGE_CLAIM: "c"}}})  # fmt: skip
+        "annotations": {constants.ANNOTATION_STORAGE_CLAIM: "c"}}})  # fmt: skip
     ops = mutate.review(request).patch
     assert any(op.get("value") == [{"name": "voltgrid-session", "mountPath": "/data", "subPath": "other/f/s"}]
                for op in ops)  # fmt: skip
@@ -236,7 +235,7 @@ def _session_pod(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) ->
     return {
         "metadata": {
             "labels": {"voltgrid.dev/managed": "true", "voltgrid.dev/function": "f", "voltgrid.dev/session": "s"},
-            "annotations": {c.ANNOTATION_STORAGE_CLAIM: "claim"},
+            "annotations": {constants.ANNOTATION_STORAGE_CLAIM: "claim"},
         },
         "spec": {"containers": [{"name": "app", "image": "i", "volumeMounts": mounts}], "volumes": volumes},
     }

@@ -19,7 +19,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -30,7 +30,7 @@ MAX_DURATION_SECONDS: Final = (2**63 - 1) / 1e9
 
 def parse_duration(text: str) -> timedelta:
     """Parse a Go-style duration ("1h30m", "250ms") into a timedelta; ValueError names the problem."""
-    if not re.fullmatch(c.DURATION_PATTERN, text):
+    if not re.fullmatch(constants.DURATION_PATTERN, text):
         raise ValueError(f"invalid duration {text!r}: use a number with a unit ms, s, m or h, e.g. '15m'")
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
     if seconds > MAX_DURATION_SECONDS:
@@ -53,18 +53,18 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
 
 Duration = Annotated[
     str,
-    StringConstraints(pattern=c.DURATION_PATTERN, max_length=32),
+    StringConstraints(pattern=constants.DURATION_PATTERN, max_length=32),
     AfterValidator(_check_duration),
     Field(description="A duration such as '30s', '15m' or '1h30m' (units ms, s, m, h)."),
 ]
 Quantity = Annotated[
     str,
-    StringConstraints(pattern=c.QUANTITY_PATTERN, max_length=32),
+    StringConstraints(pattern=constants.QUANTITY_PATTERN, max_length=32),
     Field(description="A Kubernetes quantity such as '500m', '1', '256Mi' or '2Gi'."),
 ]
 SessionId = Annotated[
     str,
-    StringConstraints(pattern=c.SESSION_ID_PATTERN, max_length=c.SESSION_ID_MAX_LENGTH),
+    StringConstraints(pattern=constants.SESSION_ID_PATTERN, max_length=constants.SESSION_ID_MAX_LENGTH),
     Field(description="A session id: a DNS label (lowercase letters, digits and '-', at most 63)."),
 ]
 ObjectName = Annotated[
@@ -152,8 +152,8 @@ class Resources(Model):
 
 def check_gpu(gpu: float) -> None:
     """A GPU request must be a supported fraction or a whole number of cards."""
-    if gpu and gpu not in c.GPU_FRACTIONS and not float(gpu).is_integer():
-        raise ValueError(f"resources.gpu {gpu} must be one of {c.GPU_FRACTIONS} or a whole number of cards")
+    if gpu and gpu not in constants.GPU_FRACTIONS and not float(gpu).is_integer():
+        raise ValueError(f"resources.gpu {gpu} must be one of {constants.GPU_FRACTIONS} or a whole number of cards")
 
 
 class Isolation(Model):
@@ -163,8 +163,8 @@ class Isolation(Model):
         default=None, description="Use exactly this RuntimeClass (skips the policy)."
     )
     policy: list[Annotated[str, StringConstraints(min_length=1, max_length=63)]] = Field(
-        default_factory=lambda: list(c.DEFAULT_RUNTIME_POLICY),
-        json_schema_extra={"default": list(c.DEFAULT_RUNTIME_POLICY)},
+        default_factory=lambda: list(constants.DEFAULT_RUNTIME_POLICY),
+        json_schema_extra={"default": list(constants.DEFAULT_RUNTIME_POLICY)},
         max_length=16,
         description="RuntimeClasses to try in order; the first that exists and has a node is used.",
     )

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import yaml
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import Model
 from voltgrid.api.function import Function, FunctionSpec, FunctionStatus
 from voltgrid.api.sandbox import Sandbox, SandboxSpec, SandboxStatus
@@ -96,9 +96,9 @@ def crd(resource: type[Model], spec: type[Model], status: type[Model]) -> Schema
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{info.plural}.{c.GROUP}"},
+        "metadata": {"name": f"{info.plural}.{constants.GROUP}"},
         "spec": {
-            "group": c.GROUP,
+            "group": constants.GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": info.kind,
@@ -106,11 +106,11 @@ def crd(resource: type[Model], spec: type[Model], status: type[Model]) -> Schema
                 "plural": info.plural,
                 "singular": info.singular,
                 "shortNames": list(info.short_names),
-                "categories": [c.CATEGORY],
+                "categories": [constants.CATEGORY],
             },
             "versions": [
                 {
-                    "name": c.VERSION,
+                    "name": constants.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}, **({"scale": SCALE} if info.scale else {})},

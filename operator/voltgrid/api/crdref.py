@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.crdgen import RESOURCES, Schema, crd
 
 TITLE: Final = "# CRD reference"
 INTRO: Final = (
     "<!-- GENERATED from the pydantic models in operator/voltgrid/api by `voltgrid crds`. Do not edit. -->\n\n"
-    f"Group `{c.GROUP}`, version `{c.VERSION}`, all namespaced, all in the `{c.CATEGORY}` category "
-    f"(`kubectl get {c.CATEGORY}`). Durations are Go-style (`90s`, `5m`, `1h30m`); the apiserver "
+    f"Group `{constants.GROUP}`, version `{constants.VERSION}`, all namespaced, "
+    f"all in the `{constants.CATEGORY}` category "
+    f"(`kubectl get {constants.CATEGORY}`). Durations are Go-style (`90s`, `5m`, `1h30m`); the apiserver "
     "applies every default shown here and rejects what breaks a constraint or a rule, naming the field."
 )
 #: Schema keywords shown as constraints, with how each reads.

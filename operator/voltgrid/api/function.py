@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import (
     CONDITIONS_LIST,
     Condition,
@@ -50,24 +50,28 @@ class PreStop(Model):
     """Called (POST, JSON ``{"sessionId", "reason"}``) before an idle or expired session is released."""
 
     path: HttpPath
-    timeout: Duration = c.DEFAULT_PRESTOP_TIMEOUT
+    timeout: Duration = constants.DEFAULT_PRESTOP_TIMEOUT
 
 
 class SessionPolicy(Model):
     """Session semantics: affinity, sharing, idle release and lifetime."""
 
     affinity: Affinity = Affinity.HEADER
-    header: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = c.DEFAULT_SESSION_HEADER
-    cookie: Annotated[str, StringConstraints(pattern=c.HEADER_NAME_PATTERN, max_length=128)] = c.DEFAULT_SESSION_COOKIE
-    sessions_per_instance: Annotated[int, Field(ge=1, le=c.MAX_SESSIONS_PER_INSTANCE)] = 1
-    idle_timeout: Duration = c.DEFAULT_IDLE_TIMEOUT
-    max_lifetime: Duration = c.DEFAULT_MAX_LIFETIME
+    header: Annotated[str, StringConstraints(pattern=constants.HEADER_NAME_PATTERN, max_length=128)] = (
+        constants.DEFAULT_SESSION_HEADER
+    )
+    cookie: Annotated[str, StringConstraints(pattern=constants.HEADER_NAME_PATTERN, max_length=128)] = (
+        constants.DEFAULT_SESSION_COOKIE
+    )
+    sessions_per_instance: Annotated[int, Field(ge=1, le=constants.MAX_SESSIONS_PER_INSTANCE)] = 1
+    idle_timeout: Duration = constants.DEFAULT_IDLE_TIMEOUT
+    max_lifetime: Duration = constants.DEFAULT_MAX_LIFETIME
     pre_stop: PreStop | None = None
 
     CEL: ClassVar = [
         cel(
-            f"duration(self.maxLifetime) <= duration('{c.MAX_LIFETIME_CEILING}')",
-            f"maxLifetime must be at most {c.MAX_LIFETIME_CEILING}",
+            f"duration(self.maxLifetime) <= duration('{constants.MAX_LIFETIME_CEILING}')",
+            f"maxLifetime must be at most {constants.MAX_LIFETIME_CEILING}",
             ".maxLifetime",
         ),
         cel(
@@ -79,8 +83,8 @@ class SessionPolicy(Model):
 
     @model_validator(mode="after")
     def _lifetimes(self) -> Self:
-        if parse_duration(self.max_lifetime) > parse_duration(c.MAX_LIFETIME_CEILING):
-            raise ValueError(f"maxLifetime must be at most {c.MAX_LIFETIME_CEILING}")
+        if parse_duration(self.max_lifetime) > parse_duration(constants.MAX_LIFETIME_CEILING):
+            raise ValueError(f"maxLifetime must be at most {constants.MAX_LIFETIME_CEILING}")
         if parse_duration(self.idle_timeout) > parse_duration(self.max_lifetime):
             raise ValueError("idleTimeout must not be longer than maxLifetime")
         return self
@@ -125,7 +129,7 @@ class FunctionSpec(Model):
     command: list[str] | None = None
     args: list[str] | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=256)
-    port: Annotated[int, Field(ge=1, le=65535)] = c.DEFAULT_PORT
+    port: Annotated[int, Field(ge=1, le=65535)] = constants.DEFAULT_PORT
     resources: Resources = Field(default_factory=Resources)
     isolation: Isolation = Field(default_factory=Isolation)
     sessions: SessionPolicy = Field(default_factory=SessionPolicy)
@@ -178,7 +182,7 @@ class Function(Model):
         ),
     )
 
-    api_version: Literal["voltgrid.dev/v1alpha1"] = c.API_VERSION
+    api_version: Literal["voltgrid.dev/v1alpha1"] = constants.API_VERSION
     kind: Literal["Function"] = "Function"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: FunctionSpec

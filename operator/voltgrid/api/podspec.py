@@ -25,7 +25,7 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api import gpu as gpu_map
 from voltgrid.api.common import EnvVar, Resources
 from voltgrid.api.function import Function
@@ -39,12 +39,12 @@ Manifest = dict[str, Any]
 
 #: Annotation: seconds of inactivity after which an unbound instance may be reaped (copied from
 #: the Function when the pod is created, so the operator's sweep needs only the pod).
-ANNOTATION_IDLE_TIMEOUT: Final = f"{c.LABEL_PREFIX}idle-timeout"
+ANNOTATION_IDLE_TIMEOUT: Final = f"{constants.LABEL_PREFIX}idle-timeout"
 #: Annotation: RFC 3339 time of the last activity the gateway saw, patched coarsely (see
 #: :mod:`voltgrid.controllers`). On a warm pod it also marks the pod as claimed by its session.
-ANNOTATION_LAST_ACTIVE: Final = f"{c.LABEL_PREFIX}last-active"
+ANNOTATION_LAST_ACTIVE: Final = f"{constants.LABEL_PREFIX}last-active"
 #: Annotation: the pod belongs to a keep-warm Session object and is never reaped for idleness.
-ANNOTATION_KEEP_WARM: Final = f"{c.LABEL_PREFIX}keep-warm"
+ANNOTATION_KEEP_WARM: Final = f"{constants.LABEL_PREFIX}keep-warm"
 #: Label value of ``voltgrid.dev/managed`` on every pod Voltgrid creates.
 MANAGED: Final = "true"
 #: Container name of the workload in every Voltgrid pod.
@@ -90,7 +90,7 @@ def sandbox_pod_name(sandbox: str) -> str:
 def owner_reference(kind: str, name: str, uid: str, *, controller: bool = True) -> Manifest:
     """An ownerReference to a Voltgrid object: deleting the owner garbage-collects the pod."""
     return {
-        "apiVersion": c.API_VERSION,
+        "apiVersion": constants.API_VERSION,
         "kind": kind,
         "name": name,
         "uid": uid,
@@ -153,18 +153,20 @@ def _container(
 def _with_storage(pod: Manifest, claim: str, mount_path: str, *, function: str, session_id: str) -> Manifest:
     """``pod`` with the session's directory on ``claim`` mounted at ``mount_path`` in every container."""
     pod["metadata"].setdefault("annotations", {}).update(
-        {c.ANNOTATION_STORAGE_CLAIM: claim, c.ANNOTATION_STORAGE_MOUNT_PATH: mount_path}
+        {constants.ANNOTATION_STORAGE_CLAIM: claim, constants.ANNOTATION_STORAGE_MOUNT_PATH: mount_path}
     )
     spec = pod["spec"]
-    spec.setdefault("volumes", []).append({"name": c.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+    spec.setdefault("volumes", []).append(
+        {"name": constants.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+    )
     mount = {
-        "name": c.SESSION_VOLUME,
+        "name": constants.SESSION_VOLUME,
         "mountPath": mount_path,
-        "subPath": c.session_subpath(pod["metadata"]["namespace"], function, session_id),
+        "subPath": constants.session_subpath(pod["metadata"]["namespace"], function, session_id),
     }
     for container in spec["containers"]:
         container.setdefault("volumeMounts", []).append(dict(mount))
-        container["env"].append({"name": c.ENV_STORAGE_DIR, "value": mount_path})
+        container["env"].append({"name": constants.ENV_STORAGE_DIR, "value": mount_path})
     return pod
 
 
@@ -233,10 +235,10 @@ def build_instance_pod(
             "name": instance_pod_name(meta.name, session_id),
             "namespace": meta.namespace,
             "labels": {
-                c.LABEL_MANAGED: MANAGED,
-                c.LABEL_FUNCTION: meta.name,
-                c.LABEL_SESSION: session_id,
-                c.LABEL_ROLE: str(role),
+                constants.LABEL_MANAGED: MANAGED,
+                constants.LABEL_FUNCTION: meta.name,
+                constants.LABEL_SESSION: session_id,
+                constants.LABEL_ROLE: str(role),
             },
             "annotations": annotations,
             "ownerReferences": owners,
@@ -268,14 +270,14 @@ def build_sandbox_pod(
     if spec.session_ref:
         extra["VOLTGRID_SESSION_ID"] = spec.session_ref
     labels = {
-        c.LABEL_MANAGED: MANAGED,
-        c.LABEL_SANDBOX: meta.name,
-        c.LABEL_ROLE: str(Role.SANDBOX),
+        constants.LABEL_MANAGED: MANAGED,
+        constants.LABEL_SANDBOX: meta.name,
+        constants.LABEL_ROLE: str(Role.SANDBOX),
     }
     if spec.session_ref:
-        labels[c.LABEL_SESSION] = spec.session_ref
+        labels[constants.LABEL_SESSION] = spec.session_ref
     if spec.function_ref:
-        labels[c.LABEL_FUNCTION] = spec.function_ref
+        labels[constants.LABEL_FUNCTION] = spec.function_ref
     pod_spec: Manifest = {
         "containers": [_container(image, command, args, _env(env_vars, extra), port=port, resources=spec.resources)],
         "restartPolicy": "Never",
@@ -351,8 +353,8 @@ def build_pool_pod(
             "name": bounded_name(meta.name, suffix),
             "namespace": meta.namespace,
             "labels": {
-                c.LABEL_MANAGED: MANAGED,
-                c.LABEL_ROLE: str(Role.POOL),
+                constants.LABEL_MANAGED: MANAGED,
+                constants.LABEL_ROLE: str(Role.POOL),
                 LABEL_TEMPLATE: meta.name,
                 LABEL_TEMPLATE_HASH: template_hash,
             },

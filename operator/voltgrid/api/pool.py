@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.sandboxtemplate import SandboxTemplateSpec
 
 #: Pod label: the SandboxTemplate whose pool the pod belongs to.
-LABEL_TEMPLATE: Final = f"{c.LABEL_PREFIX}sandbox-template"
+LABEL_TEMPLATE: Final = f"{constants.LABEL_PREFIX}sandbox-template"
 #: Pod label: the hash of the template fields the pod was built from (its revision).
-LABEL_TEMPLATE_HASH: Final = f"{c.LABEL_PREFIX}template-hash"
+LABEL_TEMPLATE_HASH: Final = f"{constants.LABEL_PREFIX}template-hash"
 #: Pod label: ``"true"`` once the pod was handed to a claimant (burnt after use, never handed again).
-LABEL_CLAIMED: Final = f"{c.LABEL_PREFIX}claimed"
+LABEL_CLAIMED: Final = f"{constants.LABEL_PREFIX}claimed"
 #: Fields that size or pace the pool or bound claims: changing them changes no pod, so no rollout.
 POOL_ONLY_FIELDS: Final = frozenset({"replicas", "maxWarming", "refillPerMinute", "ttl", "maxTtl"})
 HASH_CHARS: Final = 10

@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import (
     CONDITIONS_LIST,
     Condition,
@@ -153,7 +153,7 @@ class Sandbox(Model):
         ),
     )
 
-    api_version: Literal["voltgrid.dev/v1alpha1"] = c.API_VERSION
+    api_version: Literal["voltgrid.dev/v1alpha1"] = constants.API_VERSION
     kind: Literal["Sandbox"] = "Sandbox"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: SandboxSpec

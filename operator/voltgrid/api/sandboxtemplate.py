@@ -19,7 +19,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field, StringConstraints
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import (
     CONDITIONS_LIST,
     Condition,
@@ -107,7 +107,7 @@ class SandboxTemplate(Model):
         scale=True,
     )
 
-    api_version: Literal["voltgrid.dev/v1alpha1"] = c.API_VERSION
+    api_version: Literal["voltgrid.dev/v1alpha1"] = constants.API_VERSION
     kind: Literal["SandboxTemplate"] = "SandboxTemplate"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: SandboxTemplateSpec

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import CONDITIONS_LIST, Condition, Duration, Model, ObjectName, SessionId, cel
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
 
@@ -81,7 +81,7 @@ class Session(Model):
         ),
     )
 
-    api_version: Literal["voltgrid.dev/v1alpha1"] = c.API_VERSION
+    api_version: Literal["voltgrid.dev/v1alpha1"] = constants.API_VERSION
     kind: Literal["Session"] = "Session"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: SessionSpec

@@ -39,8 +39,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import constants, podspec
 from voltgrid.api.function import Function
 from voltgrid.backends.base import (
     BackendError,
@@ -61,9 +60,8 @@ HTTP_CONFLICT: Final = 409
 TERMINAL_PHASES: Final = ("Failed", "Succeeded")
 #: Every pod of an instance (sandbox and sandbox-pool pods are Voltgrid pods too, but never instances):
 #: named by the roles it has, so a new kind of Voltgrid pod is never taken for an instance.
-INSTANCE_SELECTOR: Final = (
-    f"{c.LABEL_MANAGED}={podspec.MANAGED},{c.LABEL_ROLE} in ({podspec.Role.INSTANCE},{podspec.Role.WARM})"
-)
+_INSTANCE_ROLES: Final = f"{podspec.Role.INSTANCE},{podspec.Role.WARM}"
+INSTANCE_SELECTOR: Final = f"{constants.LABEL_MANAGED}={podspec.MANAGED},{constants.LABEL_ROLE} in ({_INSTANCE_ROLES})"
 
 #: Apiserver answers that mean "try again later": throttled, overloaded, or a proxy in front of it
 #: that lost it (a restarting apiserver behind a load balancer).
@@ -127,13 +125,13 @@ def _to_instance(pod: Mapping[str, Any], port: int | None = None) -> Instance:
     if port is None:
         containers = (pod.get("spec") or {}).get("containers") or []
         ports = [p["containerPort"] for ctr in containers for p in ctr.get("ports") or [] if "containerPort" in p]
-        port = ports[0] if ports else c.DEFAULT_PORT
+        port = ports[0] if ports else constants.DEFAULT_PORT
     return Instance(
         id=meta.get("name", ""),
-        function=f"{meta.get('namespace', '')}/{labels.get(c.LABEL_FUNCTION, '')}",
+        function=f"{meta.get('namespace', '')}/{labels.get(constants.LABEL_FUNCTION, '')}",
         url=f"http://{(pod.get('status') or {}).get('podIP')}:{port}",
-        session=labels.get(c.LABEL_SESSION, ""),
-        warm=labels.get(c.LABEL_ROLE) == podspec.Role.WARM,
+        session=labels.get(constants.LABEL_SESSION, ""),
+        warm=labels.get(constants.LABEL_ROLE) == podspec.Role.WARM,
         created=_timestamp(meta.get("creationTimestamp")) or 0.0,
         labels=dict(labels),
         last_active=_timestamp((meta.get("annotations") or {}).get(podspec.ANNOTATION_LAST_ACTIVE)),
@@ -273,9 +271,9 @@ class KubernetesBackend:
     async def list(self, function: str | None = None, session: str | None = None) -> list[Instance]:
         selector = [INSTANCE_SELECTOR]
         if function:
-            selector.append(f"{c.LABEL_FUNCTION}={function.split('/', 1)[1]}")
+            selector.append(f"{constants.LABEL_FUNCTION}={function.split('/', 1)[1]}")
         if session:
-            selector.append(f"{c.LABEL_SESSION}={session}")
+            selector.append(f"{constants.LABEL_SESSION}={session}")
         namespace = function.split("/", 1)[0] if function else self._namespace
         path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
         try:

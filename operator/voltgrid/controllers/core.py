@@ -22,8 +22,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import constants, podspec
 from voltgrid.controllers.builders.pods import PodInfo, parse_time, reapable
 from voltgrid.controllers.events import NORMAL
 from voltgrid.controllers.functions import FunctionController
@@ -38,7 +37,7 @@ from voltgrid.controllers.state import Context
 
 logger = logging.getLogger(__name__)
 
-MANAGED_SELECTOR: Final = f"{c.LABEL_MANAGED}={podspec.MANAGED}"
+MANAGED_SELECTOR: Final = f"{constants.LABEL_MANAGED}={podspec.MANAGED}"
 PEERING_API: Final = "kopf.dev/v1"
 #: Seconds between checks of the peering object for who is active (HA handover latency, with
 #: kopf's peer lifetime).
@@ -178,7 +177,7 @@ class Controllers:
         if pod.function:
             self.ctx.dirty_functions.add((namespace, pod.function))
             await self.ctx.events.post(
-                {"apiVersion": c.API_VERSION, "kind": "Function", "name": pod.function, "namespace": namespace},
+                {"apiVersion": constants.API_VERSION, "kind": "Function", "name": pod.function, "namespace": namespace},
                 NORMAL,
                 "InstanceReleased",
                 f"instance {name} of session {pod.session} idle; released",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.controllers.kube import KubeApiError, KubeClient, core_path
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ WARNING: Final = "Warning"
 _MAX_MESSAGE: Final = 1024
 
 
-def object_ref(body: dict[str, Any], kind: str, api_version: str = c.API_VERSION) -> dict[str, Any]:
+def object_ref(body: dict[str, Any], kind: str, api_version: str = constants.API_VERSION) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     return {
         "apiVersion": api_version,

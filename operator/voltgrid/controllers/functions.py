@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.controllers import children
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo, count, plan_pool
 from voltgrid.controllers.builders.runtime import RuntimeChoice, select_runtime
 from voltgrid.controllers.events import NORMAL, WARNING, object_ref
@@ -65,10 +65,10 @@ class FunctionController:
 
     async def _invalid(self, body: Mapping[str, Any], current: Json, generation: int | None, why: str) -> None:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        patch = st.invalid_status(current, generation=generation, message=why, now=self.ctx.clock())
-        if st.changed(current, patch):
+        patch = status_builder.invalid_status(current, generation=generation, message=why, now=self.ctx.clock())
+        if status_builder.changed(current, patch):
             await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})
-            await self.ctx.events.post(object_ref(dict(body), "Function"), WARNING, st.REASON_INVALID, why)
+            await self.ctx.events.post(object_ref(dict(body), "Function"), WARNING, status_builder.REASON_INVALID, why)
 
     def choose(self, fn: Function) -> RuntimeChoice:
         rt = self.ctx.runtimes
@@ -85,7 +85,7 @@ class FunctionController:
             except children.ChildRejected as exc:
                 await self._rejected(fn, current, exc)
                 return
-        patch = st.function_status(
+        patch = status_builder.function_status(
             current,
             generation=fn.metadata.generation,
             choice=choice,
@@ -93,7 +93,7 @@ class FunctionController:
             url=self.ctx.settings.invoke_url(ns, name),
             now=self.ctx.clock(),
         )
-        if st.changed(current, patch):
+        if status_builder.changed(current, patch):
             written = await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})
             if written is None:  # deleted meanwhile
                 self.active.pop(key, None)
@@ -102,7 +102,9 @@ class FunctionController:
             self._expect_echo(key, written, fn.metadata.generation)
             # An Event when readiness changes or cannot be had; not for every new Ready Function
             # (100k Functions would mean 100k Events).
-            before: Json = next((x for x in current.get("conditions") or [] if x.get("type") == st.READY), {})
+            before: Json = next(
+                (x for x in current.get("conditions") or [] if x.get("type") == status_builder.READY), {}
+            )
             if before.get("reason") != patch["conditions"][0]["reason"] and (before or not choice.runnable):
                 kind = NORMAL if choice.runnable else WARNING
                 await self.ctx.events.post(
@@ -120,10 +122,10 @@ class FunctionController:
         of this Function would be refused alike). A refusal that may pass is raised again, for the
         work queue's retry with backoff; any other waits for a new spec."""
         ns, name = str(fn.metadata.namespace), str(fn.metadata.name)
-        patch = st.not_ready_status(
+        patch = status_builder.not_ready_status(
             current, generation=fn.metadata.generation, reason=exc.reason, message=str(exc), now=self.ctx.clock()
         )
-        if st.changed(current, patch):
+        if status_builder.changed(current, patch):
             written = await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})
             if written is not None:
                 self.ctx.metrics.status_writes.labels(resource="functions").inc()

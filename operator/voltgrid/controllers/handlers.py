@@ -20,7 +20,7 @@ from typing import Any, Final
 import kopf
 from aiohttp import web
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.controllers import metrics
 from voltgrid.controllers.core import MANAGED_SELECTOR, Controllers
 
@@ -79,7 +79,7 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
         settings.queueing.idle_timeout = WORKER_IDLE_TIMEOUT
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = True  # CRDs are installed before the operator (chart, crds/)
-        settings.persistence.finalizer = f"{c.GROUP}/finalizer"
+        settings.persistence.finalizer = f"{constants.GROUP}/finalizer"
         if not ctl.ctx.client.configured:  # kopf logs in lazily, after the startup handlers
             info = login(logger=logger, settings=settings)
             if info is not None:
@@ -115,25 +115,25 @@ def build_registry(ctl: Controllers, *, login: LoginFn = default_login) -> kopf.
         servers.clear()
         await ctl.ctx.client.close()
 
-    @kopf.on.event(c.GROUP, c.VERSION, "sandboxes", registry=registry)
+    @kopf.on.event(constants.GROUP, constants.VERSION, "sandboxes", registry=registry)
     async def _sandbox(body: kopf.Body, type: str | None, **_: Any) -> None:
         await ctl.sandboxes.on_event(body, type)
 
-    @kopf.on.event(c.GROUP, c.VERSION, "sandboxtemplates", registry=registry)
+    @kopf.on.event(constants.GROUP, constants.VERSION, "sandboxtemplates", registry=registry)
     async def _sandbox_template(body: kopf.Body, type: str | None, **_: Any) -> None:
         await ctl.pools.on_event(body, type)
 
-    @kopf.on.resume(c.GROUP, c.VERSION, "sessions", registry=registry)
-    @kopf.on.create(c.GROUP, c.VERSION, "sessions", registry=registry)
-    @kopf.on.update(c.GROUP, c.VERSION, "sessions", field="spec", registry=registry)
+    @kopf.on.resume(constants.GROUP, constants.VERSION, "sessions", registry=registry)
+    @kopf.on.create(constants.GROUP, constants.VERSION, "sessions", registry=registry)
+    @kopf.on.update(constants.GROUP, constants.VERSION, "sessions", field="spec", registry=registry)
     async def _session(body: kopf.Body, **_: Any) -> None:
         await ctl.sessions.reconcile(body)
 
-    @kopf.on.delete(c.GROUP, c.VERSION, "sessions", registry=registry)
+    @kopf.on.delete(constants.GROUP, constants.VERSION, "sessions", registry=registry)
     async def _session_deleted(body: kopf.Body, **_: Any) -> None:
         await ctl.sessions.finalize(body)
 
-    @kopf.on.event("v1", "pods", labels={c.LABEL_MANAGED: "true"}, registry=registry)
+    @kopf.on.event("v1", "pods", labels={constants.LABEL_MANAGED: "true"}, registry=registry)
     async def _pod(body: kopf.Body, type: str | None, **_: Any) -> None:
         await ctl.on_pod(body, type)
 

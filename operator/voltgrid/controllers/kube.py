@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import kopf
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.registry.kubeapi import KubeApi, KubeApiError
 
 __all__ = ["KopfCredentials", "KubeApiError", "KubeClient", "core_path", "group_path", "voltgrid_path"]
@@ -57,7 +57,7 @@ def group_path(group_version: str, plural: str, namespace: str | None = None, na
 
 
 def voltgrid_path(plural: str, namespace: str | None = None, name: str | None = None) -> str:
-    return group_path(c.API_VERSION, plural, namespace, name)
+    return group_path(constants.API_VERSION, plural, namespace, name)
 
 
 def _path(prefix: str, plural: str, namespace: str | None, name: str | None) -> str:

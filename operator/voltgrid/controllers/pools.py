@@ -22,14 +22,14 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from voltgrid.api import podspec
-from voltgrid.api import pool as pl
+from voltgrid.api import podspec, pool
 from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.controllers import children
-from voltgrid.controllers.builders import sandbox as sb
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import sandbox as sandbox_builder
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo
 from voltgrid.controllers.builders.runtime import select_runtime
+from voltgrid.controllers.builders.status import READY
 from voltgrid.controllers.kube import core_path, group_path, voltgrid_path
 from voltgrid.controllers.state import Context, Key, spec_only
 
@@ -41,18 +41,18 @@ NETPOL_API: Final = "networking.k8s.io/v1"
 NETPOLS: Final = "networkpolicies"
 
 
-def pool_pod(pod: PodInfo) -> pl.PoolPod:
+def pool_pod(pod: PodInfo) -> pool.PoolPod:
     """The pool's view of an indexed pod."""
     if pod.pool_claimed:
-        state = pl.PodState.CLAIMED
+        state = pool.PodState.CLAIMED
     elif not pod.alive:
-        state = pl.PodState.DEAD
+        state = pool.PodState.DEAD
     elif pod.ready:
-        state = pl.PodState.READY
+        state = pool.PodState.READY
     else:
-        state = pl.PodState.WARMING
+        state = pool.PodState.WARMING
     created = pod.created.timestamp() if pod.created else 0.0
-    return pl.PoolPod(pod.name, pod.template_hash, state, created)
+    return pool.PoolPod(pod.name, pod.template_hash, state, created)
 
 
 def selector(template: str) -> str:
@@ -60,18 +60,18 @@ def selector(template: str) -> str:
 
     Set-based (``notin``): the apiserver turns ``/scale``'s selector into an autoscaling Scale with a
     parser that refuses ``!=``, so ``kubectl scale`` and an HPA would fail on it."""
-    return f"{pl.LABEL_TEMPLATE}={template},{pl.LABEL_CLAIMED} notin (true)"
+    return f"{pool.LABEL_TEMPLATE}={template},{pool.LABEL_CLAIMED} notin (true)"
 
 
 class PoolController:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.templates: dict[Key, tuple[SandboxTemplate, Json]] = {}
-        self.buckets: dict[Key, pl.RefillBucket] = {}
+        self.buckets: dict[Key, pool.RefillBucket] = {}
         #: kopf runs the handlers of different pods at once: one reconcile per template at a time,
         #: or two would plan from the same index and create the missing pods twice.
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
-        ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pl.PodState])
+        ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pool.PodState])
 
     def state_counts(self) -> Counter[str]:
         """Pool pods per state over every template (the metric's value at a scrape)."""
@@ -113,27 +113,29 @@ class PoolController:
         ns, name = key
         spec = template.spec
         gen = template.metadata.generation
-        revision = pl.template_hash(spec)
+        revision = pool.template_hash(spec)
         now = self.ctx.clock()
         rt = self.ctx.runtimes
         choice = select_runtime(spec.isolation, rt.classes, rt.nodes.values(), spec.resources.gpu)
         pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
         conditions = current.get("conditions")
         if not choice.runnable:
-            cond = st.condition(conditions, st.READY, False, choice.reason, choice.message, generation=gen, now=now)
+            cond = status_builder.condition(
+                conditions, READY, False, choice.reason, choice.message, generation=gen, now=now
+            )
             await self._write(key, current, self._counts(name, pods, revision, gen, cond))
             return
         bucket = self.buckets.get(key)
         if bucket is None or bucket.per_minute != spec.refill_per_minute:
-            bucket = self.buckets[key] = pl.RefillBucket.full(spec.refill_per_minute, now.timestamp())
-        plan = pl.plan(spec, pods, revision, allowance=bucket.available(now.timestamp()))
+            bucket = self.buckets[key] = pool.RefillBucket.full(spec.refill_per_minute, now.timestamp())
+        plan = pool.plan(spec, pods, revision, allowance=bucket.available(now.timestamp()))
         for victim in plan.delete:
             await self.ctx.client.delete(core_path("pods", ns, victim))
             self.ctx.pods.remove(ns, victim)
-        cond = st.condition(conditions, st.READY, True, "PoolServing", "", generation=gen, now=now)
+        cond = status_builder.condition(conditions, READY, True, "PoolServing", "", generation=gen, now=now)
         try:
             if plan.create:  # egress confined before the first pod of the revision starts
-                policy = sb.pool_network_policy(template, revision)
+                policy = sandbox_builder.pool_network_policy(template, revision)
                 await children.create(self.ctx.client, "NetworkPolicy", group_path(NETPOL_API, NETPOLS, ns), policy)
             for _ in range(plan.create):
                 manifest = podspec.build_pool_pod(
@@ -147,16 +149,16 @@ class PoolController:
                 self.ctx.metrics.pool_pods_created.inc()
                 bucket.take(1)
         except children.ChildRejected as exc:
-            cond = st.condition(conditions, st.READY, False, exc.reason, str(exc), generation=gen, now=now)
+            cond = status_builder.condition(conditions, READY, False, exc.reason, str(exc), generation=gen, now=now)
         pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
         await self._write(key, current, self._counts(name, pods, revision, gen, cond))
-        short = spec.replicas - pl.counts(pods, revision).updated
+        short = spec.replicas - pool.counts(pods, revision).updated
         if short > 0 and bucket.available(now.timestamp()) < 1:  # held back by the refill rate
             wait = timedelta(seconds=60.0 / spec.refill_per_minute)
             self.ctx.scheduler.schedule((DEADLINE_KIND, ns, name), now + wait)
 
-    def _counts(self, name: str, pods: list[pl.PoolPod], revision: str, gen: int | None, cond: Json) -> Json:
-        counts = pl.counts(pods, revision)
+    def _counts(self, name: str, pods: list[pool.PoolPod], revision: str, gen: int | None, cond: Json) -> Json:
+        counts = pool.counts(pods, revision)
         return {
             "replicas": counts.replicas,
             "ready": counts.ready,
@@ -170,7 +172,7 @@ class PoolController:
         }
 
     async def _write(self, key: Key, current: Json, patch: Json) -> None:
-        if not st.changed(current, patch):
+        if not status_builder.changed(current, patch):
             return
         await self.ctx.client.patch(voltgrid_path("sandboxtemplates", *key) + "/status", {"status": patch})
         template, _ = self.templates[key]

@@ -20,8 +20,8 @@ from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox, SandboxPhase
 from voltgrid.controllers import children
-from voltgrid.controllers.builders import sandbox as sb
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import sandbox as sandbox_builder
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo, parse_time
 from voltgrid.controllers.builders.runtime import select_runtime
 from voltgrid.controllers.events import NORMAL, WARNING
@@ -54,7 +54,7 @@ class SandboxController:
         try:
             sandbox = Sandbox.model_validate(spec_only(body))
         except ValidationError as exc:
-            patch = st.invalid_status(
+            patch = status_builder.invalid_status(
                 current, generation=meta.get("generation"), message=str(exc), now=self.ctx.clock()
             )
             await self._write(key, current, {**patch, "phase": SandboxPhase.NOT_STARTED})
@@ -77,7 +77,7 @@ class SandboxController:
             return
         pod = self.ctx.pods.for_sandbox(ns, name)
         started = parse_time(current.get("startedAt")) or (pod.started if pod else None)
-        expires = sb.expiry(sandbox, started)
+        expires = sandbox_builder.expiry(sandbox, started)
         if expires is not None and now >= expires:
             await self.expire(sandbox, current)
             return
@@ -102,14 +102,16 @@ class SandboxController:
         conditions = current.get("conditions")
         if not choice.runnable:
             self.not_started.add(key)
-            cond = st.condition(conditions, st.READY, False, choice.reason, choice.message, generation=gen, now=now)
+            cond = status_builder.condition(
+                conditions, status_builder.READY, False, choice.reason, choice.message, generation=gen, now=now
+            )
             patch: Json = {
                 "phase": SandboxPhase.NOT_STARTED,
                 "conditions": [cond],
                 "sandboxed": False,
                 "observedGeneration": gen,
             }
-            if st.changed(current, patch):
+            if status_builder.changed(current, patch):
                 await self.ctx.events.post(self._ref(sandbox), WARNING, choice.reason, choice.message)
             await self._write(key, current, patch)
             return
@@ -119,7 +121,9 @@ class SandboxController:
             body = await self.ctx.client.get(voltgrid_path("functions", ns, sandbox.spec.function_ref))
             if body is None:
                 msg = f"functionRef {sandbox.spec.function_ref} not found in {ns}"
-                cond = st.condition(conditions, st.READY, False, "FunctionNotFound", msg, generation=gen, now=now)
+                cond = status_builder.condition(
+                    conditions, status_builder.READY, False, "FunctionNotFound", msg, generation=gen, now=now
+                )
                 await self._write(
                     key, current, {"phase": SandboxPhase.NOT_STARTED, "conditions": [cond], "observedGeneration": gen}
                 )
@@ -133,7 +137,7 @@ class SandboxController:
                 self.ctx.client,
                 "NetworkPolicy",
                 group_path("networking.k8s.io/v1", "networkpolicies", ns),
-                sb.network_policy(sandbox),
+                sandbox_builder.network_policy(sandbox),
             )
             created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), pod_manifest)
         except children.ChildRejected as exc:
@@ -156,26 +160,26 @@ class SandboxController:
         a new spec (its watch event reconciles again)."""
         ns, name = str(sandbox.metadata.namespace), str(sandbox.metadata.name)
         now = self.ctx.clock()
-        patch = st.not_ready_status(
+        patch = status_builder.not_ready_status(
             current, generation=sandbox.metadata.generation, reason=exc.reason, message=str(exc), now=now
         )
         patch["phase"] = SandboxPhase.NOT_STARTED
-        if st.changed(current, patch):
+        if status_builder.changed(current, patch):
             await self.ctx.events.post(self._ref(sandbox), WARNING, exc.reason, str(exc))
         await self._write((ns, name), current, patch)
         if exc.transient:
             self.ctx.scheduler.schedule(("sandbox", ns, name), now + CHILD_RETRY)
 
     def _from_pod(self, sandbox: Sandbox, pod: PodInfo | None, current: Json, expires: datetime | None) -> Json:
-        phase = sb.phase_of(pod)
+        phase = sandbox_builder.phase_of(pod)
         if pod is None and current.get("podName"):
             phase = SandboxPhase.FAILED  # its pod was deleted by someone else: burnt, not restarted
         ok = phase == SandboxPhase.RUNNING
         reason = "Running" if ok else ("PodGone" if pod is None else f"Pod{pod.phase}")
         message = f"pod {pod.name} is {pod.phase}" if pod else "the sandbox's pod no longer exists"
-        cond = st.condition(
+        cond = status_builder.condition(
             current.get("conditions"),
-            st.READY,
+            status_builder.READY,
             ok,
             reason,
             message,
@@ -183,13 +187,13 @@ class SandboxController:
             now=self.ctx.clock(),
         )
         patch: Json = {"phase": phase, "conditions": [cond], "observedGeneration": sandbox.metadata.generation}
-        endpoint = sb.endpoint(pod)
+        endpoint = sandbox_builder.endpoint(pod)
         if endpoint:
             patch["endpoint"] = endpoint
         if pod is not None and pod.started:
-            patch["startedAt"] = st.rfc3339(pod.started)
+            patch["startedAt"] = status_builder.rfc3339(pod.started)
         if expires is not None:
-            patch["expiresAt"] = st.rfc3339(expires)
+            patch["expiresAt"] = status_builder.rfc3339(expires)
         return patch
 
     async def on_pod(self, pod: PodInfo) -> None:
@@ -210,19 +214,19 @@ class SandboxController:
             await self.ctx.client.delete(core_path("pods", ns, pod.name))
             self.ctx.pods.remove(ns, pod.name)
         await self.ctx.client.delete(
-            group_path("networking.k8s.io/v1", "networkpolicies", ns, sb.network_policy_name(name))
+            group_path("networking.k8s.io/v1", "networkpolicies", ns, sandbox_builder.network_policy_name(name))
         )
         now = self.ctx.clock()
-        cond = st.condition(
+        cond = status_builder.condition(
             current.get("conditions"),
-            st.READY,
+            status_builder.READY,
             False,
             "Expired",
             "the sandbox reached its expiry",
             generation=sandbox.metadata.generation,
             now=now,
         )
-        patch: Json = {"phase": SandboxPhase.EXPIRED, "conditions": [cond], "expiresAt": st.rfc3339(now)}
+        patch: Json = {"phase": SandboxPhase.EXPIRED, "conditions": [cond], "expiresAt": status_builder.rfc3339(now)}
         if current.get("expiresAt"):
             patch["expiresAt"] = current["expiresAt"]
         patch.pop("endpoint", None)
@@ -236,7 +240,7 @@ class SandboxController:
         if not sandbox.spec.delete_after_expiry:
             return
         expired_at = parse_time(current.get("expiresAt")) or now
-        when = sb.delete_after(expired_at, self.ctx.settings.sandbox_delete_grace)
+        when = sandbox_builder.delete_after(expired_at, self.ctx.settings.sandbox_delete_grace)
         if now >= when:
             await self.ctx.client.delete(voltgrid_path("sandboxes", ns, name))
         else:
@@ -257,7 +261,7 @@ class SandboxController:
                 await self.on_event(body, None)
 
     async def _write(self, key: Key, current: Json, patch: Json) -> Json:
-        if not st.changed(current, patch):
+        if not status_builder.changed(current, patch):
             return current
         await self.ctx.client.patch(voltgrid_path("sandboxes", *key) + "/status", {"status": patch})
         return {**current, **patch}

@@ -22,8 +22,8 @@ import kopf
 from voltgrid.api import podspec
 from voltgrid.api.function import Function
 from voltgrid.api.session import Session, SessionPhase
-from voltgrid.controllers.builders import session as ss
-from voltgrid.controllers.builders import status as st
+from voltgrid.controllers.builders import session as session_builder
+from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo
 from voltgrid.controllers.builders.runtime import select_runtime
 from voltgrid.controllers.events import NORMAL, WARNING
@@ -58,9 +58,9 @@ class SessionController:
                 current,
                 {
                     "conditions": [
-                        st.condition(
+                        status_builder.condition(
                             current.get("conditions"),
-                            st.READY,
+                            status_builder.READY,
                             False,
                             "FunctionNotFound",
                             msg,
@@ -72,11 +72,11 @@ class SessionController:
             )
             raise kopf.TemporaryError(msg, delay=FUNCTION_RETRY)
         function = Function.model_validate(spec_only(fn_body))
-        sid = ss.session_id(session)
+        sid = session_builder.session_id(session)
         self.by_session_id[(ns, function.metadata.name or "", sid)] = (ns, name)
         if session.spec.keep_warm:
             await self._keep_warm(session, function, sid)
-        expires = ss.expires_at(session, function)
+        expires = session_builder.expires_at(session, function)
         if expires is not None:
             self.ctx.scheduler.schedule(("session", ns, name), expires)
         self.live[(ns, name)] = (session, function, current)
@@ -103,14 +103,14 @@ class SessionController:
             return
         session, function, current = remembered
         ns = key[0]
-        sid = ss.session_id(session)
+        sid = session_builder.session_id(session)
         pods = self.ctx.pods.for_session(ns, str(function.metadata.name), sid)
-        expiry = ss.expires_at(session, function)
+        expiry = session_builder.expires_at(session, function)
         previous = current.get("phase")
-        phase = ss.phase(
+        phase = session_builder.phase(
             pods,
             now=self.ctx.clock(),
-            idle=ss.idle_timeout(session, function),
+            idle=session_builder.idle_timeout(session, function),
             expiry=expiry,
             previous=SessionPhase(previous) if previous else None,
         )
@@ -123,15 +123,15 @@ class SessionController:
         }
         last = max((p.last_active for p in live if p.last_active), default=None)
         if last is not None:
-            patch["lastActivity"] = st.rfc3339(last)
+            patch["lastActivity"] = status_builder.rfc3339(last)
         if expiry is not None:
-            patch["expiresAt"] = st.rfc3339(expiry)
+            patch["expiresAt"] = status_builder.rfc3339(expiry)
         if function.spec.storage is not None:
             patch["storagePath"] = f"{ns}/{function.metadata.name}/{sid}"
         patch["conditions"] = [
-            st.condition(
+            status_builder.condition(
                 current.get("conditions"),
-                st.READY,
+                status_builder.READY,
                 phase != SessionPhase.EXPIRED,
                 str(phase),
                 f"session {sid} is {phase}",
@@ -162,7 +162,7 @@ class SessionController:
         if function is None:
             fn_body = await self.ctx.client.get(voltgrid_path("functions", ns, session.spec.function_ref))
             function = Function.model_validate(spec_only(fn_body)) if fn_body else None
-        sid = ss.session_id(session)
+        sid = session_builder.session_id(session)
         self.by_session_id.pop((ns, session.spec.function_ref, sid), None)
         if function is None:
             return  # the Function is gone: its pods went with it (owner references)
@@ -170,9 +170,9 @@ class SessionController:
         await self.release(session, function, pods, reason="deleted")
 
     async def release(self, session: Session, function: Function, pods: list[PodInfo], *, reason: str) -> None:
-        sid = ss.session_id(session)
+        sid = session_builder.session_id(session)
         for pod in pods:
-            call = ss.prestop_call(function, pod, sid, reason, self.ctx.settings.prestop_timeout_cap)
+            call = session_builder.prestop_call(function, pod, sid, reason, self.ctx.settings.prestop_timeout_cap)
             if call is not None:
                 url, payload, timeout = call
                 try:
@@ -191,7 +191,7 @@ class SessionController:
             self.ctx.pods.remove(pod.namespace, pod.name)
 
     async def _write(self, key: Key, current: Json, patch: Json) -> Json:
-        if not st.changed(current, patch):
+        if not status_builder.changed(current, patch):
             return current
         await self.ctx.client.patch(voltgrid_path("sessions", *key) + "/status", {"status": patch})
         return {**current, **patch}

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Self
 import pydantic
 from pydantic_settings import SettingsConfigDict
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 
 ENV_PREFIX: Final = "VOLTGRID_OPERATOR_"
@@ -132,4 +132,4 @@ class OperatorSettings(LayeredSettings):
 
     def invoke_url(self, namespace: str, function: str) -> str:
         base = self.url_base or f"http://{self.gateway_service}.{self.gateway_namespace}.svc"
-        return f"{base.rstrip('/')}{c.INVOKE_PATH_PREFIX}{namespace}/{function}/"
+        return f"{base.rstrip('/')}{constants.INVOKE_PATH_PREFIX}{namespace}/{function}/"

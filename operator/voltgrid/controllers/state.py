@@ -101,9 +101,6 @@ class PodIndex:
         """The pool pods of a SandboxTemplate (a scan: pools are few pods next to instances)."""
         return [p for p in self._pods.values() if p.namespace == namespace and p.template == template]
 
-    def functions(self) -> list[Key]:
-        return list(self._by_function)
-
 
 class RuntimeInventory:
     """RuntimeClasses (name -> handler, node selector) and node labels."""

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.function import Function, FunctionStatus
 from voltgrid.gateway.functions import FunctionCatalog
 from voltgrid.registry.kubeapi import KubeApi, Reflector
@@ -43,7 +43,9 @@ class FunctionWatcher:
     def __init__(self, api: KubeApi, catalog: FunctionCatalog, namespace: str | None = None) -> None:
         self._catalog = catalog
         where = f"/namespaces/{namespace}" if namespace else ""
-        self._reflector = Reflector(api, f"/apis/{c.API_VERSION}{where}/{PLURAL}", self._handle, name="Functions")
+        self._reflector = Reflector(
+            api, f"/apis/{constants.API_VERSION}{where}/{PLURAL}", self._handle, name="Functions"
+        )
         #: Set once the Functions were listed: the gateway is ready to route only then.
         self.synced: asyncio.Event = self._reflector.synced
 

@@ -132,7 +132,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
             "replica": gw.membership.self_id,
             "members": list(gw.membership.members),
             "sessions": len(gw.manager.registry),
-            "instances": len(gw.manager.instances),
+            "instances": len(gw.manager.instance_ids()),
         }
     )
 

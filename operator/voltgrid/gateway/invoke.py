@@ -11,7 +11,6 @@ instance cannot be reached at all, it is forgotten and the session is woken else
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
@@ -205,7 +204,7 @@ async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -
     for attempt in range(2):
         instance, _ = await manager.least_loaded(fn)
         traffic = Traffic()
-        manager.instance_inflight[instance.id] = manager.instance_inflight.get(instance.id, 0) + 1
+        counted = manager.begin_request(instance)
         headers = upstream_headers(request, trust=client_trust(request))
         tracing.inject(headers)
         url = instance.url + request[TAIL]
@@ -237,10 +236,7 @@ async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -
             if gone is not None:
                 manager.spawn(gw.backend.delete(gone))
         finally:
-            with contextlib.suppress(KeyError):
-                manager.instance_inflight[instance.id] -= 1
-            if instance.id in manager.instances:
-                manager.instance_last_active[instance.id] = manager.now()
+            manager.end_request(counted)
             _done(gw, fn, traffic, t0)
     raise AssertionError("unreachable")
 

@@ -69,7 +69,6 @@ class Lifecycle:
         manager.scheduler = self.scheduler
         manager.budget.remote = peers.budget
         manager.budget.peer_seats = peers.seats
-        self.prestop_calls = 0
         self._checkpointing: asyncio.Task[int] | None = None
         #: Backup updates waiting for each peer, sent in order by one task per peer (a "forget"
         #: must never overtake the copy it forgets).
@@ -118,12 +117,13 @@ class Lifecycle:
         return None
 
     def _instance_due(self, instance_id: str, now: float) -> float | None:
-        instance = self.m.instances.get(instance_id)
-        fn = self.m.catalog.get(instance.function) if instance else None
-        if instance is None or fn is None:
+        state = self.m.instance_state(instance_id)
+        fn = self.m.catalog.get(state.instance.function) if state else None
+        if state is None or fn is None:
             return None
-        last = self.m.instance_last_active.get(instance_id, now)
-        if self.m.instance_inflight.get(instance_id, 0) or now < last + fn.idle_timeout:
+        instance = state.instance
+        last = state.last_active if state.last_active is not None else now
+        if state.inflight or now < last + fn.idle_timeout:
             return max(last, now) + fn.idle_timeout
         self.m.forget_instance(instance_id)
         self.m.spawn(self._delete(instance))
@@ -133,8 +133,9 @@ class Lifecycle:
     def last_activity(self, instance_id: str, now: float) -> float | None:
         """Loop time of the latest activity on the instance (``now`` while a request is in flight)."""
         m = self.m
-        latest = m.instance_last_active.get(instance_id)
-        if m.instance_inflight.get(instance_id, 0):
+        state = m.instance_state(instance_id)
+        latest = state.last_active if state is not None else None
+        if state is not None and state.inflight:
             return now
         for key in m.registry.sessions_on(instance_id):
             record = m.registry.get(key)
@@ -150,12 +151,12 @@ class Lifecycle:
         m = self.m
         now = m.now()
         due = []
-        for instance_id, instance in list(m.instances.items()):
-            active = self.last_activity(instance_id, now)
-            if active is not None and active > m.instance_checkpoints.get(instance_id, float("-inf")):
-                due.append((instance, active))
+        for state in m.instance_states():
+            active = self.last_activity(state.instance.id, now)
+            if active is not None and active > state.checkpointed:
+                due.append((state.instance, active))
         for instance, active in due:  # one at a time: a steady trickle of PATCHes, never a burst
-            if instance.id in m.instances:
+            if m.instance(instance.id) is not None:
                 await m.checkpoint(instance, active)
         return len(due)
 
@@ -179,7 +180,7 @@ class Lifecycle:
     async def _release(self, record: SessionRecord, reason: str, forget: bool) -> None:
         try:
             fn = self.m.catalog.get(record.function)
-            instance = self.m.instances.get(record.instance) if record.instance else None
+            instance = self.m.instance(record.instance) if record.instance else None
             if instance is not None and fn is not None and fn.prestop_path:
                 await self._prestop(fn, instance, record, reason)
             self.m.unbind(record)
@@ -203,7 +204,6 @@ class Lifecycle:
         body: dict[str, Any] = {"sessionId": record.storage_id, "reason": reason}
         if record.key != record.storage_id:
             body["affinityKey"] = record.key
-        self.prestop_calls += 1
         try:
             async with (
                 asyncio.timeout(fn.prestop_timeout),
@@ -231,7 +231,7 @@ class Lifecycle:
 
     # -- learned bindings (MCP) and hand-off ----------------------------------------------------
     def binding_payload(self, record: SessionRecord, role: str) -> dict[str, Any]:
-        instance = self.m.instances.get(record.instance) if record.instance else None
+        instance = self.m.instance(record.instance) if record.instance else None
         return {
             "role": role,
             "key": record.key,
@@ -249,7 +249,8 @@ class Lifecycle:
         m = self.m
         if key == record.key or record.instance is None:
             return record
-        instance = m.instances[record.instance]
+        instance = m.instance(record.instance)
+        assert instance is not None  # a bound record's instance is known here
         learned = m.registry.find(record.function, key)
         if learned is None:
             now = m.now()
@@ -419,7 +420,7 @@ class Lifecycle:
         if not m.warm.managed:  # the operator's warm pods, as this LIST found them
             found: dict[str, list[Instance]] = {fn.key: [] for fn in m.catalog if fn.warm_pool}
             for instance in instances:
-                if unclaimed_warm(instance) and instance.id not in m.instances and instance.function in found:
+                if unclaimed_warm(instance) and m.instance(instance.id) is None and instance.function in found:
                     found[instance.function].append(instance)
             for function, pool in found.items():
                 m.warm.replace(function, pool)
@@ -431,7 +432,7 @@ class Lifecycle:
             if fn.affinity is Affinity.NONE:
                 m.adopt_instance(instance)
                 if m.membership.is_owner(instance.session):
-                    m.instance_last_active.setdefault(instance.id, m.now())
+                    m.touch_instance(instance.id, only_if_unset=True)
                     m.schedule(INSTANCE_TIMER_PREFIX + instance.id, m.now() + fn.idle_timeout)
                 continue
             if not m.membership.is_owner(instance.session) or m.registry.sessions_on(instance.id):
@@ -439,7 +440,7 @@ class Lifecycle:
             if fn.affinity is Affinity.MCP:
                 # MCP ids live only in gateways; an instance no binding names is an orphan.
                 too_old = instance.created and instance.created + fn.max_lifetime < time.time()
-                if instance.id not in m.instances and too_old:
+                if m.instance(instance.id) is None and too_old:
                     m.spawn(self._delete(instance))
                 continue
             if m.registry.find(fn.key, instance.session) is None:

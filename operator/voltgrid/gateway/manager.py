@@ -14,6 +14,12 @@ Every instance a session gets is a *seat* granted by the Function's budget
 holds only the sessions this replica is authoritative for; the passive copies it keeps for another
 replica (:class:`BackupCopy`) live apart in :attr:`SessionManager.backups`, where nothing fires,
 lists or counts them.
+
+What this replica knows about each instance it serves is ONE :class:`InstanceState`, owned by the
+manager and changed only through its methods (adopt, forget, a request's start and end, a
+checkpoint): no parallel dicts that the request path and the lifecycle could update out of step.
+The sessions bound to an instance are not counted there but read from the registry's index (the
+one place a binding is written), so seats and sessions cannot disagree.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +69,22 @@ class BackupCopy:
     principal: str | None
 
 
+@dataclass(slots=True)
+class InstanceState:
+    """This replica's view of one instance it serves; only :class:`SessionManager` changes it.
+
+    ``inflight`` counts the session-less requests (affinity None) on it; session requests are
+    counted on their session's record. ``last_active`` is the loop time the last session-less
+    request ended (None until there was one); ``checkpointed`` the loop time of the activity its
+    last checkpoint recorded.
+    """
+
+    instance: Instance
+    inflight: int = 0
+    last_active: float | None = None
+    checkpointed: float = float("-inf")
+
+
 class SessionManager:
     """Sessions, instances and placement for one gateway replica."""
 
@@ -80,11 +102,7 @@ class SessionManager:
         self.membership = membership
         self.metrics = metrics
         self.registry = SessionRegistry(settings.shards)
-        self.instances: dict[str, Instance] = {}
-        self.instance_inflight: dict[str, int] = {}
-        self.instance_last_active: dict[str, float] = {}
-        #: Loop time of the activity each instance's last checkpoint recorded.
-        self.instance_checkpoints: dict[str, float] = {}
+        self._instances: dict[str, InstanceState] = {}
         self._waking: dict[str, asyncio.Future[Instance]] = {}
         self._queued: dict[str, int] = {}
         self.releasing: dict[str, asyncio.Task[None]] = {}
@@ -99,7 +117,7 @@ class SessionManager:
             discovery_interval=settings.warm_discovery_interval,
         )
         # Set by the lifecycle, which owns the timers (it needs the manager, hence late binding).
-        self.scheduler: DeadlineScheduler | None = None
+        self.scheduler: DeadlineScheduler[str] | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def now(self) -> float:
@@ -229,7 +247,7 @@ class SessionManager:
         from one LIST of the operator's warm pods; its first checkpoint is written in the background."""
         warm = self.warm.claim(fn)
         if warm is None and fn.warm_pool and not self.warm.managed:
-            await self.warm.discover(fn, self.instances)
+            await self.warm.discover(fn, self.instance_ids())
             warm = self.warm.claim(fn)
         if warm is not None:
             self.adopt_instance(warm)
@@ -245,8 +263,9 @@ class SessionManager:
         except Exception:
             logger.exception("checkpointing instance %s failed", instance.id)
             return
-        if instance.id in self.instances:
-            self.instance_checkpoints[instance.id] = max(active, self.instance_checkpoints.get(instance.id, active))
+        state = self._instances.get(instance.id)
+        if state is not None:
+            state.checkpointed = max(active, state.checkpointed)
 
     def bind(self, record: SessionRecord, instance: Instance) -> None:
         self.adopt_instance(instance)
@@ -277,11 +296,46 @@ class SessionManager:
         if record.inflight == 0:
             self.metrics.function_usage(record.function).active.stop(since, now)
 
-    def adopt_instance(self, instance: Instance) -> None:
-        if instance.id not in self.instances:
-            self.instances[instance.id] = instance
-            self.instance_inflight.setdefault(instance.id, 0)
+    def adopt_instance(self, instance: Instance) -> InstanceState:
+        """The instance's record here, created (and counted) when it is new to this replica."""
+        state = self._instances.get(instance.id)
+        if state is None:
+            state = self._instances[instance.id] = InstanceState(instance)
             self.metrics.instances.labels(instance.function).inc()
+        return state
+
+    def instance(self, instance_id: str) -> Instance | None:
+        state = self._instances.get(instance_id)
+        return state.instance if state is not None else None
+
+    def instance_state(self, instance_id: str) -> InstanceState | None:
+        """The record of an instance (read it; change it only through the manager's methods)."""
+        return self._instances.get(instance_id)
+
+    def instance_ids(self) -> Collection[str]:
+        return self._instances.keys()
+
+    def instance_states(self) -> list[InstanceState]:
+        return list(self._instances.values())
+
+    def begin_request(self, instance: Instance) -> InstanceState:
+        """A session-less request starts on ``instance``; pass the result to :meth:`end_request`."""
+        state = self.adopt_instance(instance)
+        state.inflight += 1
+        return state
+
+    def end_request(self, state: InstanceState) -> None:
+        """The request :meth:`begin_request` counted ended. Its count is taken off the record it was
+        put on, so an instance forgotten (and perhaps adopted again) meanwhile never goes negative."""
+        state.inflight -= 1
+        if self._instances.get(state.instance.id) is state:
+            state.last_active = self.now()
+
+    def touch_instance(self, instance_id: str, *, only_if_unset: bool = False) -> None:
+        """Count ``now`` as activity of a session-less instance (it was just started or found)."""
+        state = self._instances.get(instance_id)
+        if state is not None and not (only_if_unset and state.last_active is not None):
+            state.last_active = self.now()
 
     def lost_instance(self, instance_id: str) -> None:
         """An instance was found dead: forget it here, and its slot in the budget (which deletes it)."""
@@ -291,10 +345,8 @@ class SessionManager:
 
     def forget_instance(self, instance_id: str) -> Instance | None:
         """Drop an instance from this replica's view and unbind its sessions here (deletes nothing)."""
-        instance = self.instances.pop(instance_id, None)
-        self.instance_inflight.pop(instance_id, None)
-        self.instance_last_active.pop(instance_id, None)
-        self.instance_checkpoints.pop(instance_id, None)
+        state = self._instances.pop(instance_id, None)
+        instance = state.instance if state is not None else None
         for key in list(self.registry.sessions_on(instance_id)):
             record = self.registry.get(key)
             if record is not None:
@@ -310,7 +362,7 @@ class SessionManager:
         if release is not None:
             await asyncio.shield(release)
         if record.instance is not None:
-            instance = self.instances.get(record.instance)
+            instance = self.instance(record.instance)
             if instance is not None:
                 return instance, False
             self.unbind(record)
@@ -397,17 +449,15 @@ class SessionManager:
         """Affinity None: the instance with the fewest requests in flight, started when all are full."""
         best: Instance | None = None
         best_load = 0
-        for instance in self.instances.values():
-            if instance.function == fn.key:
-                load = self.instance_inflight.get(instance.id, 0)
-                if best is None or load < best_load:
-                    best, best_load = instance, load
+        for state in self._instances.values():
+            if state.instance.function == fn.key and (best is None or state.inflight < best_load):
+                best, best_load = state.instance, state.inflight
         if best is not None and best_load < fn.concurrency:
             return best, False
         key = INSTANCE_TIMER_PREFIX + fn.key
         waking = self._waking.get(key)
         if waking is None:
-            running = sum(1 for i in self.instances.values() if i.function == fn.key)
+            running = sum(1 for state in self._instances.values() if state.instance.function == fn.key)
             if running >= fn.max_instances:
                 if best is not None:
                     return best, False
@@ -423,7 +473,7 @@ class SessionManager:
     async def _start_shared(self, fn: FunctionEntry, key: str, done: asyncio.Future[Instance]) -> None:
         try:
             instance = await self.claim_warm(fn) or await self.cold_start(fn, mint_owned_id(self.membership))
-            self.instance_last_active[instance.id] = self.now()
+            self.touch_instance(instance.id)
             self.schedule(INSTANCE_TIMER_PREFIX + instance.id, self.now() + fn.idle_timeout)
             done.set_result(instance)
         except Exception as e:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.backends.base import BackendError, ControlPlaneUnavailableError
 from voltgrid.gateway import tracing
 from voltgrid.gateway.affinity import session_key
@@ -38,7 +38,7 @@ from voltgrid.registry.ids import SESSION_ID_RE
 logger = logging.getLogger(__name__)
 
 INVOKE_ROUTE: Final = "invoke"
-INVOKE_PREFIX: Final = c.INVOKE_PATH_PREFIX
+INVOKE_PREFIX: Final = constants.INVOKE_PATH_PREFIX
 FUNCTION: Final = web.RequestKey("voltgrid.function", FunctionEntry)
 TAIL: Final = web.RequestKey("voltgrid.tail", str)
 PREFIX: Final = web.RequestKey("voltgrid.prefix", str)

@@ -6,9 +6,9 @@ import re
 import secrets
 from typing import Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 
-SESSION_ID_RE: Final = re.compile(c.SESSION_ID_PATTERN)
+SESSION_ID_RE: Final = re.compile(constants.SESSION_ID_PATTERN)
 #: Bytes of randomness in a minted id: 96 bits, so ids cannot be guessed or collide.
 MINTED_ID_BYTES: Final = 12
 #: Opaque affinity keys learned from instances (MCP session ids): visible ASCII, bounded.
@@ -23,7 +23,7 @@ def mint_session_id() -> str:
 
 def is_session_id(value: str) -> bool:
     """Whether ``value`` is a session id Voltgrid accepts (a DNS label of at most 63 characters)."""
-    return len(value) <= c.SESSION_ID_MAX_LENGTH and SESSION_ID_RE.match(value) is not None
+    return len(value) <= constants.SESSION_ID_MAX_LENGTH and SESSION_ID_RE.match(value) is not None
 
 
 def is_learned_key(value: str) -> bool:

@@ -141,12 +141,6 @@ class SessionRegistry:
     def count(self, function: str) -> int:
         return len(self._by_function.get(function, ()))
 
-    def bound_count(self, function: str) -> int:
-        return sum(1 for record in self.by_function(function) if record.state == BOUND)
-
     def shards(self) -> Iterator[dict[str, SessionRecord]]:
         """The shards, for walks that yield to the event loop between them."""
         yield from self._shards
-
-    def idle_count(self) -> int:
-        return sum(1 for shard in self._shards for r in shard.values() if r.state == UNBOUND)

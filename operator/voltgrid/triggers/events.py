@@ -17,7 +17,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.function import Affinity, SessionPolicy
 from voltgrid.api.triggers import SessionFrom, SessionSource
 
@@ -51,7 +51,8 @@ class Delivery:
 
 def invoke_url(gateway: str, namespace: str, function: str, path: str) -> str:
     """``<gateway>/fn/<namespace>/<function><path>``: the same URL a client calls."""
-    return f"{gateway.rstrip('/')}{c.INVOKE_PATH_PREFIX}{namespace}/{function}{quote(path, safe='/:@!$&()*+,;=-._~%')}"
+    quoted = quote(path, safe="/:@!$&()*+,;=-._~%")
+    return f"{gateway.rstrip('/')}{constants.INVOKE_PATH_PREFIX}{namespace}/{function}{quoted}"
 
 
 def usable_key(value: str) -> str:

@@ -18,7 +18,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef, TriggerType
 from voltgrid.registry.kubeapi import REQUEST_TIMEOUT_S
@@ -35,7 +35,7 @@ class KubeSource:
 
     async def load(self) -> tuple[list[Function], Secrets]:
         listed: Any = await self._objects.list_cluster_custom_object(
-            c.GROUP, c.VERSION, "functions", _request_timeout=REQUEST_TIMEOUT_S
+            constants.GROUP, constants.VERSION, "functions", _request_timeout=REQUEST_TIMEOUT_S
         )
         functions = []
         for item in listed.get("items", []):

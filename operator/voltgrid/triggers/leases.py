@@ -15,10 +15,10 @@ from typing import Final
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 
-ANNOTATION_LAST_TICK: Final = f"{c.LABEL_PREFIX}last-tick"
-ANNOTATION_TRIGGER: Final = f"{c.LABEL_PREFIX}trigger"
+ANNOTATION_LAST_TICK: Final = f"{constants.LABEL_PREFIX}last-tick"
+ANNOTATION_TRIGGER: Final = f"{constants.LABEL_PREFIX}trigger"
 #: Tries of read-then-replace before a claim gives up (each conflict means another replica moved).
 CLAIM_TRIES: Final = 5
 
@@ -76,7 +76,7 @@ class LeaseLedger:
     def _new(self, trigger: str, tick: datetime) -> client.V1Lease:
         meta = client.V1ObjectMeta(
             name=lease_name(trigger),
-            labels={c.LABEL_MANAGED: "true"},
+            labels={constants.LABEL_MANAGED: "true"},
             annotations={ANNOTATION_LAST_TICK: tick.isoformat(), ANNOTATION_TRIGGER: trigger},
         )
         return client.V1Lease(metadata=meta, spec=client.V1LeaseSpec(holder_identity=self.replica))

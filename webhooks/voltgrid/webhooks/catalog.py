@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.api.common import parse_duration
 from voltgrid.registry.kubeapi import KubeApi, KubeApiError
 
@@ -45,19 +45,19 @@ class KubernetesCatalog:
 
     async def _custom_objects(self, plural: str) -> list[dict[str, Any]]:
         try:
-            return await self._api.list(f"/apis/{c.API_VERSION}/{plural}")
+            return await self._api.list(f"/apis/{constants.API_VERSION}/{plural}")
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
-            log.warning("%s.%s is not installed; no %s taken into account", plural, c.GROUP, plural)
+            log.warning("%s.%s is not installed; no %s taken into account", plural, constants.GROUP, plural)
         return []
 
     async def snapshot(self) -> Catalog:
         live: set[tuple[str, str]] = set()
-        async for page in self._api.list_pages("/api/v1/pods", {"labelSelector": c.LABEL_SESSION}):
+        async for page in self._api.list_pages("/api/v1/pods", {"labelSelector": constants.LABEL_SESSION}):
             for pod in page.get("items") or []:
                 meta = pod.get("metadata") or {}
-                live.add((meta.get("namespace", ""), (meta.get("labels") or {}).get(c.LABEL_SESSION, "")))
+                live.add((meta.get("namespace", ""), (meta.get("labels") or {}).get(constants.LABEL_SESSION, "")))
         for obj in await self._custom_objects("sessions"):
             if (obj.get("status") or {}).get("phase") != "Expired":
                 meta = obj.get("metadata") or {}

@@ -24,8 +24,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any, Final
 
-from voltgrid.api import constants as c
-from voltgrid.webhooks import contract as k
+from voltgrid.api import constants
+from voltgrid.webhooks import contract
 from voltgrid.webhooks.review import JsonPatchOp
 
 ADMISSIONREGISTRATION: Final = "admissionregistration.k8s.io/v1"
@@ -64,7 +64,7 @@ class WebhookSettings:
     name: str = "voltgrid"
     ca_bundle: bytes | None = None
     cert_manager_certificate: str | None = None
-    timeout_seconds: int = k.WEBHOOK_TIMEOUT_SECONDS
+    timeout_seconds: int = contract.WEBHOOK_TIMEOUT_SECONDS
 
     @property
     def mutating_name(self) -> str:
@@ -79,8 +79,8 @@ def namespace_selector(operator_namespace: str) -> dict[str, Any]:
     """Voltgrid-enabled namespaces, the operator's own excluded."""
     return {
         "matchExpressions": [
-            {"key": k.LABEL_NAMESPACE_ENABLED, "operator": "In", "values": ["true"]},
-            {"key": k.LABEL_NAMESPACE_NAME, "operator": "NotIn", "values": [operator_namespace]},
+            {"key": contract.LABEL_NAMESPACE_ENABLED, "operator": "In", "values": ["true"]},
+            {"key": contract.LABEL_NAMESPACE_NAME, "operator": "NotIn", "values": [operator_namespace]},
         ]
     }
 
@@ -133,8 +133,8 @@ def _rule(operations: list[str], resources: list[str]) -> dict[str, Any]:
 
 def mutating_configuration(settings: WebhookSettings) -> dict[str, Any]:
     """The MutatingWebhookConfiguration: CREATE of managed pods in Voltgrid namespaces."""
-    webhook = _webhook(settings, MUTATING_WEBHOOK_NAME, k.MUTATE_PATH, [_rule(["CREATE"], ["pods"])])
-    webhook["objectSelector"] = {"matchLabels": {c.LABEL_MANAGED: "true"}}
+    webhook = _webhook(settings, MUTATING_WEBHOOK_NAME, contract.MUTATE_PATH, [_rule(["CREATE"], ["pods"])])
+    webhook["objectSelector"] = {"matchLabels": {constants.LABEL_MANAGED: "true"}}
     webhook["reinvocationPolicy"] = "IfNeeded"
     return {
         "apiVersion": ADMISSIONREGISTRATION,
@@ -159,7 +159,7 @@ def validating_configuration(settings: WebhookSettings) -> dict[str, Any]:
         "apiVersion": ADMISSIONREGISTRATION,
         "kind": "ValidatingWebhookConfiguration",
         "metadata": _metadata(settings, settings.validating_name),
-        "webhooks": [_webhook(settings, VALIDATING_WEBHOOK_NAME, k.VALIDATE_PATH, rules)],
+        "webhooks": [_webhook(settings, VALIDATING_WEBHOOK_NAME, contract.VALIDATE_PATH, rules)],
     }
 
 

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 from typing import Final
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 
 #: Namespaces carrying this label (value "true") are Voltgrid-managed: both webhooks apply there.
-LABEL_NAMESPACE_ENABLED: Final = f"{c.LABEL_PREFIX}enabled"
+LABEL_NAMESPACE_ENABLED: Final = f"{constants.LABEL_PREFIX}enabled"
 #: The label every namespace carries with its own name (set by the apiserver since 1.21).
 LABEL_NAMESPACE_NAME: Final = "kubernetes.io/metadata.name"
 
-ANNOTATION_RUN_AS_ROOT: Final = f"{c.LABEL_PREFIX}run-as-root"
+ANNOTATION_RUN_AS_ROOT: Final = f"{constants.LABEL_PREFIX}run-as-root"
 
 #: A DNS label: function names and session ids become path components and must match it.
-DNS_LABEL_PATTERN: Final = c.SESSION_ID_PATTERN
+DNS_LABEL_PATTERN: Final = constants.SESSION_ID_PATTERN
 
 #: The apiserver gives up on a webhook call after this long (failurePolicy Fail: the request fails).
 WEBHOOK_TIMEOUT_SECONDS: Final = 5

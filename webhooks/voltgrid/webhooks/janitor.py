@@ -41,7 +41,7 @@ from pydantic_settings import SettingsConfigDict
 from voltgrid.api.common import parse_duration
 from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi
-from voltgrid.webhooks import contract as k
+from voltgrid.webhooks import contract
 from voltgrid.webhooks.catalog import Catalog, KubernetesCatalog, SessionCatalog
 from voltgrid.webhooks.kube import api_client
 
@@ -113,7 +113,7 @@ def _subdirs(path: Path) -> list[tuple[str, Path]]:
     return sorted(
         (e.name, Path(e.path))
         for e in entries
-        if e.is_dir(follow_symlinks=False) and re.fullmatch(k.DNS_LABEL_PATTERN, e.name)
+        if e.is_dir(follow_symlinks=False) and re.fullmatch(contract.DNS_LABEL_PATTERN, e.name)
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from kubernetes_asyncio import client
 
-from voltgrid.api import constants as c
+from voltgrid.api import constants
 from voltgrid.errors import VoltgridError
 from voltgrid.webhooks.review import AdmissionRequest
 from voltgrid.webhooks.validate import ClusterFacts, Lookups
@@ -49,7 +49,9 @@ class KubernetesFacts:
 
     async def _named_by(self, namespace: str, plural: str) -> set[str]:
         try:
-            listing = await self._custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, plural)
+            listing = await self._custom.list_namespaced_custom_object(
+                constants.GROUP, constants.VERSION, namespace, plural
+            )
         except client.ApiException as exc:
             if exc.status == HTTP_NOT_FOUND:  # the CRD is not installed: nothing names a claim
                 return set()
@@ -58,7 +60,7 @@ class KubernetesFacts:
 
     async def _labelled(self, namespace: str) -> set[str]:
         listing = await self._core.list_namespaced_persistent_volume_claim(
-            namespace, label_selector=f"{c.LABEL_SESSION_STORAGE}=true"
+            namespace, label_selector=f"{constants.LABEL_SESSION_STORAGE}=true"
         )
         return {claim.metadata.name for claim in listing.items}
 

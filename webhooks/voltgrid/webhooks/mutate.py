@@ -33,8 +33,8 @@ import posixpath
 import re
 from typing import Any, Final
 
-from voltgrid.api import constants as c
-from voltgrid.webhooks import contract as k
+from voltgrid.api import constants
+from voltgrid.webhooks import contract
 from voltgrid.webhooks.review import AdmissionRequest, Verdict, json_patch
 
 #: The only capability a hardened container may keep adding (the restricted Pod Security Standard's rule).
@@ -60,41 +60,41 @@ def session_identity(pod: dict[str, Any]) -> tuple[str, str] | None:
     Raises MutationError when either label is missing or is not a DNS label.
     """
     labels = _labels(pod)
-    session = labels.get(c.LABEL_SESSION)
+    session = labels.get(constants.LABEL_SESSION)
     if session is None:
         return None
-    if not re.fullmatch(k.DNS_LABEL_PATTERN, session):
+    if not re.fullmatch(contract.DNS_LABEL_PATTERN, session):
         raise MutationError(
-            f"label {c.LABEL_SESSION}={session!r} is not a valid session id: use a DNS label "
+            f"label {constants.LABEL_SESSION}={session!r} is not a valid session id: use a DNS label "
             "(lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"
         )
-    function = labels.get(c.LABEL_FUNCTION)
+    function = labels.get(constants.LABEL_FUNCTION)
     if function is None:
-        raise MutationError(f"a pod with label {c.LABEL_SESSION} needs label {c.LABEL_FUNCTION} too")
-    if not re.fullmatch(k.DNS_LABEL_PATTERN, function):
-        raise MutationError(f"label {c.LABEL_FUNCTION}={function!r} is not a DNS label")
+        raise MutationError(f"a pod with label {constants.LABEL_SESSION} needs label {constants.LABEL_FUNCTION} too")
+    if not re.fullmatch(contract.DNS_LABEL_PATTERN, function):
+        raise MutationError(f"label {constants.LABEL_FUNCTION}={function!r} is not a DNS label")
     return function, session
 
 
 def storage_mount(pod: dict[str, Any]) -> tuple[str, str] | None:
     """``(claim, mount path)`` from the pod's annotations, None when it asks for no storage."""
     annotations = _annotations(pod)
-    claim = annotations.get(c.ANNOTATION_STORAGE_CLAIM)
+    claim = annotations.get(constants.ANNOTATION_STORAGE_CLAIM)
     if not claim:
         return None
     if not re.fullmatch(r"[a-z0-9]([-.a-z0-9]*[a-z0-9])?", claim) or len(claim) > 253:
-        raise MutationError(f"annotation {c.ANNOTATION_STORAGE_CLAIM}={claim!r} is not a valid claim name")
-    path = annotations.get(c.ANNOTATION_STORAGE_MOUNT_PATH) or c.DEFAULT_STORAGE_MOUNT_PATH
+        raise MutationError(f"annotation {constants.ANNOTATION_STORAGE_CLAIM}={claim!r} is not a valid claim name")
+    path = annotations.get(constants.ANNOTATION_STORAGE_MOUNT_PATH) or constants.DEFAULT_STORAGE_MOUNT_PATH
     if not path.startswith("/") or ".." in path.split("/") or posixpath.normpath(path) == "/":
         raise MutationError(
-            f"annotation {c.ANNOTATION_STORAGE_MOUNT_PATH}={path!r} must be an absolute path "
+            f"annotation {constants.ANNOTATION_STORAGE_MOUNT_PATH}={path!r} must be an absolute path "
             "other than '/' without '..'"
         )
     return claim, path
 
 
 def _wants_root(pod: dict[str, Any]) -> bool:
-    if _annotations(pod).get(k.ANNOTATION_RUN_AS_ROOT, "").lower() == "true":
+    if _annotations(pod).get(contract.ANNOTATION_RUN_AS_ROOT, "").lower() == "true":
         return True
     spec = pod.get("spec", {})
     contexts = [spec.get("securityContext") or {}]
@@ -114,16 +114,16 @@ def _set_mount(container: dict[str, Any], mount: dict[str, str]) -> None:
     mounts = [
         m
         for m in container.get("volumeMounts") or []
-        if not (m.get("name") == c.SESSION_VOLUME and posixpath.normpath(m.get("mountPath", "")) == target)
+        if not (m.get("name") == constants.SESSION_VOLUME and posixpath.normpath(m.get("mountPath", "")) == target)
     ]
     for other in mounts:
-        if other.get("name") == c.SESSION_VOLUME:
+        if other.get("name") == constants.SESSION_VOLUME:
             continue
         if posixpath.normpath(other.get("mountPath", "")) == posixpath.normpath(mount["mountPath"]):
             raise MutationError(
                 f"container {container.get('name')!r} already mounts volume {other.get('name')!r} at "
                 f"{mount['mountPath']}, where the session storage goes "
-                f"(annotation {c.ANNOTATION_STORAGE_MOUNT_PATH})"
+                f"(annotation {constants.ANNOTATION_STORAGE_MOUNT_PATH})"
             )
     container["volumeMounts"] = [*mounts, mount]
 
@@ -173,7 +173,7 @@ def _rename_mounts(containers: list[dict[str, Any]], names: set[str]) -> None:
     for container in containers:
         for mount in container.get("volumeMounts") or []:
             if mount.get("name") in names:
-                mount["name"] = c.SESSION_VOLUME
+                mount["name"] = constants.SESSION_VOLUME
 
 
 def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -191,7 +191,7 @@ def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
     _drop_volumes(spec, containers, {v.get("name", "") for v in spec.get("volumes") or [] if _is_token_volume(v)})
     if identity:
         function, session = identity
-        env = {c.ENV_SESSION_ID: session, c.ENV_FUNCTION: function}
+        env = {constants.ENV_SESSION_ID: session, constants.ENV_FUNCTION: function}
         if storage:
             claim, mount_path = storage
             # One volume for the claim: a writer's own volume of it (under any name) is merged into
@@ -199,17 +199,18 @@ def mutate(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
             same_claim = {
                 v.get("name", "")
                 for v in spec.get("volumes") or []
-                if v.get("name") == c.SESSION_VOLUME or (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+                if v.get("name") == constants.SESSION_VOLUME
+                or (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
             }
             _rename_mounts(containers, same_claim)
             _drop_volumes(spec, [], same_claim)
             spec.setdefault("volumes", []).append(
-                {"name": c.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+                {"name": constants.SESSION_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
             )
-            subpath = c.session_subpath(namespace, function, session)
+            subpath = constants.session_subpath(namespace, function, session)
             for container in containers:
-                _set_mount(container, {"name": c.SESSION_VOLUME, "mountPath": mount_path, "subPath": subpath})
-            env[c.ENV_STORAGE_DIR] = mount_path
+                _set_mount(container, {"name": constants.SESSION_VOLUME, "mountPath": mount_path, "subPath": subpath})
+            env[constants.ENV_STORAGE_DIR] = mount_path
         for container in containers:
             _set_env(container, env)
     for container in containers:

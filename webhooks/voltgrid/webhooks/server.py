@@ -37,8 +37,7 @@ from pydantic_settings import SettingsConfigDict
 
 from voltgrid.api.settings import LayeredSettings, Names, SettingsError
 from voltgrid.errors import VoltgridError
-from voltgrid.webhooks import certs, mutate, validate
-from voltgrid.webhooks import contract as k
+from voltgrid.webhooks import certs, contract, mutate, validate
 from voltgrid.webhooks.kube import api_client
 from voltgrid.webhooks.lookup import FactLookupError, FactSource, KubernetesFacts
 from voltgrid.webhooks.review import AdmissionRequest, ReviewError, Verdict, parse_review, review_response
@@ -60,7 +59,7 @@ class ServerSettings:
     tls_cert: Path
     tls_key: Path
     host: str = "0.0.0.0"
-    port: int = k.DEFAULT_PORT
+    port: int = contract.DEFAULT_PORT
     #: Claims that hold session directories in every namespace, besides a pod's own annotation.
     session_claims: frozenset[str] = field(default_factory=frozenset)
     #: Users (Voltgrid's own service accounts) allowed to create session pods; see validate.py.
@@ -80,7 +79,7 @@ class WebhookSettings(LayeredSettings):
 
     host: str = "0.0.0.0"
     """Address to listen on."""
-    port: int = k.DEFAULT_PORT
+    port: int = contract.DEFAULT_PORT
     """Port to listen on (HTTPS)."""
     cert_dir: Path = Path("/etc/voltgrid/webhook-tls")
     """Directory of the serving certificate's ``tls.crt`` and ``tls.key``."""
@@ -239,9 +238,9 @@ async def _healthz(_: web.Request) -> web.Response:
 def make_app(policy: validate.ValidationPolicy, source: FactSource) -> web.Application:
     """The aiohttp application (no TLS, no cert management): routes to the pure decisions."""
     app = web.Application(client_max_size=MAX_REVIEW_BYTES)
-    app.router.add_post(k.MUTATE_PATH, _handler(_mutator))
-    app.router.add_post(k.VALIDATE_PATH, _handler(_validator(policy, source)))
-    app.router.add_get(k.HEALTHZ_PATH, _healthz)
+    app.router.add_post(contract.MUTATE_PATH, _handler(_mutator))
+    app.router.add_post(contract.VALIDATE_PATH, _handler(_validator(policy, source)))
+    app.router.add_get(contract.HEALTHZ_PATH, _healthz)
     return app
 
 

@@ -36,14 +36,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from voltgrid.api import constants as c
-from voltgrid.webhooks import contract as k
+from voltgrid.api import constants
+from voltgrid.webhooks import contract
 from voltgrid.webhooks.review import AdmissionRequest, Verdict
 
 _ALL_CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
 #: Labels that make a pod speak for a Function or a session: the gateway adopts pods by them and the
 #: mutating webhook mounts a session's directory by them.
-IDENTITY_LABELS: Final = (c.LABEL_MANAGED, c.LABEL_FUNCTION, c.LABEL_SESSION, c.LABEL_ROLE, c.LABEL_SANDBOX)
+IDENTITY_LABELS: Final = (
+    constants.LABEL_MANAGED,
+    constants.LABEL_FUNCTION,
+    constants.LABEL_SESSION,
+    constants.LABEL_ROLE,
+    constants.LABEL_SANDBOX,
+)
 #: Pod subresources whose CONNECT reaches into a running pod (and so into its session's files).
 CONNECT_SUBRESOURCES: Final = frozenset({"exec", "attach", "portforward"})
 PODS: Final = "pods"
@@ -103,27 +109,27 @@ def _path_problem(path: str) -> str | None:
 
 def _identity_problems(labels: dict[str, str]) -> list[str]:
     problems = []
-    session = labels.get(c.LABEL_SESSION)
-    if session is not None and not re.fullmatch(c.SESSION_ID_PATTERN, session):
+    session = labels.get(constants.LABEL_SESSION)
+    if session is not None and not re.fullmatch(constants.SESSION_ID_PATTERN, session):
         problems.append(
-            f"label {c.LABEL_SESSION}={session!r} is not a valid session id: use a DNS label "
+            f"label {constants.LABEL_SESSION}={session!r} is not a valid session id: use a DNS label "
             "(lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"
         )
-    function = labels.get(c.LABEL_FUNCTION)
+    function = labels.get(constants.LABEL_FUNCTION)
     if session is not None and function is None:
-        problems.append(f"a pod with label {c.LABEL_SESSION} needs label {c.LABEL_FUNCTION} too")
-    if function is not None and not re.fullmatch(k.DNS_LABEL_PATTERN, function):
-        problems.append(f"label {c.LABEL_FUNCTION}={function!r} is not a DNS label")
+        problems.append(f"a pod with label {constants.LABEL_SESSION} needs label {constants.LABEL_FUNCTION} too")
+    if function is not None and not re.fullmatch(contract.DNS_LABEL_PATTERN, function):
+        problems.append(f"label {constants.LABEL_FUNCTION}={function!r} is not a DNS label")
     return problems
 
 
 def _session_mount_problem(where: str, mount: dict[str, Any], labels: dict[str, str], namespace: str) -> str | None:
-    session, function = labels.get(c.LABEL_SESSION), labels.get(c.LABEL_FUNCTION)
+    session, function = labels.get(constants.LABEL_SESSION), labels.get(constants.LABEL_FUNCTION)
     if session is None or function is None:
-        return f"{where} mounts session storage but the pod has no {c.LABEL_SESSION} label"
+        return f"{where} mounts session storage but the pod has no {constants.LABEL_SESSION} label"
     if mount.get("subPathExpr"):
         return f"{where} uses subPathExpr on session storage; use the literal subPath of its own session"
-    own = c.session_subpath(namespace, function, session)
+    own = constants.session_subpath(namespace, function, session)
     sub = str(mount.get("subPath") or "").strip("/")
     if not sub:
         return f"{where} mounts the root of session storage (every session's directory); use subPath {own!r}"
@@ -198,8 +204,8 @@ def violations(
     identity_problems = _identity_problems(labels)
     problems = list(identity_problems)
     guarded = set(policy.session_claims) | set(facts.session_claims)
-    if annotations.get(c.ANNOTATION_STORAGE_CLAIM):
-        guarded.add(annotations[c.ANNOTATION_STORAGE_CLAIM])
+    if annotations.get(constants.ANNOTATION_STORAGE_CLAIM):
+        guarded.add(annotations[constants.ANNOTATION_STORAGE_CLAIM])
     session_volumes: set[str] = set()
     for volume in spec.get("volumes") or []:
         name = volume.get("name", "")
@@ -207,7 +213,7 @@ def violations(
             path = (volume.get("hostPath") or {}).get("path", "")
             problems.append(f"volume {name!r} is a hostPath ({path}): hostPath volumes are not allowed")
         claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-        if name == c.SESSION_VOLUME or (claim is not None and claim in guarded):
+        if name == constants.SESSION_VOLUME or (claim is not None and claim in guarded):
             session_volumes.add(name)
     if user is not None:
         problems.extend(_untrusted_pod_problems(pod, user, guarded, session_volumes))
@@ -238,7 +244,7 @@ def _untrusted_update_problems(request: AdmissionRequest) -> list[str]:
             f"only Voltgrid's own service accounts may change a pod's Voltgrid labels ({old} -> {new}); "
             f"{request.username or 'this user'} is not one of them"
         )
-    if request.sub_resource == "ephemeralcontainers" and c.LABEL_SESSION in old:
+    if request.sub_resource == "ephemeralcontainers" and constants.LABEL_SESSION in old:
         problems.append(
             f"{request.username or 'this user'} may not add containers to session pod {request.name!r} "
             "(they would see the session's files)"
@@ -254,9 +260,12 @@ def _claim_problems(request: AdmissionRequest, guarded: set[str]) -> list[str]:
             problems.append(f"claim {request.name or '?'} clones session storage claim {source!r}")
     old_labels = ((request.old_object or {}).get("metadata") or {}).get("labels") or {}
     new_labels = (claim.get("metadata") or {}).get("labels") or {}
-    if old_labels.get(c.LABEL_SESSION_STORAGE) == "true" and new_labels.get(c.LABEL_SESSION_STORAGE) != "true":
+    if (
+        old_labels.get(constants.LABEL_SESSION_STORAGE) == "true"
+        and new_labels.get(constants.LABEL_SESSION_STORAGE) != "true"
+    ):
         problems.append(
-            f"only Voltgrid's own service accounts may remove label {c.LABEL_SESSION_STORAGE} from a "
+            f"only Voltgrid's own service accounts may remove label {constants.LABEL_SESSION_STORAGE} from a "
             "claim that holds session directories"
         )
     return problems
@@ -271,7 +280,7 @@ def review(request: AdmissionRequest, policy: ValidationPolicy, facts: ClusterFa
         if (
             not trusted
             and request.sub_resource in CONNECT_SUBRESOURCES
-            and c.LABEL_SESSION in (facts.target_labels or {})
+            and constants.LABEL_SESSION in (facts.target_labels or {})
         ):
             problems.append(
                 f"{request.username or 'this user'} may not {request.sub_resource} into session pod "

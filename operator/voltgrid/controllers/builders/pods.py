@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec, pool
+from voltgrid.api import constants, podspec, pool
 from voltgrid.api.common import parse_duration
 from voltgrid.api.function import Scaling
 
@@ -72,10 +71,10 @@ class PodInfo:
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
-            role=str(labels.get(c.LABEL_ROLE, "")),
-            function=labels.get(c.LABEL_FUNCTION),
-            sandbox=labels.get(c.LABEL_SANDBOX),
-            session=labels.get(c.LABEL_SESSION),
+            role=str(labels.get(constants.LABEL_ROLE, "")),
+            function=labels.get(constants.LABEL_FUNCTION),
+            sandbox=labels.get(constants.LABEL_SANDBOX),
+            session=labels.get(constants.LABEL_SESSION),
             phase=str(status.get("phase") or "Pending"),
             ready=any(x.get("type") == "Ready" and x.get("status") == "True" for x in conditions),
             pod_ip=status.get("podIP") or None,

@@ -9,8 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from voltgrid.api import constants as c
-from voltgrid.api import podspec
+from voltgrid.api import constants, podspec
 from voltgrid.api.common import parse_duration
 from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
 from voltgrid.api.sandbox import NetworkPolicySpec, Sandbox, SandboxPhase
@@ -73,11 +72,13 @@ def network_policy(sandbox: Sandbox) -> Json:
         "metadata": {
             "name": network_policy_name(meta.name),
             "namespace": meta.namespace,
-            "labels": {c.LABEL_MANAGED: podspec.MANAGED, c.LABEL_SANDBOX: meta.name},
+            "labels": {constants.LABEL_MANAGED: podspec.MANAGED, constants.LABEL_SANDBOX: meta.name},
             "ownerReferences": [podspec.owner_reference("Sandbox", meta.name, meta.uid)],
         },
         "spec": {
-            "podSelector": {"matchLabels": {c.LABEL_SANDBOX: meta.name, c.LABEL_ROLE: str(podspec.Role.SANDBOX)}},
+            "podSelector": {
+                "matchLabels": {constants.LABEL_SANDBOX: meta.name, constants.LABEL_ROLE: str(podspec.Role.SANDBOX)}
+            },
             "policyTypes": ["Egress"],
             "egress": egress,
         },
@@ -111,7 +112,7 @@ def pool_network_policy(template: SandboxTemplate, revision: str) -> Json:
         "metadata": {
             "name": podspec.bounded_name(meta.name, "pool", revision),
             "namespace": meta.namespace,
-            "labels": {c.LABEL_MANAGED: podspec.MANAGED, LABEL_TEMPLATE: meta.name},
+            "labels": {constants.LABEL_MANAGED: podspec.MANAGED, LABEL_TEMPLATE: meta.name},
             "ownerReferences": [podspec.owner_reference("SandboxTemplate", meta.name, meta.uid)],
         },
         "spec": {
