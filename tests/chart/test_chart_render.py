@@ -285,7 +285,7 @@ def check_triggers(docs: list[dict[str, Any]]) -> None:
     }
     assert bindings == {NAMESPACE, "shop", "bank"}
     (rule,) = one(docs, "ClusterRole", "voltgrid-triggers")["rules"]
-    assert rule == {"apiGroups": ["voltgrid.dev"], "resources": ["functions"], "verbs": ["list"]}
+    assert rule == {"apiGroups": ["voltgrid.dev"], "resources": ["functions"], "verbs": ["list", "watch"]}
 
 
 def test_case_specifics(rendered: tuple[str, list[dict[str, Any]]]) -> None:

@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cloudevents.core.v1.event import CloudEvent
-from kubernetes_asyncio import client
 
 from voltgrid.api.triggers import Cron
+from voltgrid.registry.kubeapi import KubeApi, StaticCredentials
 from voltgrid.triggers.cron import run_cron
 from voltgrid.triggers.leases import ANNOTATION_LAST_TICK, LeaseLedger, lease_name
 from voltgrid.triggers.metrics import TriggerMetrics
@@ -82,7 +82,7 @@ async def apiserver() -> AsyncIterator[tuple[FakeLeases, str]]:
 @pytest.fixture
 async def ledgers(apiserver: tuple[FakeLeases, str]) -> AsyncIterator[list[LeaseLedger]]:
     _, url = apiserver
-    apis = [client.ApiClient(client.Configuration(host=url)) for _ in range(3)]
+    apis = [KubeApi(StaticCredentials(url)) for _ in range(3)]
     try:
         yield [LeaseLedger(api, "voltgrid-system", f"replica-{i}") for i, api in enumerate(apis)]
     finally:

@@ -1,50 +1,93 @@
 """Functions and broker URLs from the cluster, for ``voltgrid triggers`` running in it.
 
-Each load LISTs the Functions of every namespace and reads the Secrets their queue triggers name
-(one GET per Secret per load). A LIST every few seconds is what a dispatcher needs: trigger
-changes are rare and a few seconds late is fine, and a relist never misses a change the way a
-watch that lost its connection can. An invalid Function is skipped and named in the log.
+The Functions of every namespace are followed by the access layer's LIST+WATCH loop
+(:class:`voltgrid.registry.kubeapi.Reflector`): one paged LIST, then WATCHes with bookmarks that
+continue from the last version, so a Function added, changed or deleted reaches the dispatcher in
+about a round trip, and no replica lists the cluster every few seconds. An expired watch (410 Gone),
+an error or a silent connection relists, and deletions meanwhile are noticed. Each change (or each
+complete LIST) yields the whole set of Functions once more, with the Secrets their queue triggers
+name read again (one GET per Secret); the runner then restarts only the triggers that changed.
+Secrets are not watched: a rotated broker URL is picked up by the next change or by the safety
+relist every ``resync`` seconds. An invalid Function is skipped and named in the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
 from pydantic import ValidationError
 
 from voltgrid.api import constants
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef, TriggerType
-from voltgrid.registry.kubeapi import REQUEST_TIMEOUT_S
+from voltgrid.registry.kubeapi import RETRY_BACKOFF_S, Json, Key, KubeApi, KubeApiError, Reflector, key_of
+from voltgrid.triggers.runner import SecretLookup
 
 log = logging.getLogger(__name__)
+
+PATH: Final = f"/apis/{constants.API_VERSION}/functions"
 
 Secrets = dict[tuple[str, str, str], str]  # (namespace, secret, key) -> value
 
 
 class KubeSource:
-    def __init__(self, api: client.ApiClient) -> None:
-        self._objects = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
+    """The cluster's Functions, kept by a :class:`Reflector`, and their Secrets read per change."""
 
-    async def load(self) -> tuple[list[Function], Secrets]:
-        listed: Any = await self._objects.list_cluster_custom_object(
-            constants.GROUP, constants.VERSION, "functions", _request_timeout=REQUEST_TIMEOUT_S
-        )
-        functions = []
-        for item in listed.get("items", []):
+    def __init__(self, api: KubeApi) -> None:
+        self._api = api
+        self._functions: dict[Key, Function] = {}
+        self._changed = asyncio.Event()
+        self.reflector = Reflector(api, PATH, self._handle, name="trigger Functions", listed=self._changed.set)
+
+    @property
+    def functions(self) -> list[Function]:
+        """The Functions known now, in (namespace, name) order."""
+        return [self._functions[key] for key in sorted(self._functions)]
+
+    async def _handle(self, event_type: str | None, body: Json) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self._functions.pop(key, None)
+        else:
             try:
-                functions.append(Function.model_validate(item))
+                self._functions[key] = Function.model_validate(body)
             except ValidationError as e:
-                meta = item.get("metadata", {})
-                log.error("Function %s/%s skipped: %s", meta.get("namespace"), meta.get("name"), e)
-        return functions, await self._secrets(functions)
+                log.error("Function %s/%s skipped: %s", key[0], key[1], e)
+                self._functions.pop(key, None)
+        if event_type is not None:  # a watch event; a LIST reports once, when complete (``listed``)
+            self._changed.set()
+
+    async def follow(self, stop: asyncio.Event, resync: float) -> AsyncIterator[tuple[list[Function], SecretLookup]]:
+        """The Functions and a lookup over their Secrets after the first LIST and after every change,
+        until ``stop`` is set; with no change for ``resync`` seconds, a safety relist is asked for.
+        A Secret read that fails (not 403/404) keeps the running triggers and is tried again."""
+        reflecting = asyncio.create_task(self.reflector.run(), name="trigger Functions")
+        try:
+            while not stop.is_set():
+                if not await _either(self._changed, stop, resync):
+                    self.reflector.resync()
+                    continue
+                if stop.is_set():
+                    return
+                self._changed.clear()
+                functions = self.functions
+                try:
+                    secrets = await self._secrets(functions)
+                except (KubeApiError, aiohttp.ClientError, TimeoutError) as e:
+                    log.error("cannot read the Secrets of queue triggers, the running triggers stay: %s", e)
+                    await _either(asyncio.Event(), stop, RETRY_BACKOFF_S)
+                    self._changed.set()
+                    continue
+                yield functions, lookup(secrets)
+        finally:
+            reflecting.cancel()
+            await asyncio.gather(reflecting, return_exceptions=True)
 
     async def _secrets(self, functions: list[Function]) -> Secrets:
         wanted = {
@@ -56,13 +99,13 @@ class KubeSource:
         out: Secrets = {}
         for namespace, name in sorted(wanted):
             try:
-                secret = await self._core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT_S)
-            except ApiException as e:
+                secret: Any = await self._api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            except KubeApiError as e:
                 if e.status not in (403, 404):
                     raise
                 log.error("Secret %s/%s cannot be read (%s): its queue triggers wait", namespace, name, e.status)
                 continue
-            for key, value in (secret.data or {}).items():
+            for key, value in (secret.get("data") or {}).items():
                 try:
                     out[(namespace, name, key)] = base64.b64decode(value, validate=True).decode().strip()
                 except (binascii.Error, UnicodeDecodeError):
@@ -70,7 +113,19 @@ class KubeSource:
         return out
 
 
-def lookup(secrets: Secrets) -> Callable[[str, SecretKeyRef], str | None]:
+async def _either(event: asyncio.Event, stop: asyncio.Event, within: float) -> bool:
+    """Wait for ``event`` or ``stop`` at most ``within`` seconds; whether either was set."""
+    waits = [asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return bool(done)
+
+
+def lookup(secrets: Secrets) -> SecretLookup:
     """The runner's secret lookup over one load's Secrets."""
 
     def get(namespace: str, ref: SecretKeyRef) -> str | None:

@@ -1,7 +1,8 @@
 """``voltgrid triggers``: the dispatcher process (cron timers, queue consumers, the CloudEvents ingress).
 
-In a cluster (no ``--functions``) it LISTs the Functions every ``--resync`` seconds, reads the
-Secrets their queue triggers name, and shares cron ticks with the other replicas through one Lease
+In a cluster (no ``--functions``) it follows the Functions with one LIST then WATCHes (the access
+layer's Reflector; ``--resync`` is only a safety relist, which also re-reads the Secrets), reads the
+Secrets their queue triggers name on every change, and shares cron ticks with the other replicas through one Lease
 per cron trigger in ``--lease-namespace``. Outside one (``voltgrid dev``, tests) Functions come
 from ``--functions`` (a YAML file, re-read when it changes) and broker URLs from ``--secrets`` (a
 directory laid out like mounted Secrets: ``<dir>/<namespace>/<secret>/<key>``); cron ticks are then
@@ -34,10 +35,11 @@ from pydantic import ValidationError
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef
 from voltgrid.errors import CredentialsError
+from voltgrid.registry.kubeapi import ConfigurationCredentials, KubeApi
 from voltgrid.triggers.cron import MemoryLedger, TickLedger
 from voltgrid.triggers.dispatch import Dispatcher
 from voltgrid.triggers.ingress import Ingress, ingress_app
-from voltgrid.triggers.kubesource import KubeSource, lookup
+from voltgrid.triggers.kubesource import KubeSource
 from voltgrid.triggers.leases import LeaseLedger
 from voltgrid.triggers.runner import Runner, SecretLookup, plan
 
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT: Final = 8090
 #: How often the Functions file is checked for changes.
 FILE_RELOAD_INTERVAL: Final = 2.0
-#: How often the cluster's Functions are listed again.
-DEFAULT_RESYNC: Final = 10.0
+#: Seconds without a Function change before a safety relist (changes arrive by WATCH; this also
+#: picks up a rotated Secret, which is not watched).
+DEFAULT_RESYNC: Final = 300.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -55,7 +58,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--gateway", required=True, help="the gateway's base URL, e.g. http://voltgrid-gateway:8080")
     p.add_argument("--functions", type=Path, default=None, help="YAML file of Functions (default: the cluster's)")
     p.add_argument("--secrets", type=Path, default=None, help="with --functions: <namespace>/<secret>/<key> files")
-    p.add_argument("--resync", type=float, default=DEFAULT_RESYNC, help="seconds between LISTs of the cluster")
+    p.add_argument(
+        "--resync",
+        type=float,
+        default=DEFAULT_RESYNC,
+        help="seconds without a change before a safety relist (re-reads Secrets too)",
+    )
     p.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE", "voltgrid-system"),
@@ -104,18 +112,6 @@ async def from_file(args: argparse.Namespace, stop: asyncio.Event) -> AsyncItera
             await asyncio.wait_for(stop.wait(), FILE_RELOAD_INTERVAL)
 
 
-async def from_cluster(source: KubeSource, args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[Loaded]:
-    """The cluster's Functions and their Secrets, listed again every ``--resync`` seconds."""
-    while not stop.is_set():
-        try:
-            functions, secrets = await source.load()
-            yield functions, lookup(secrets)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            log.error("cannot list Functions, the running triggers stay: %s", e)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.resync)
-
-
 async def serve(
     args: argparse.Namespace, stop: asyncio.Event, loads: AsyncIterator[Loaded], ledger: TickLedger
 ) -> None:
@@ -149,19 +145,20 @@ async def serve(
             await site_runner.cleanup()
 
 
-async def kube_client() -> client.ApiClient:
+async def kube_api() -> KubeApi:
     """The in-cluster service account, else the kubeconfig; CredentialsError names why neither works."""
+    conf = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            await config.load_kube_config()
+            await config.load_kube_config(client_configuration=conf)
         except (config.ConfigException, OSError, ValueError) as e:
             raise CredentialsError(
                 "without --functions, voltgrid triggers reads the cluster's Functions and needs Kubernetes"
                 f" credentials: not in a cluster, and the kubeconfig cannot be used: {e}"
             ) from None
-    return client.ApiClient()
+    return KubeApi(ConfigurationCredentials(conf), user_agent="voltgrid-triggers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.functions is not None:
             await serve(args, stop, from_file(args, stop), MemoryLedger())
             return
-        api = await kube_client()
+        api = await kube_api()
         try:
             ledger = LeaseLedger(api, args.lease_namespace, args.replica)
-            await serve(args, stop, from_cluster(KubeSource(api), args, stop), ledger)
+            await serve(args, stop, KubeSource(api).follow(stop, args.resync), ledger)
         finally:
             await api.close()
 
