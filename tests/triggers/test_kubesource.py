@@ -66,7 +66,7 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[tuple[Cluster, KubeApi]]:
+async def apiserver() -> AsyncIterator[tuple[Cluster, KubeApi]]:
     served = Cluster()
     app = web.Application()
     app.router.add_get(PATH, served.fake.handle)
@@ -85,9 +85,9 @@ Loaded = tuple[list[Function], SecretLookup]
 
 
 @pytest.fixture
-async def follow(cluster: tuple[Cluster, KubeApi]) -> AsyncIterator[Any]:
+async def follow(apiserver: tuple[Cluster, KubeApi]) -> AsyncIterator[Any]:
     """Start following with a given safety resync; the loads arrive on the queue it returns."""
-    _, api = cluster
+    _, api = apiserver
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
@@ -122,9 +122,9 @@ async def until(loads: asyncio.Queue[Loaded], expected: list[str]) -> Loaded:
 
 @pytest.mark.looptime
 async def test_functions_and_their_secrets(
-    cluster: tuple[Cluster, KubeApi], follow: Any, caplog: pytest.LogCaptureFixture
+    apiserver: tuple[Cluster, KubeApi], follow: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    served, _ = cluster
+    served, _ = apiserver
     served.fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": FUNCTIONS}]
     _, get = await until(follow(), ["bank/ledger", "shop/agent"])
     assert get("shop", SecretKeyRef(name="redis")) == "redis://127.0.0.1:6379/0"
@@ -137,9 +137,9 @@ async def test_functions_and_their_secrets(
 
 @pytest.mark.looptime
 async def test_added_changed_and_deleted_functions_arrive_by_the_watch_without_a_relist(
-    cluster: tuple[Cluster, KubeApi], follow: Any
+    apiserver: tuple[Cluster, KubeApi], follow: Any
 ) -> None:
-    served, _ = cluster
+    served, _ = apiserver
     fake = served.fake
     fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": [AGENT, LEDGER]}]
     changed = function("shop", "agent", "12", triggers=[queue("orders", stream="o2")])
@@ -167,8 +167,8 @@ async def test_added_changed_and_deleted_functions_arrive_by_the_watch_without_a
 
 
 @pytest.mark.looptime
-async def test_an_expired_watch_relists_and_notices_deletions(cluster: tuple[Cluster, KubeApi], follow: Any) -> None:
-    served, _ = cluster
+async def test_an_expired_watch_relists_and_notices_deletions(apiserver: tuple[Cluster, KubeApi], follow: Any) -> None:
+    served, _ = apiserver
     fake = served.fake
     gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
     fake.pages = [
@@ -185,9 +185,9 @@ async def test_an_expired_watch_relists_and_notices_deletions(cluster: tuple[Clu
 
 @pytest.mark.looptime
 async def test_without_changes_a_safety_relist_rereads_functions_and_secrets(
-    cluster: tuple[Cluster, KubeApi], follow: Any
+    apiserver: tuple[Cluster, KubeApi], follow: Any
 ) -> None:
-    served, _ = cluster
+    served, _ = apiserver
     served.fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": [AGENT]}] * 2
     loop = asyncio.get_running_loop()
     loads = follow(resync=60.0)
