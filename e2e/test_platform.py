@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any, Final
 import pytest
 
 from e2ehelpers import wait_for as _wait_for
+from ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -70,13 +70,6 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 print("READY", SESSION, flush=True)
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

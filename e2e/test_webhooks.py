@@ -32,6 +32,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from ports import free_port
 from voltgrid.webhooks import certs, config, tls
 from voltgrid.webhooks.kube import api_client
 
@@ -55,13 +56,6 @@ def apply(cluster: Any, *docs: dict[str, Any]) -> None:
 def namespace(name: str, enabled: bool) -> dict[str, Any]:
     labels = {"voltgrid.dev/enabled": "true", E2E_LABEL: "true"} if enabled else {}
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def session_pod(name: str, session: str, script: str, **extra: Any) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ports import free_port
+
 RABBITMQ_SERVER: Final = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 INSTALL_HINT: Final = "apt-get install -y rabbitmq-server redis-server (or e2e/cluster/install-deps.sh)"
 START_TIMEOUT: Final = 90.0
@@ -30,12 +32,6 @@ START_TIMEOUT: Final = 90.0
 class Broker:
     url: str
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = START_TIMEOUT) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from gwhelpers import ADMIN_TOKEN, TOKEN, Replica, free_port, serving
+from gwhelpers import ADMIN_TOKEN, TOKEN, Replica, serving
 
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.backends.local import LocalProcessBackend

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.backends.base import Instance, InstanceBackend, function_key
 from voltgrid.gateway.core import Gateway
@@ -22,13 +22,6 @@ TOKEN = "test-internal-token"
 #: The operator token of the Session API in gateways the fixtures start.
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from gwhelpers import ADMIN_TOKEN, FakeBackend, free_port, function
+from gwhelpers import ADMIN_TOKEN, FakeBackend, function
 
+from ports import free_port
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.server import GatewayRunner
 from voltgrid.gateway.settings import GatewaySettings, JwtPolicy

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from gwhelpers import ADMIN_TOKEN, free_port, function, serving
+from gwhelpers import ADMIN_TOKEN, function, serving
 
+from ports import free_port
 from voltgrid.cli import dev, gateway, sessions
 from voltgrid.gateway.settings import FILE_ONLY, GatewaySettings
 

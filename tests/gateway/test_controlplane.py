@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from gwhelpers import FakeBackend, free_port, function
+from gwhelpers import FakeBackend, function
 from kubernetes_asyncio import client
 
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.backends.base import ControlPlaneUnavailableError, Instance
 from voltgrid.backends.kubernetes import KubernetesBackend

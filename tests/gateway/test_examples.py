@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from gwhelpers import free_port
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox
 from voltgrid.errors import SpecError

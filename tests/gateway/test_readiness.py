@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from gwhelpers import FakeBackend, free_port, function
+from gwhelpers import FakeBackend, function
 
 from apifake import scripted_apiserver
+from ports import free_port
 from voltgrid.api import constants
 from voltgrid.gateway.app import build_app
 from voltgrid.gateway.server import GatewayRunner

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,12 @@ import httpx
 import pytest
 from aiohttp import web
 
+from ports import free_port
 from voltgrid.sandbox_agent.agent import AgentSettings
 from voltgrid.sandbox_agent.server import build_app
 
 TOKEN = "sandbox-test-token-0123456789"
 POOL_SECRET = "pool-secret-of-the-template-0123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

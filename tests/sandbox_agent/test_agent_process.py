@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from conftest import POOL_SECRET, free_port
+from conftest import POOL_SECRET
+from ports import free_port
 
 CLAIMANT = "claimant-token-abcdefghijklmnop"
 

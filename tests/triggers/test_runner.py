@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 import yaml
 from trighelpers import Sink, delivered, wait_until
 
-from brokers import Broker, free_port
+from brokers import Broker
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef
 from voltgrid.triggers.runner import CronJob, QueueJob, plan

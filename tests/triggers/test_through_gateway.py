@@ -14,7 +14,8 @@ from aiohttp import web
 from trighelpers import wait_until
 
 from bgtask import background
-from brokers import Broker, free_port
+from brokers import Broker
+from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import Retry, SessionFrom, SessionSource
 from voltgrid.backends.local import LocalProcessBackend
