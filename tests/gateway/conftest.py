@@ -15,9 +15,7 @@ from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.backends.local import LocalProcessBackend
-from voltgrid.gateway.app import build_app
-from voltgrid.gateway.core import GATEWAY
-from voltgrid.gateway.server import GatewayRunner
+from voltgrid.gateway.app import GatewayServer
 from voltgrid.gateway.settings import GatewaySettings
 
 StartReplicas = Callable[..., Any]
@@ -45,11 +43,9 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
             settings = GatewaySettings(
                 port=port, replica_url=url, peers=urls if n > 1 else [], internal_token=TOKEN, **options
             )
-            app = build_app(settings, b, functions)
-            runner = GatewayRunner(app, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            replica = Replica(url, app[GATEWAY], runner, b)
+            server = GatewayServer(settings, b, functions)
+            await server.start("127.0.0.1", port)
+            replica = Replica(url, server.gateway, server, b)
             started.append(replica)
             out.append(replica)
         return out

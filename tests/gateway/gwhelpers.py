@@ -15,6 +15,7 @@ from aiohttp import web
 from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.backends.base import Instance, InstanceBackend, function_key
+from voltgrid.gateway.app import GatewayServer
 from voltgrid.gateway.core import Gateway
 
 APPS = Path(__file__).parent / "apps"
@@ -55,7 +56,7 @@ def function(name: str, app: str = "echo_function.py", env: dict[str, str] | Non
 class Replica:
     url: str
     gateway: Gateway
-    runner: web.AppRunner
+    server: GatewayServer
     backend: InstanceBackend
     stopped: bool = False
 
@@ -64,10 +65,10 @@ class Replica:
         await self.stop()
 
     async def stop(self) -> None:
-        """Shut the replica's app down, once (a killed replica is not cleaned up again at teardown)."""
+        """Shut the replica's server down, once (a killed replica is not cleaned up again at teardown)."""
         if not self.stopped:
             self.stopped = True
-            await self.runner.cleanup()
+            await self.server.stop()
 
 
 class FakeBackend:

@@ -20,8 +20,7 @@ from aiohttp import web
 from gwhelpers import ADMIN_TOKEN, FakeBackend, function
 
 from ports import free_port
-from voltgrid.gateway.app import build_app
-from voltgrid.gateway.server import GatewayRunner
+from voltgrid.gateway.app import GatewayServer
 from voltgrid.gateway.settings import GatewaySettings, JwtPolicy
 
 SECRET = "s3cret-key-for-tests-only-0123456789"
@@ -72,15 +71,13 @@ def threaded_gateway(**overrides: Any) -> Iterator[HostileGateway]:
         functions = [function("open"), function("secured"), function("mcp", affinity="MCP")]
         for fn in functions:  # every request without a session starts an instance: never run out
             fn.spec.scaling.max_instances = 10_000
-        app = build_app(GatewaySettings(**options), backend, functions)
-        runner = GatewayRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        server = GatewayServer(GatewaySettings(**options), backend, functions)
+        await server.start("127.0.0.1", port)
         done = asyncio.Event()
         handles.extend((asyncio.get_running_loop(), done))
         ready.set()
         await done.wait()
-        await runner.cleanup()
+        await server.stop()
         await upstream.cleanup()
 
     thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)

@@ -20,7 +20,7 @@ from aiohttp import web
 from gwhelpers import FakeBackend, function, serving
 from hostile import MAX_BODY, HostileGateway, raw, read_status, threaded_gateway
 
-from voltgrid.gateway.server import LOG_BURST
+from voltgrid.gateway.http1 import LOG_BURST
 
 HEADER_TIMEOUT = 1.0
 BODY_IDLE = 0.5

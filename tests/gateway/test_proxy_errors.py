@@ -1,48 +1,118 @@
-"""How the relay classifies upstream failures: only a failure before anything was sent may be retried."""
+"""How the relay classifies upstream failures: only a failure before anything was sent may be retried.
+
+Real sockets on loopback: a port nobody listens on (refused), a listener that never answers (no
+response in time), a listener that closes a pooled connection as it is reused (sent again once,
+for an idempotent method only).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
+from gwhelpers import FakeBackend, function
 
-from voltgrid.gateway.errors import GatewayError
-from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay
-
-
-class FailingSession:
-    """Stands in for the pooled client session: every request fails with ``error``."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-    async def request(self, *args: Any, **kwargs: Any) -> Any:
-        raise self.error
+from ports import free_port
+from voltgrid.gateway.upstream import UpstreamError, UpstreamPool
 
 
-async def call(error: BaseException) -> None:
-    await relay(
-        FailingSession(error),  # type: ignore[arg-type]
-        make_mocked_request("GET", "/"),
-        "http://10.0.0.1:8080/",
-        CIMultiDict(),
-        Traffic(),
-        max_body=1024,
-        header_timeout=60.0,
-        max_stream=60.0,
-    )
+@pytest.fixture
+async def silent() -> AsyncIterator[str]:
+    """A listener that accepts connections and reads requests but never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(65536)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
 
 
-async def test_connect_timeout_to_a_gone_instance_is_retryable() -> None:
-    # A pod that is gone leaves an IP that answers nothing: the connect times out, nothing was sent.
-    with pytest.raises(UpstreamConnectError):
-        await call(aiohttp.ConnectionTimeoutError("connect timed out"))
+async def test_a_refused_connect_sent_nothing() -> None:
+    pool = UpstreamPool()
+    with pytest.raises(UpstreamError) as caught:
+        await pool.connect("127.0.0.1", free_port())
+    assert caught.value.sent_nothing and not caught.value.timeout
+    pool.close()
 
 
-async def test_no_response_in_time_is_a_504() -> None:
-    with pytest.raises(GatewayError) as caught:
-        await call(TimeoutError())
-    assert caught.value.status == 504 and not isinstance(caught.value, UpstreamConnectError)
+async def test_a_connect_that_times_out_sent_nothing() -> None:
+    # A listener with a full accept queue stands in for a gone pod's IP that answers nothing.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(listener.getsockname())
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        pool = UpstreamPool()
+        try:
+            await pool.connect("127.0.0.1", listener.getsockname()[1], 0.3)
+        except UpstreamError as e:
+            assert e.sent_nothing
+        pool.close()
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+async def test_an_instance_that_never_answers_is_a_504(replicas, silent: str) -> None:
+    (gw,) = await replicas([function("echo")], backend=FakeBackend(silent), upstream_timeout=0.5)
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/fn/default/echo/x") as r:
+        assert r.status == 504
+        assert (await r.json())["error"]["code"] == "upstream_timeout"
+
+
+async def test_an_unreachable_instance_is_a_502_after_one_more_placement(replicas) -> None:
+    backend = FakeBackend(f"http://127.0.0.1:{free_port()}")
+    (gw,) = await replicas([function("echo")], backend=backend)
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/fn/default/echo/x") as r:
+        assert r.status == 502
+        assert (await r.json())["error"]["code"] == "upstream_unavailable"
+    assert len(backend.created) == 2  # placed again once: nothing had been sent
+
+
+async def test_a_pooled_connection_closed_by_the_instance_is_retried_for_get_only(replicas) -> None:
+    requests: list[bytes] = []
+
+    async def once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers one request with keep-alive, then closes the connection when the next arrives."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        requests.append(head.split(b" ", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        nxt = await reader.read(65536)
+        if nxt:
+            requests.append(nxt.split(b" ", 1)[0])
+        writer.close()
+
+    server = await asyncio.start_server(once_then_close, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        (gw,) = await replicas([function("echo")], backend=FakeBackend(url))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.get(f"{gw.url}/fn/default/echo/x") as r:
+                    assert r.status == 200  # the second on a fresh connection after the reused one failed
+            async with http.post(f"{gw.url}/fn/default/echo/x", data=b"x") as r:
+                assert r.status == 502  # on the pooled connection, which closes: not idempotent, not sent twice
+        assert requests == [b"GET", b"GET", b"GET", b"POST"]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -14,8 +14,8 @@ from gwhelpers import FakeBackend, function
 from apifake import scripted_apiserver
 from ports import free_port
 from voltgrid.api import constants
-from voltgrid.gateway.app import build_app
-from voltgrid.gateway.server import GatewayRunner
+from voltgrid.gateway.app import GatewayServer
+from voltgrid.gateway.upstream import UpstreamPool
 from voltgrid.gateway.settings import GatewaySettings
 
 
@@ -27,11 +27,9 @@ async def status(http: aiohttp.ClientSession, url: str) -> int:
 async def test_not_ready_until_the_function_catalog_is_listed() -> None:
     async with scripted_apiserver(f"/apis/{constants.API_VERSION}/functions") as (apiserver, api):
         port = free_port()
-        app = build_app(GatewaySettings(port=port), FakeBackend("http://127.0.0.1:9"), [], functions_api=api)
-        runner = GatewayRunner(app)
-        await runner.setup()
+        server = GatewayServer(GatewaySettings(port=port), FakeBackend("http://127.0.0.1:9"), [], functions_api=api)
         try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await server.start("127.0.0.1", port)
             base = f"http://127.0.0.1:{port}/_voltgrid"
             async with aiohttp.ClientSession() as http:
                 await asyncio.sleep(0.3)  # the first LIST fails: no page scripted yet (500)
@@ -42,7 +40,7 @@ async def test_not_ready_until_the_function_catalog_is_listed() -> None:
                     while await status(http, f"{base}/readyz") != 200:  # noqa: ASYNC110 (polling what is tested)
                         await asyncio.sleep(0.1)
         finally:
-            await runner.cleanup()
+            await server.stop()
 
 
 async def test_the_hop_to_the_owner_uses_forward_connect_timeout(
@@ -50,13 +48,13 @@ async def test_the_hop_to_the_owner_uses_forward_connect_timeout(
 ) -> None:
     a, b = await replicas([function("echo")], n=2, backend=FakeBackend(upstream), forward_connect_timeout=0.7)
     seen: list[tuple[str, Any]] = []
-    original = aiohttp.ClientSession.request
+    original = UpstreamPool.connect
 
-    def spy(self: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> Any:
-        seen.append((url, kwargs.get("timeout")))
-        return original(self, method, url, **kwargs)
+    def spy(self: UpstreamPool, host: str, port: int | None, connect_timeout: float | None = None) -> Any:
+        seen.append((f"http://{host}:{port}", connect_timeout))
+        return original(self, host, port, connect_timeout)
 
-    monkeypatch.setattr(aiohttp.ClientSession, "request", spy)
+    monkeypatch.setattr(UpstreamPool, "connect", spy)
     session = next(f"s-{i}" for i in range(100) if a.gateway.membership.owner(f"s-{i}") == b.url)
     async with (
         aiohttp.ClientSession() as http,
@@ -64,4 +62,4 @@ async def test_the_hop_to_the_owner_uses_forward_connect_timeout(
     ):
         assert r.status == 200
     hops = [timeout for url, timeout in seen if url.startswith(b.url)]
-    assert hops and hops[0].sock_connect == 0.7
+    assert hops and hops[0] == 0.7

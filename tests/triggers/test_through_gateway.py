@@ -19,7 +19,7 @@ from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import Retry, SessionFrom, SessionSource
 from voltgrid.backends.local import LocalProcessBackend
-from voltgrid.gateway.app import build_app
+from voltgrid.gateway.app import GatewayServer
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.triggers.dispatch import Dispatcher, Target
 from voltgrid.triggers.events import invoke_url
@@ -45,14 +45,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[str, Function, Path]]:
     )
     port = free_port()
     backend = LocalProcessBackend(tmp_path / "state", tmp_path / "storage", ready_timeout=20)
-    app = build_app(GatewaySettings(port=port, replica_url=f"http://127.0.0.1:{port}"), backend, [fn])
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server = GatewayServer(GatewaySettings(port=port, replica_url=f"http://127.0.0.1:{port}"), backend, [fn])
+    await server.start("127.0.0.1", port)
     try:
         yield f"http://127.0.0.1:{port}", fn, log
     finally:
-        await runner.cleanup()
+        await server.stop()
         await backend.stop_all()
 
 

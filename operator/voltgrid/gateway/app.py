@@ -1,11 +1,12 @@
-"""Build and run the gateway application.
+"""Build and run one gateway: the data path on the public port, the admin application behind it.
 
-``build_app(settings, backend, functions, membership=None, watcher_api=None)`` returns the aiohttp
-application (startup starts the gateway's background jobs, cleanup stops them);
-``run_gateway(settings, backend, functions, ...)`` serves it until cancelled. Header limits go to
-aiohttp's parser (:func:`server_limits`), so oversized request lines and headers are refused with
-400/431 before any handler runs (they are the application's ``handler_args``, so any runner
-applies them).
+:class:`GatewayServer` listens on ``host:port`` with :class:`~voltgrid.gateway.http1.ClientConnection`
+(httptools on asyncio, uvloop when the process runs on it) and answers every request through
+:class:`~voltgrid.gateway.pipeline.Pipeline`. Paths under ``/_voltgrid/`` (the Session API, the
+internal calls between replicas, health and metrics) are served by an aiohttp application that
+listens only on a unix socket in a private directory, reached through the same pooled relay: these
+are control calls, where aiohttp's conveniences are worth its cost. Starting the server starts the
+gateway's background jobs; stopping it stops them.
 """
 
 from __future__ import annotations
@@ -13,58 +14,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.gateway import internal, session_api
 from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.core import GATEWAY, Gateway
-from voltgrid.gateway.invoke import invoke
-from voltgrid.gateway.middlewares import INVOKE_ROUTE, PIPELINE
-from voltgrid.gateway.server import GatewayRunner
+from voltgrid.gateway.errors import GatewayError, error_response
+from voltgrid.gateway.http1 import ClientConnection, ConnectionGuard
+from voltgrid.gateway.pipeline import Pipeline
+from voltgrid.gateway.proxy import Target
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
 
 logger = logging.getLogger(__name__)
 
-
-def server_limits(settings: GatewaySettings) -> dict[str, Any]:
-    """aiohttp request-parser limits (``handler_args`` of a runner) from the settings."""
-    return {
-        "max_line_size": settings.max_field_bytes,
-        "max_field_size": settings.max_field_bytes,
-        "max_headers": settings.max_headers,
-    }
+#: Seconds requests in flight get to finish when the server stops.
+SHUTDOWN_GRACE = 5.0
 
 
-def build_app(
-    settings: GatewaySettings,
-    backend: InstanceBackend,
-    functions: Sequence[Function],
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin routes answer failures as the data path does: a JSON error body, never HTML."""
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return error_response(e.status, e.code, e.message, e.headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+
+
+def build_admin_app(
+    gateway: Gateway,
     *,
-    membership: Membership | None = None,
     watcher_api: KubeApi | None = None,
     functions_api: KubeApi | None = None,
     functions_namespace: str | None = None,
 ) -> web.Application:
-    """The gateway as an aiohttp application (see the module docstring).
-
-    With ``functions_api`` (the access layer's :class:`~voltgrid.registry.kubeapi.KubeApi`) the catalog
-    follows the cluster's Function objects (:mod:`voltgrid.gateway.catalog_watch`) besides the ``functions`` given.
-    """
-    gateway = Gateway(settings, backend, list(functions), membership)
-    app = web.Application(
-        middlewares=PIPELINE, client_max_size=settings.max_body_bytes, handler_args=server_limits(settings)
-    )
+    """The Session API, the internal calls, health and metrics; its startup starts the gateway."""
+    app = web.Application(middlewares=(_errors,), client_max_size=gateway.settings.max_body_bytes)
     app[GATEWAY] = gateway
     internal.add_routes(app)
     session_api.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", invoke, name=INVOKE_ROUTE)
 
     async def on_startup(_: web.Application) -> None:
         await gateway.start(watcher_api)
@@ -92,6 +93,80 @@ def _function_watch(watcher: FunctionWatcher) -> Callable[[web.Application], Asy
     return context
 
 
+class GatewayServer:
+    """One gateway process (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backend: InstanceBackend,
+        functions: Sequence[Function],
+        *,
+        membership: Membership | None = None,
+        watcher_api: KubeApi | None = None,
+        functions_api: KubeApi | None = None,
+        functions_namespace: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway = Gateway(settings, backend, list(functions), membership)
+        self.admin_app = build_admin_app(
+            self.gateway,
+            watcher_api=watcher_api,
+            functions_api=functions_api,
+            functions_namespace=functions_namespace,
+        )
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._dir: Path | None = None
+        self._connections: set[ClientConnection] = set()
+
+    async def start(self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False) -> None:
+        """Start the gateway and listen on ``host:port`` (the settings' by default)."""
+        self._dir = Path(tempfile.mkdtemp(prefix="voltgrid-admin-"))  # 0700: only this user reaches it
+        socket_path = str(self._dir / "admin.sock")
+        self._runner = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, socket_path).start()
+        pipeline = Pipeline(self.gateway, Target(socket_path, None))
+        guard = ConnectionGuard(self.settings)
+        connections = self._connections
+
+        def connection() -> ClientConnection:
+            conn = ClientConnection(guard, pipeline, on_close=connections.discard)
+            connections.add(conn)
+            return conn
+
+        self._server = await asyncio.get_running_loop().create_server(
+            connection,
+            host if host is not None else self.settings.host,
+            port if port is not None else self.settings.port,
+            backlog=2048,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, give requests in flight :data:`SHUTDOWN_GRACE` seconds, stop the gateway."""
+        if self._server is not None:
+            self._server.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + SHUTDOWN_GRACE
+            for conn in list(self._connections):
+                conn.close_when_idle()
+            while any(conn.busy for conn in self._connections) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            for conn in list(self._connections):
+                conn.abort()
+            self._server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.gateway.pool.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
 async def run_gateway(
     settings: GatewaySettings,
     backend: InstanceBackend,
@@ -101,10 +176,11 @@ async def run_gateway(
     watcher_api: KubeApi | None = None,
     functions_api: KubeApi | None = None,
     functions_namespace: str | None = None,
+    reuse_port: bool = False,
     started: asyncio.Event | None = None,
 ) -> None:
     """Serve the gateway on ``settings.host:settings.port`` until cancelled."""
-    app = build_app(
+    server = GatewayServer(
         settings,
         backend,
         functions,
@@ -113,14 +189,11 @@ async def run_gateway(
         functions_api=functions_api,
         functions_namespace=functions_namespace,
     )
-    runner = GatewayRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
+    await server.start(reuse_port=reuse_port)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
-        await site.start()
         logger.info("voltgrid gateway listening on %s:%s as %s", settings.host, settings.port, settings.self_url)
         if started is not None:
             started.set()
         await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
+        await server.stop()

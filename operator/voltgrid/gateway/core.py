@@ -1,8 +1,8 @@
 """The gateway's components wired together, and their start and stop.
 
 :class:`Gateway` owns the HTTP client pool, the session manager and lifecycle, membership and the
-background jobs (timers, resync, EndpointSlice watch). Middlewares and handlers reach it through
-``request.app[GATEWAY]``.
+background jobs (timers, resync, EndpointSlice watch). The data path is given it; the admin
+application's handlers reach it through ``request.app[GATEWAY]``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from voltgrid.gateway.metrics import GatewayMetrics
 from voltgrid.gateway.peers import Peers
 from voltgrid.gateway.ratelimit import MintLimiter
 from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.gateway.upstream import UpstreamPool
 from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
 
@@ -58,6 +59,9 @@ class Gateway:
         self.api_tokens = settings.all_api_tokens()
         self.mint_limiter = MintLimiter(settings.session_mint_rate, settings.session_mint_burst, time.monotonic)
         self.manager = SessionManager(settings, self.backend, self.catalog, self.membership, self.metrics)
+        #: The data path's pooled connections to instances and replicas (:mod:`voltgrid.gateway.upstream`).
+        self.pool = UpstreamPool()
+        #: Control calls to replicas and instances (internal API, persist callbacks): aiohttp's client.
         self.http: aiohttp.ClientSession | None = None
         self.lifecycle: Lifecycle | None = None
         self.peers: Peers | None = None

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Mapping
 from typing import Final
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
 from voltgrid.gateway import tracing
-from voltgrid.gateway.core import GATEWAY
+from voltgrid.gateway.core import Gateway
+from voltgrid.gateway.http1 import Request
 from voltgrid.gateway.peers import FORWARDED_HEADER
-from voltgrid.gateway.proxy import Traffic, Trust, UpstreamConnectError, relay, upstream_headers
+from voltgrid.gateway.proxy import Traffic, Trust, UpstreamConnectError, relay, target_of, upstream_headers
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 
 #: The address of the client a forwarded request came from (trusted only with the internal token):
@@ -27,79 +26,85 @@ from voltgrid.gateway.websocket import is_websocket, relay_websocket
 CLIENT_HEADER: Final = "X-Voltgrid-Client"
 
 
-def is_forwarded(request: web.Request, token: str) -> bool:
-    value = request.headers.get(FORWARDED_HEADER)
+def is_forwarded(headers: Mapping[str, str], token: str) -> bool:
+    """The request was forwarded by another replica (it carries the internal token)."""
+    value = headers.get(FORWARDED_HEADER)
     return value is not None and hmac.compare_digest(value.encode(), token.encode())
 
 
-def client_trust(request: web.Request) -> Trust:
+def client_trust(gw: Gateway, request: Request) -> Trust:
     """Whether the request's ``X-Forwarded-*`` come from another replica, a trusted proxy, or a client."""
-    settings = request.app[GATEWAY].settings
-    if is_forwarded(request, settings.internal_token):
+    settings = gw.settings
+    if is_forwarded(request.headers, settings.internal_token):
         return Trust.REPLICA
+    if not settings.proxy_networks:
+        return Trust.CLIENT
     try:
-        peer = ipaddress.ip_address(request.remote or "")
+        peer = ipaddress.ip_address(request.peer)
     except ValueError:
         return Trust.CLIENT
     return Trust.PROXY if any(peer in net for net in settings.proxy_networks) else Trust.CLIENT
 
 
-def client_address(request: web.Request, token: str, header: str | None = None) -> str:
+def client_address(gw: Gateway, request: Request) -> str:
     """The client's address: the one a forwarding replica vouches for, else the last address of the
-    trusted proxy's ``header``, else the connection's."""
-    if is_forwarded(request, token):
-        return request.headers.get(CLIENT_HEADER) or request.remote or ""
-    if header is not None:
-        last = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+    trusted proxy's header, else the connection's."""
+    settings = gw.settings
+    if is_forwarded(request.headers, settings.internal_token):
+        return request.headers.get(CLIENT_HEADER) or request.peer
+    if settings.client_address_header is not None:
+        last = request.headers.get(settings.client_address_header, "").rsplit(",", 1)[-1].strip()
         if last:
             return last
-    return request.remote or ""
+    return request.peer
 
 
-async def forward(request: web.Request, key: str, handler: Handler) -> web.StreamResponse:
-    """Send the request to the owner of ``key`` (or serve it here if the owner is unreachable)."""
-    gw = request.app[GATEWAY]
-    assert gw.http is not None
+async def forward(gw: Gateway, request: Request, key: str) -> bool:
+    """Send the request to the owner of ``key``; False when it is to be served here (this replica
+    owns it now, the other owners being unreachable)."""
+    settings = gw.settings
     for _ in range(len(gw.membership.members)):
         owner = gw.membership.owner(key)
         if owner == gw.membership.self_id:
-            break
+            return False
         # The owner relays these X-Forwarded-* as they are (Trust.REPLICA): set here, as the client's,
         # and vouches for the client's address (the mint limit's key) in CLIENT_HEADER.
-        client = client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
-        headers = upstream_headers(
-            request, {FORWARDED_HEADER: gw.settings.internal_token, CLIENT_HEADER: client}, client_trust(request)
-        )
-        tracing.inject(headers)
-        url = owner + request.raw_path
+        extra = [(FORWARDED_HEADER, settings.internal_token), (CLIENT_HEADER, client_address(gw, request))]
+        headers = upstream_headers(request, extra, client_trust(gw, request))
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier)
+        headers += carrier.items()
+        target = target_of(owner)
         traffic = Traffic()
         try:
             if is_websocket(request):
-                response: web.StreamResponse = await relay_websocket(
-                    gw.http,
+                await relay_websocket(
+                    gw.pool,
                     request,
-                    url,
+                    target,
+                    request.raw_path,
                     headers,
                     traffic,
-                    header_timeout=gw.settings.upstream_timeout,
-                    max_stream=gw.settings.max_stream_duration,
+                    header_timeout=settings.upstream_timeout,
+                    max_stream=settings.max_stream_duration,
                 )
             else:
-                response = await relay(
-                    gw.http,
+                await relay(
+                    gw.pool,
                     request,
-                    url,
+                    target,
+                    request.raw_path,
                     headers,
                     traffic,
-                    max_body=gw.settings.max_body_bytes,
-                    header_timeout=gw.settings.upstream_timeout + gw.settings.cold_start_timeout,
-                    max_stream=gw.settings.max_stream_duration,
-                    connect_timeout=gw.settings.forward_connect_timeout,
+                    max_body=settings.max_body_bytes,
+                    header_timeout=settings.upstream_timeout + settings.cold_start_timeout,
+                    max_stream=settings.max_stream_duration,
+                    connect_timeout=settings.forward_connect_timeout,
                 )
         except UpstreamConnectError:
             gw.metrics.forwarded.labels("owner_unreachable").inc()
             gw.membership.suspect(owner)
             continue
         gw.metrics.forwarded.labels("ok").inc()
-        return response
-    return await handler(request)
+        return True
+    return False

@@ -15,8 +15,6 @@ import time
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
-from aiohttp import web
 from opentelemetry import trace
 
 from voltgrid.api.function import Affinity
@@ -24,18 +22,20 @@ from voltgrid.backends.base import Instance
 from voltgrid.gateway import tracing
 from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
-from voltgrid.gateway.core import GATEWAY, Gateway
+from voltgrid.gateway.core import Gateway
 from voltgrid.gateway.forward import client_address, client_trust
 from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.gateway.http1 import Request
 from voltgrid.gateway.lifecycle import Lifecycle
-from voltgrid.gateway.middlewares import CLAIMS, FUNCTION, KEY, PREFIX, TAIL
-from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, upstream_headers
+from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, target_of, upstream_headers
+from voltgrid.gateway.upstream import UpstreamResponse
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 from voltgrid.registry.ids import is_learned_key
 from voltgrid.registry.records import SessionRecord
 
 SESSION_ID_HEADER: Final = "X-Voltgrid-Session-Id"
 HTTP_OK_MAX: Final = 299
+_MCP_SESSION_HEADER: Final = MCP_SESSION_HEADER.lower().encode()
 #: Seconds between checks whether the client of a legacy SSE stream has gone.
 CLIENT_GONE_POLL: Final = 0.5
 
@@ -51,19 +51,20 @@ class Exchange:
         self.traffic = Traffic()
 
 
-async def invoke(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    fn = request[FUNCTION]
-    key = request.get(KEY)
+async def invoke(gw: Gateway, request: Request) -> None:
+    fn = request.function
+    assert fn is not None
+    key = request.key
     manager = gw.manager
     t0 = time.perf_counter()
     span = trace.get_current_span()
     span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
     if fn.affinity is Affinity.NONE:
-        return await _invoke_shared(gw, request, fn)
-    claims = request.get(CLAIMS)
+        await _invoke_shared(gw, request, fn)
+        return
+    claims = request.claims
     principal = principal_of(claims) if claims is not None else None
-    client = principal or client_address(request, gw.settings.internal_token, gw.settings.client_address_header)
+    client = principal or client_address(gw, request)
 
     def admit() -> None:
         gw.mint_limiter.take(fn.key, client)
@@ -83,7 +84,8 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         span.set_attribute(tracing.ATTR_QUEUE_WAIT_MS, (time.perf_counter() - started) * 1000)
         manager.begin(record)
         try:
-            return await _relay(gw, request, fn, instance, exchange)
+            await _relay(gw, request, fn, instance, exchange)
+            return
         except UpstreamConnectError:
             if attempt:
                 raise
@@ -94,34 +96,35 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     raise AssertionError("unreachable")
 
 
-async def _relay(
-    gw: Gateway, request: web.Request, fn: FunctionEntry, instance: Instance, exchange: Exchange
-) -> web.StreamResponse:
-    assert gw.http is not None and gw.lifecycle is not None
+async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Instance, exchange: Exchange) -> None:
+    assert gw.lifecycle is not None
     lifecycle = gw.lifecycle
     record = exchange.record
     assert record is not None
-    headers = upstream_headers(request, {SESSION_ID_HEADER: record.storage_id}, client_trust(request))
-    tracing.inject(headers)
-    url = instance.url + request[TAIL]
+    headers = upstream_headers(request, [(SESSION_ID_HEADER, record.storage_id)], client_trust(gw, request))
+    _trace(headers)
+    target = target_of(instance.url)
     settings = gw.settings
     if is_websocket(request):
-        return await relay_websocket(
-            gw.http,
+        await relay_websocket(
+            gw.pool,
             request,
-            url,
+            target,
+            request.tail,
             headers,
             exchange.traffic,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
         )
+        return
     ending = False
 
-    async def on_response(upstream: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    async def on_response(upstream: UpstreamResponse) -> list[tuple[str, str]]:
         nonlocal ending
         assert exchange.record is not None
         if fn.affinity is Affinity.MCP:
-            learned = upstream.headers.get(MCP_SESSION_HEADER)
+            raw = upstream.header(_MCP_SESSION_HEADER)
+            learned = raw.decode("latin-1") if raw else None
             if exchange.minted and learned and is_learned_key(learned):
                 exchange.record = await lifecycle.learn(exchange.record, learned)
             ending = request.method == "DELETE" and not exchange.minted and upstream.status <= HTTP_OK_MAX
@@ -134,15 +137,16 @@ async def _relay(
         learned = next((query[p][0] for p in LEGACY_SSE_PARAMS if query.get(p)), None)
         if learned and is_learned_key(learned):
             exchange.record = await lifecycle.learn(exchange.record, learned)  # keeps the owner fresh
-        return request[PREFIX] + data if data.startswith("/") else data
+        return request.prefix + data if data.startswith("/") else data
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
     gone = _ClientGone(request, exchange, lifecycle) if learn_sse else None
     try:
-        response = await relay(
-            gw.http,
+        await relay(
+            gw.pool,
             request,
-            url,
+            target,
+            request.tail,
             headers,
             exchange.traffic,
             max_body=settings.max_body_bytes,
@@ -156,18 +160,24 @@ async def _relay(
             await gone.stream_ended()
     if ending and exchange.record is not None:
         lifecycle.end_session(exchange.record, "deleted")
-    return response
+
+
+def _trace(headers: list[tuple[str, str]]) -> None:
+    """Add the current span's ``traceparent`` (when tracing is on) to the upstream headers."""
+    carrier: dict[str, str] = {}
+    tracing.inject(carrier)
+    headers += carrier.items()
 
 
 class _ClientGone:
     """A legacy SSE stream is its session: end the session when the client leaves or the stream ends.
 
-    aiohttp does not cancel a handler whose client went away, and the relay only notices on its next
-    write (the server's next ping, seconds away), so the connection is polled. Ending the session
-    releases its instance, which also ends the upstream stream and so the relay.
+    The relay only notices a client that left on its next write (the server's next ping, seconds
+    away), so the connection is polled. Ending the session releases its instance, which also ends
+    the upstream stream and so the relay.
     """
 
-    def __init__(self, request: web.Request, exchange: Exchange, lifecycle: Lifecycle) -> None:
+    def __init__(self, request: Request, exchange: Exchange, lifecycle: Lifecycle) -> None:
         self._request = request
         self._exchange = exchange
         self._lifecycle = lifecycle
@@ -176,10 +186,10 @@ class _ClientGone:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        transport = self._request.transport
+        transport = self._request.conn.transport
         while transport is not None and not transport.is_closing():
             await asyncio.sleep(CLIENT_GONE_POLL)
-            transport = self._request.transport
+            transport = self._request.conn.transport
         await self._end()
 
     async def _end(self) -> None:
@@ -196,39 +206,43 @@ class _ClientGone:
         await asyncio.shield(self._end())
 
 
-async def _invoke_shared(gw: Gateway, request: web.Request, fn: FunctionEntry) -> web.StreamResponse:
+async def _invoke_shared(gw: Gateway, request: Request, fn: FunctionEntry) -> None:
     """Affinity None: least-in-flight instance, no session."""
-    assert gw.http is not None
     manager = gw.manager
+    settings = gw.settings
     t0 = time.perf_counter()
     for attempt in range(2):
         instance, _ = await manager.least_loaded(fn)
         traffic = Traffic()
         counted = manager.begin_request(instance)
-        headers = upstream_headers(request, trust=client_trust(request))
-        tracing.inject(headers)
-        url = instance.url + request[TAIL]
+        headers = upstream_headers(request, trust=client_trust(gw, request))
+        _trace(headers)
+        target = target_of(instance.url)
         try:
             if is_websocket(request):
-                return await relay_websocket(
-                    gw.http,
+                await relay_websocket(
+                    gw.pool,
                     request,
-                    url,
+                    target,
+                    request.tail,
                     headers,
                     traffic,
-                    header_timeout=gw.settings.upstream_timeout,
-                    max_stream=gw.settings.max_stream_duration,
+                    header_timeout=settings.upstream_timeout,
+                    max_stream=settings.max_stream_duration,
                 )
-            return await relay(
-                gw.http,
-                request,
-                url,
-                headers,
-                traffic,
-                max_body=gw.settings.max_body_bytes,
-                header_timeout=gw.settings.upstream_timeout,
-                max_stream=gw.settings.max_stream_duration,
-            )
+            else:
+                await relay(
+                    gw.pool,
+                    request,
+                    target,
+                    request.tail,
+                    headers,
+                    traffic,
+                    max_body=settings.max_body_bytes,
+                    header_timeout=settings.upstream_timeout,
+                    max_stream=settings.max_stream_duration,
+                )
+            return
         except UpstreamConnectError:
             if attempt:
                 raise

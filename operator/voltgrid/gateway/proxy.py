@@ -1,9 +1,12 @@
 """The streaming HTTP relay between a client and an instance (or the owning replica).
 
-Bodies are never held whole: request bodies stream to the upstream as they arrive (small ones
-with a known length are read at once, which is faster), and responses stream back chunk by chunk
-as the upstream sends them, so SSE and chunked responses reach the client unbuffered. Only small
-responses with a known length are read whole. The relay reports how many bytes moved each way.
+Bodies are never held whole: a request body with a known length up to :data:`SMALL_REQUEST_BODY`
+is read at once, a larger or chunked one streams to the upstream as it arrives (while the answer
+is awaited, since an upstream may answer before reading it all). Responses with a known length up
+to :data:`~voltgrid.gateway.upstream.BUFFERED_RESPONSE` are sent in one write; the rest (SSE,
+chunked, large) stream back as the upstream sends them, with the upstream paused while the client
+is slow. Headers are rewritten on the way as bytes: hop-by-hop ones dropped, ``X-Forwarded-*`` set.
+The relay reports how many bytes moved each way.
 """
 
 from __future__ import annotations
@@ -11,18 +14,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final
-
-import aiohttp
-from aiohttp import hdrs, web
-from multidict import CIMultiDict, istr
+from collections.abc import Awaitable, Callable, Iterable
+from functools import lru_cache
+from typing import Final
+from urllib.parse import urlsplit
 
 from voltgrid.gateway.errors import GatewayError
+from voltgrid.gateway.http1 import ClientGoneError, Request
 from voltgrid.gateway.peers import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
+from voltgrid.gateway.upstream import IDEMPOTENT, UpstreamConnection, UpstreamError, UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP: Final = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection",
         "Keep-Alive",
@@ -34,24 +37,25 @@ HOP_BY_HOP: Final = frozenset(
         "Transfer-Encoding",
         "Upgrade",
         "Host",
+        "Content-Length",
+        "Expect",
         FORWARDED_HEADER,
         INTERNAL_TOKEN_HEADER,
     )
 )
+_HOP_BY_HOP_BYTES: Final = frozenset(h.encode() for h in HOP_BY_HOP)
 #: What a client says about where it came from: replaced unless it is a trusted proxy (see Trust).
 _FORWARDED: Final = frozenset(
-    istr(h) for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+    h.lower() for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
 #: Request bodies up to this size with a known length are read at once instead of streamed.
 SMALL_REQUEST_BODY: Final = 64 * 1024
-#: Responses up to this size with a known length are read at once instead of streamed.
-SMALL_RESPONSE_BODY: Final = 256 * 1024
 #: Most bytes looked at for the legacy SSE transport's first ``endpoint`` event.
 MAX_SSE_PRELUDE: Final = 64 * 1024
-SSE_TYPE: Final = "text/event-stream"
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
-#: Called with the upstream response before headers go to the client; returns headers to add.
-OnResponse = Callable[[aiohttp.ClientResponse], Awaitable[list[tuple[str, str]]]]
+#: Called with the upstream's answer before its head goes to the client; returns headers to add.
+OnResponse = Callable[[UpstreamResponse], Awaitable[list[tuple[str, str]]]]
 #: Called with the ``data`` of the SSE ``endpoint`` event; returns the data to send instead.
 OnSseEndpoint = Callable[[str], Awaitable[str]]
 
@@ -73,7 +77,7 @@ class Traffic:
         self.bytes_in = 0
         self.bytes_out = 0
         self.status = 0
-        self.client_error: Exception | None = None
+        self.client_error: BaseException | None = None
 
 
 class Trust(enum.Enum):
@@ -87,67 +91,86 @@ class Trust(enum.Enum):
     REPLICA = "replica"
 
 
+class Target:
+    """Where a relay goes: ``host`` and ``port`` (or a unix socket path, port None) and a path prefix."""
+
+    __slots__ = ("authority", "base", "host", "port")
+
+    def __init__(self, host: str, port: int | None, base: str = "", authority: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.base = base
+        self.authority = authority or (f"{host}:{port}" if port is not None else "localhost")
+
+
+@lru_cache(maxsize=4096)
+def target_of(url: str) -> Target:
+    """The :class:`Target` of an ``http://host:port[/base]`` URL (instances and replicas)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or 80
+    return Target(host, port, parts.path.rstrip("/"), parts.netloc)
+
+
 def upstream_headers(
-    request: web.Request, extra: Mapping[str, str] | None = None, trust: Trust = Trust.CLIENT
-) -> CIMultiDict[str]:
+    request: Request, extra: Iterable[tuple[str, str]] = (), trust: Trust = Trust.CLIENT
+) -> list[tuple[str, str]]:
     """The request's headers minus hop-by-hop and internal ones, plus ``X-Forwarded-*`` (believed as
     far as ``trust`` says) and ``extra``."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    connection = request.headers.get(hdrs.CONNECTION)
-    listed = {istr(t.strip()) for t in connection.split(",")} if connection else set()
-    drop = _FORWARDED if trust is Trust.CLIENT else frozenset()
-    for name, value in request.headers.items():
-        if name not in HOP_BY_HOP and name not in listed and name not in drop:
-            headers.add(name, value)
+    connection = request.headers.get("Connection")
+    listed = {t.strip().lower() for t in connection.split(",")} if connection else ()
+    drop = _FORWARDED if trust is Trust.CLIENT else ()
+    out = [
+        (name, value)
+        for name, value in request.headers.items()
+        if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in listed and lowered not in drop
+    ]
     if trust is not Trust.REPLICA:
-        peer = request.remote or ""
         prior = request.headers.get("X-Forwarded-For") if trust is Trust.PROXY else None
-        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        headers.setdefault("X-Forwarded-Proto", request.scheme)
-        if request.host:
-            headers.setdefault("X-Forwarded-Host", request.host)
-    if extra:
-        headers.update(extra)
-    return headers
+        out = [(n, v) for n, v in out if n.lower() != "x-forwarded-for"]
+        out.append(("X-Forwarded-For", f"{prior}, {request.peer}" if prior else request.peer))
+        believed = trust is Trust.PROXY
+        if not (believed and "X-Forwarded-Proto" in request.headers):
+            out.append(("X-Forwarded-Proto", request.scheme))
+        if request.host and not (believed and "X-Forwarded-Host" in request.headers):
+            out.append(("X-Forwarded-Host", request.host))
+    extra_names = set()
+    for name, value in extra:
+        extra_names.add(name.lower())
+        out.append((name, value))
+    if extra_names:
+        seen: set[str] = set()
+        kept: list[tuple[str, str]] = []
+        for name, value in reversed(out):  # an extra header replaces the client's of that name
+            lowered = name.lower()
+            if lowered in extra_names and lowered in seen:
+                continue
+            seen.add(lowered)
+            kept.append((name, value))
+        out = kept[::-1]
+    return out
 
 
-async def _stream_body(request: web.Request, traffic: Traffic, limit: int) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in request.content.iter_any():
-            traffic.bytes_in += len(chunk)
-            if traffic.bytes_in > limit:
-                raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
-            yield chunk
-    except Exception as e:  # the HTTP client wraps it in its own error: kept to answer the client
-        traffic.client_error = e
-        raise
+def request_head(method: str, path: str, target: Target, headers: Iterable[tuple[str, str]], framing: bytes) -> bytes:
+    """The bytes of a request's head to the upstream."""
+    lines = [f"{method} {target.base}{path} HTTP/1.1\r\nHost: {target.authority}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    return "".join(lines).encode() + framing + b"\r\n"
 
 
-async def _request_body(request: web.Request, traffic: Traffic, limit: int) -> bytes | AsyncIterator[bytes] | None:
-    if not request.body_exists:
-        return None
-    length = request.content_length
-    if length is not None and length <= SMALL_REQUEST_BODY:
-        body = await request.read()
-        traffic.bytes_in = len(body)
-        return body
-    return _stream_body(request, traffic, limit)
-
-
-def _response_headers(upstream: aiohttp.ClientResponse, drop_length: bool) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        if name in HOP_BY_HOP or (drop_length and name == hdrs.CONTENT_LENGTH):
-            continue
-        headers.add(name, value)
-    return headers
+def response_headers(response: UpstreamResponse, extra: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers for the client: hop-by-hop and framing ones dropped, ``extra`` added."""
+    out = [(n, v) for n, v in response.headers if n.lower() not in _HOP_BY_HOP_BYTES]
+    out += [(n.encode(), v.encode()) for n, v in extra]
+    return out
 
 
 async def relay(
-    http: aiohttp.ClientSession,
-    request: web.Request,
-    url: str,
-    headers: CIMultiDict[str],
+    pool: UpstreamPool,
+    request: Request,
+    target: Target,
+    path: str,
+    headers: list[tuple[str, str]],
     traffic: Traffic,
     *,
     max_body: int,
@@ -156,134 +179,176 @@ async def relay(
     connect_timeout: float | None = None,
     on_response: OnResponse | None = None,
     on_sse_endpoint: OnSseEndpoint | None = None,
-) -> web.StreamResponse:
-    """Send ``request`` to ``url`` and stream the answer back to the client (``connect_timeout``
-    replaces the pool's connect timeout, e.g. for a hop to another replica)."""
-    data = await _request_body(request, traffic, max_body)
-    try:
-        upstream = await _send(
-            http, request, url, headers, data, header_timeout=header_timeout, connect_timeout=connect_timeout
+) -> None:
+    """Send ``request`` to ``target`` at ``path`` and stream the answer back to the client."""
+    body = request.body
+    small = not body.exists or (body.length is not None and body.length <= SMALL_REQUEST_BODY)
+    data = await body.read_all(max_body) if body.exists and small else b""
+    traffic.bytes_in = len(data)
+    if small:
+        framing = b"Content-Length: %d\r\n" % len(data) if data or request.method in _BODY_METHODS else b""
+    else:
+        framing = (
+            b"Content-Length: %d\r\n" % body.length if body.length is not None else b"Transfer-Encoding: chunked\r\n"
         )
-    except Exception:
-        if traffic.client_error is None:
-            raise
-        raise traffic.client_error from None  # reading the client's body failed, not the instance
-    try:
-        traffic.status = upstream.status
-        extra = await on_response(upstream) if on_response is not None else []
-        length = upstream.content_length
-        is_sse = upstream.content_type == SSE_TYPE
-        if length is not None and length <= SMALL_RESPONSE_BODY and not is_sse:
-            try:
-                body = await upstream.read()
-            except (aiohttp.ClientError, OSError) as e:
-                raise GatewayError(502, "upstream_error", f"the instance failed: {type(e).__name__}") from None
-            traffic.bytes_out = len(body)
-            out_headers = _response_headers(upstream, True)
-            out_headers.extend(extra)
-            return web.Response(status=upstream.status, body=body, headers=out_headers)
-        stream_headers = _response_headers(upstream, False)
-        stream_headers.extend(extra)
-        response = web.StreamResponse(status=upstream.status, headers=stream_headers)
-        await response.prepare(request)
-        await _pump(
-            upstream,
-            response,
-            traffic,
-            max_stream=max_stream,
-            on_sse_endpoint=on_sse_endpoint if is_sse else None,
-            is_sse=is_sse,
-        )
-        return response
-    finally:
-        upstream.release()
+    head = request_head(request.method, path, target, headers, framing)
+    for attempt in range(2):
+        conn = await _connect(pool, target, connect_timeout)
+        try:
+            response = await _exchange(conn, request, head, data, small, traffic, max_body, header_timeout)
+        except UpstreamError as e:
+            conn.finish(None)
+            if e.sent_nothing and conn.reused and small and request.method in IDEMPOTENT and not attempt:
+                continue  # the pooled connection was closed by the upstream as it was taken
+            raise GatewayError(502, "upstream_error", f"the instance failed: {e}") from None
+        try:
+            await _answer(conn, request, response, traffic, max_stream, on_response, on_sse_endpoint)
+        finally:
+            conn.finish(response)
+        return
 
 
-async def _send(
-    http: aiohttp.ClientSession,
-    request: web.Request,
-    url: str,
-    headers: CIMultiDict[str],
-    data: bytes | AsyncIterator[bytes] | None,
-    *,
+async def _connect(pool: UpstreamPool, target: Target, connect_timeout: float | None) -> UpstreamConnection:
+    try:
+        return await pool.connect(target.host, target.port, connect_timeout)
+    except UpstreamError as e:
+        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
+
+
+async def _exchange(
+    conn: UpstreamConnection,
+    request: Request,
+    head: bytes,
+    data: bytes,
+    small: bool,
+    traffic: Traffic,
+    max_body: int,
     header_timeout: float,
-    connect_timeout: float | None,
-) -> aiohttp.ClientResponse:
-    """The upstream's response (headers); the request's failure classified (see :class:`UpstreamConnectError`)."""
-    options: dict[str, Any] = {}
-    if connect_timeout is not None:
-        options["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+) -> UpstreamResponse:
+    """Send the request and await the answer's head (a streamed body is sent meanwhile)."""
+    answer = conn.send(request.method, head + data if small else head, final=small)
+    upload = None if small else asyncio.ensure_future(_upload(conn, request, traffic, max_body))
     try:
         async with asyncio.timeout(header_timeout):
-            return await http.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                auto_decompress=False,
-                **options,
-            )
-    except aiohttp.ConnectionTimeoutError as e:
-        # Checked before TimeoutError (it is one): nothing was sent, so the caller may re-place the
-        # request, e.g. the instance's pod is gone and its IP no longer answers.
-        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
+            return await answer
     except TimeoutError:
+        conn.abort()
         raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
-    except aiohttp.ClientConnectorError as e:
-        raise UpstreamConnectError(f"cannot connect to the instance: {e.os_error or e}") from None
-    except (aiohttp.ClientError, OSError) as e:
-        raise GatewayError(502, "upstream_error", f"the instance failed: {type(e).__name__}: {e}") from None
+    except UpstreamError:
+        if traffic.client_error is not None:  # reading the client's body failed, not the instance
+            raise traffic.client_error from None
+        raise
+    finally:
+        if upload is not None and not upload.done():
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                conn.request_sent = False  # sent on while the answer streams: reused only if it ends
+                asyncio.ensure_future(_finish_upload(upload))
+            else:
+                upload.cancel()
+
+
+async def _finish_upload(upload: asyncio.Future[None]) -> None:
+    """An upstream may answer before it read the whole body; the rest is still sent (or dropped
+    with the connection when the client fails)."""
+    try:
+        await upload
+    except (asyncio.CancelledError, Exception):
+        return
+
+
+async def _upload(conn: UpstreamConnection, request: Request, traffic: Traffic, limit: int) -> None:
+    chunked = request.body.length is None
+    try:
+        while chunk := await request.body.read():
+            traffic.bytes_in += len(chunk)
+            if traffic.bytes_in > limit:
+                raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+        conn.request_sent = True
+    except UpstreamError:
+        return  # the upstream went away: the answer's wait reports it
+    except Exception as e:  # the client's body failed: kept for the answer, the upstream dropped
+        traffic.client_error = e
+        conn.abort()
+
+
+async def _answer(
+    conn: UpstreamConnection,
+    request: Request,
+    response: UpstreamResponse,
+    traffic: Traffic,
+    max_stream: float,
+    on_response: OnResponse | None,
+    on_sse_endpoint: OnSseEndpoint | None,
+) -> None:
+    client = request.conn
+    traffic.status = response.status
+    extra = await on_response(response) if on_response is not None else []
+    headers = response_headers(response, extra)
+    if response.body is not None:
+        traffic.bytes_out = len(response.body)
+        client.send_response(request, response.status, headers, response.body)
+        return
+    length = response.content_length if response.header(b"transfer-encoding") is None else None
+    client.start_response(request, response.status, headers, length)
+    if request.method == "HEAD":
+        return
+    client.on_lost = conn.abort  # a client that leaves ends the upstream's stream too
+    try:
+        await _pump(conn, request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None)
+    finally:
+        client.on_lost = None
 
 
 async def _pump(
-    upstream: aiohttp.ClientResponse,
-    response: web.StreamResponse,
+    conn: UpstreamConnection,
+    request: Request,
+    response: UpstreamResponse,
     traffic: Traffic,
-    *,
     max_stream: float,
     on_sse_endpoint: OnSseEndpoint | None,
-    is_sse: bool,
 ) -> None:
+    client = request.conn
+    is_sse = response.is_sse
     try:
         async with asyncio.timeout(max_stream):
             if on_sse_endpoint is not None:
-                prelude = await _sse_prelude(upstream, on_sse_endpoint)
+                prelude = await _sse_prelude(response, on_sse_endpoint)
                 traffic.bytes_out += len(prelude)
-                await response.write(prelude)
-            async for chunk in upstream.content.iter_any():
+                client.write(prelude)
+            while chunk := await response.read():
                 traffic.bytes_out += len(chunk)
-                await response.write(chunk)
-        await response.write_eof()
+                client.write(chunk)
+                if client.writing_paused:
+                    await client.drain()
+        client.end_response()
     except TimeoutError:
-        await _end_with_error(response, is_sse, "stream_timeout", f"stream closed after {max_stream}s")
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        await _end_with_error(response, is_sse, "upstream_error", "the instance ended the stream abnormally")
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # the client went away; releasing the upstream response closes the instance side
+        _end_with_error(request, is_sse, "stream_timeout", f"stream closed after {max_stream}s")
+    except UpstreamError:
+        if client.transport is None:
+            raise ClientGoneError("the client closed the connection mid-stream") from None
+        _end_with_error(request, is_sse, "upstream_error", "the instance ended the stream abnormally")
 
 
-async def _end_with_error(response: web.StreamResponse, is_sse: bool, code: str, message: str) -> None:
-    """Tell the client the stream failed: an SSE ``error`` event, or a truncated chunked body."""
-    try:
-        if is_sse:
-            event = json.dumps({"error": {"code": code, "message": message}})
-            await response.write(f"event: error\ndata: {event}\n\n".encode())
-            await response.write_eof()
-            return
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass
-    response.force_close()
-    transport = response._req.transport if response._req is not None else None
-    if transport is not None:
-        transport.abort()
+def _end_with_error(request: Request, is_sse: bool, code: str, message: str) -> None:
+    """Tell the client the stream failed: an SSE ``error`` event, or a truncated body."""
+    client = request.conn
+    if is_sse and client.transport is not None:
+        event = json.dumps({"error": {"code": code, "message": message}})
+        client.write(f"event: error\ndata: {event}\n\n".encode())
+        client.end_response()
+        return
+    client.abort()
 
 
-async def _sse_prelude(upstream: aiohttp.ClientResponse, on_endpoint: OnSseEndpoint) -> bytes:
+async def _sse_prelude(response: UpstreamResponse, on_endpoint: OnSseEndpoint) -> bytes:
     """Read up to the first ``endpoint`` event (legacy MCP SSE), rewrite its data, return the bytes."""
     buffer = b""
     while len(buffer) < MAX_SSE_PRELUDE:
-        chunk = await upstream.content.readany()
+        chunk = await response.read()
         if not chunk:
             return buffer
         buffer += chunk

@@ -11,11 +11,13 @@ sessions only); see :mod:`voltgrid.gateway.access`. A session id is scoped to it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import aiohttp
 from aiohttp import web
 
 from voltgrid.api.common import parse_duration
@@ -23,14 +25,18 @@ from voltgrid.api.constants import MAX_LIFETIME_CEILING
 from voltgrid.gateway.access import Caller, session_api_caller
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found
-from voltgrid.gateway.forward import forward, is_forwarded
+from voltgrid.gateway.forward import is_forwarded
 from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.gateway.peers import FORWARDED_HEADER
+from voltgrid.gateway.proxy import HOP_BY_HOP
 from voltgrid.registry.ids import is_session_id
 from voltgrid.registry.records import STATE_NAMES, SessionRecord, usage
 from voltgrid.registry.store import SessionExistsError
 
 API_PREFIX: Final = "/_voltgrid/v1/functions/{namespace}/{name}/sessions"
 MAX_API_BODY: Final = 64 * 1024
+#: Headers of an owner's answer passed back to the client.
+_ANSWER_HEADERS: Final = frozenset({"content-type", "retry-after", "www-authenticate", "allow"})
 
 
 def session_json(gw: Gateway, record: SessionRecord) -> dict[str, Any]:
@@ -98,12 +104,40 @@ def _seconds(body: dict[str, Any], name: str) -> float | None:
     return seconds
 
 
-async def _owned(request: web.Request, session_id: str, handler: Any) -> web.StreamResponse | None:
-    """Forward to the owner of ``session_id`` unless this replica owns it (or it was forwarded)."""
+async def _owned(request: web.Request, session_id: str) -> web.StreamResponse | None:
+    """The owner's answer, unless this replica owns ``session_id`` (or the request was forwarded,
+    or no other owner can be reached): then None, and the request is served here."""
     gw = request.app[GATEWAY]
-    if is_forwarded(request, gw.settings.internal_token) or gw.membership.is_owner(session_id):
+    settings = gw.settings
+    if is_forwarded(request.headers, settings.internal_token):
         return None
-    return await forward(request, session_id, handler)
+    assert gw.http is not None
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    headers[FORWARDED_HEADER] = settings.internal_token
+    for _ in range(len(gw.membership.members)):
+        owner = gw.membership.owner(session_id)
+        if owner == gw.membership.self_id:
+            return None
+        try:
+            async with (
+                asyncio.timeout(settings.upstream_timeout + settings.cold_start_timeout),
+                gw.http.request(
+                    request.method,
+                    owner + request.raw_path,
+                    headers=headers,
+                    data=body,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.forward_connect_timeout),
+                ) as answer,
+            ):
+                kept = {k: v for k, v in answer.headers.items() if k.lower() in _ANSWER_HEADERS}
+                return web.Response(status=answer.status, body=await answer.read(), headers=kept)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            gw.metrics.forwarded.labels("owner_unreachable").inc()
+            gw.membership.suspect(owner)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise GatewayError(502, "owner_failed", f"the replica owning the session failed: {e}") from None
+    return None
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -115,7 +149,7 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise bad_request(
                 "sessionId must be a DNS label (lowercase letters, digits, '-', at most 63)", "bad_session_id"
             )
-        forwarded = await _owned(request, session_id, create)
+        forwarded = await _owned(request, session_id)
         if forwarded is not None:
             return forwarded
     idle, lifetime = _seconds(body, "idleTimeout"), _seconds(body, "maxLifetime")
@@ -139,7 +173,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def get(request: web.Request) -> web.StreamResponse:
     gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
-    forwarded = await _owned(request, session_id, get)
+    forwarded = await _owned(request, session_id)
     if forwarded is not None:
         return forwarded
     return web.json_response(session_json(gw, _session(gw, fn, session_id, caller)))
@@ -148,7 +182,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 async def renew(request: web.Request) -> web.StreamResponse:
     gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
-    forwarded = await _owned(request, session_id, renew)
+    forwarded = await _owned(request, session_id)
     if forwarded is not None:
         return forwarded
     record = _session(gw, fn, session_id, caller)
@@ -165,7 +199,7 @@ async def renew(request: web.Request) -> web.StreamResponse:
 async def delete(request: web.Request) -> web.StreamResponse:
     gw, fn, caller = _function(request)
     session_id = request.match_info["session_id"]
-    forwarded = await _owned(request, session_id, delete)
+    forwarded = await _owned(request, session_id)
     if forwarded is not None:
         return forwarded
     record = _session(gw, fn, session_id, caller)

@@ -1,105 +1,204 @@
-"""WebSocket relay: one upgrade to the client, one to the upstream, frames pumped both ways.
+"""WebSocket relay: the client's handshake checked, passed to the instance, then bytes spliced.
 
-Text, binary, ping/pong (handled by aiohttp's heartbeat machinery) and close codes pass through;
-the connection counts as one request in flight for its whole life, bounded by the maximum stream
-duration.
+After the instance answers 101 the two connections are joined byte for byte (frames, pings and
+close codes pass through untouched, and the instance's handshake answer reaches the client as it
+is). Frames from the client are followed just enough to refuse one without a mask (RFC 6455 section
+5.1): the client is sent close code 1002 and both sides are closed. The connection counts as one
+request in flight for its whole life, bounded by the maximum stream duration, after which the
+client is sent close code 1001 (going away). A slow side pauses reading on the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import logging
+from collections.abc import Callable
 from typing import Final
 
-import aiohttp
-from aiohttp import WSMsgType, hdrs, web
-from multidict import CIMultiDict, istr
+from voltgrid.gateway.errors import GatewayError, bad_request
+from voltgrid.gateway.http1 import Request
+from voltgrid.gateway.proxy import Target, Traffic, UpstreamConnectError, request_head, response_headers
+from voltgrid.gateway.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
-from voltgrid.gateway.errors import GatewayError
-from voltgrid.gateway.proxy import Traffic
+logger = logging.getLogger(__name__)
 
-#: Handshake headers aiohttp's client sets itself (copying them would break the upgrade).
-_HANDSHAKE: Final = frozenset(
-    istr(h)
-    for h in (
-        "Sec-WebSocket-Key",
-        "Sec-WebSocket-Version",
-        "Sec-WebSocket-Extensions",
-        "Sec-WebSocket-Protocol",
-        "Content-Length",
-    )
+#: A server close frame with code 1002 (protocol error), and one with 1001 (going away).
+CLOSE_PROTOCOL_ERROR: Final = b"\x88\x02\x03\xea"
+CLOSE_GOING_AWAY: Final = b"\x88\x02\x03\xe9"
+MASK_BIT: Final = 0x80
+#: Longest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask.
+MAX_FRAME_HEADER: Final = 14
+#: The client's handshake headers passed on as they are (the instance answers the handshake).
+HANDSHAKE_HEADERS: Final = (
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
 )
-#: Close code sent to the client when the upstream fails or the stream limit is reached.
-CLOSE_GOING_AWAY: Final = 1001
 
 
-def is_websocket(request: web.Request) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket" and request.method == "GET"
+def is_websocket(request: Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def check_handshake(request: Request) -> None:
+    """400 unless the handshake is one an instance could accept (checked before anything is placed)."""
+    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    key = request.headers.get("Sec-WebSocket-Key", "")
+    try:
+        key_ok = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        key_ok = False
+    if "upgrade" not in connection or request.headers.get("Sec-WebSocket-Version") != "13" or not key_ok:
+        raise bad_request(
+            "invalid WebSocket handshake: it needs 'Connection: Upgrade', 'Sec-WebSocket-Version: 13'"
+            " and a Sec-WebSocket-Key of 16 base64-encoded bytes",
+            "bad_websocket_handshake",
+        )
 
 
 async def relay_websocket(
-    http: aiohttp.ClientSession,
-    request: web.Request,
-    url: str,
-    headers: CIMultiDict[str],
+    pool: UpstreamPool,
+    request: Request,
+    target: Target,
+    path: str,
+    headers: list[tuple[str, str]],
     traffic: Traffic,
     *,
     header_timeout: float,
     max_stream: float,
-) -> web.WebSocketResponse:
-    protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
-    for name in _HANDSHAKE:
-        headers.popall(name, None)
+) -> None:
+    try:
+        conn = await pool.connect(target.host, target.port)
+    except UpstreamError as e:
+        raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
+    handshake = [(n, v) for n in HANDSHAKE_HEADERS if (v := request.headers.get(n)) is not None]
+    head = request_head("GET", path, target, [*headers, *handshake], b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     try:
         async with asyncio.timeout(header_timeout):
-            upstream = await http.ws_connect(url, headers=headers, protocols=protocols, autoping=True)
+            response = await conn.send("GET", head, final=True)
     except TimeoutError:
+        conn.abort()
         raise GatewayError(504, "upstream_timeout", "the instance did not accept the WebSocket in time") from None
-    except aiohttp.WSServerHandshakeError as e:
-        raise GatewayError(502, "upstream_refused", f"the instance refused the WebSocket ({e.status})") from None
-    except (aiohttp.ClientError, OSError) as e:
-        raise GatewayError(502, "upstream_unavailable", f"cannot reach the instance: {type(e).__name__}") from None
-    client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), autoping=True)
+    except UpstreamError as e:
+        conn.abort()
+        raise GatewayError(502, "upstream_unavailable", f"cannot reach the instance: {e}") from None
+    if response.status != 101 or not response.upgraded:
+        conn.abort()
+        raise GatewayError(502, "upstream_refused", f"the instance refused the WebSocket ({response.status})")
     traffic.status = 101
+    out = response_headers(response, [("Connection", "Upgrade"), ("Upgrade", "websocket")])
+    request.conn.start_response(request, 101, out, None)
     try:
-        await client.prepare(request)
-
-        async def pump(
-            source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-            sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-            inbound: bool,
-        ) -> None:
-            async for msg in source:
-                size = len(msg.data) if isinstance(msg.data, (bytes, str)) else 0
-                if inbound:
-                    traffic.bytes_in += size
-                else:
-                    traffic.bytes_out += size
-                if msg.type == WSMsgType.TEXT:
-                    await sink.send_str(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    await sink.send_bytes(msg.data)
-                elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-                    break
-            await sink.close(code=source.close_code or CLOSE_GOING_AWAY)
-
-        tasks = [
-            asyncio.ensure_future(pump(client, upstream, True)),
-            asyncio.ensure_future(pump(upstream, client, False)),
-        ]
-        try:
-            async with asyncio.timeout(max_stream):
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await _splice(request, conn, traffic, max_stream)
     finally:
-        await upstream.close()
-        if not client.closed:
-            await client.close(code=CLOSE_GOING_AWAY)
-    return client
+        conn.abort()
+
+
+async def _splice(request: Request, upstream: UpstreamConnection, traffic: Traffic, max_stream: float) -> None:
+    client = request.conn
+    done = asyncio.get_running_loop().create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    masks = MaskedFramesOnly()
+
+    def from_client(data: bytes) -> None:
+        if not masks.check(data):
+            logger.warning("closed a WebSocket: the client sent a frame without a mask")
+            client.write_raw(CLOSE_PROTOCOL_ERROR)
+            finish()
+            return
+        traffic.bytes_in += len(data)
+        upstream.write(data)
+        _flow(upstream.transport, client.pause_reading, client.resume_reading)
+
+    def from_upstream(data: bytes) -> None:
+        traffic.bytes_out += len(data)
+        client.write_raw(data)
+        _flow(client.transport, upstream_pause, upstream_resume)
+
+    def upstream_pause() -> None:
+        if upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def upstream_resume() -> None:
+        if upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    client.on_lost = finish
+    upstream.on_upgraded_lost = finish
+    client.on_upgraded_data = from_client
+    upstream.on_upgraded_data = from_upstream
+    if upstream.upgrade_rest:
+        from_upstream(upstream.upgrade_rest)
+    if client.upgrade_rest:
+        from_client(client.upgrade_rest)
+    try:
+        async with asyncio.timeout(max_stream):
+            await done
+    except TimeoutError:
+        client.write_raw(CLOSE_GOING_AWAY)
+    finally:
+        client.on_lost = None
+        client.on_upgraded_data = None
+        upstream.on_upgraded_data = None
+        upstream.on_upgraded_lost = None
+
+
+def _flow(sink: asyncio.Transport | None, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+    """Pause the source while the sink's buffer is over its high-water mark; resume once it drained."""
+    if sink is None:
+        return
+    if sink.get_write_buffer_size() > sink.get_write_buffer_limits()[1]:
+        pause()
+        loop = asyncio.get_running_loop()
+
+        def poll() -> None:
+            if sink.is_closing() or sink.get_write_buffer_size() <= sink.get_write_buffer_limits()[0]:
+                with contextlib.suppress(RuntimeError):
+                    resume()
+            else:
+                loop.call_later(0.005, poll)
+
+        loop.call_later(0.005, poll)
+
+
+class MaskedFramesOnly:
+    """Follows the frame headers of a client's byte stream: :meth:`check` is False once a frame
+    without the mask bit is seen (nothing is buffered but a split header)."""
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a frame header split across reads
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._failed = False
+
+    def check(self, data: bytes) -> bool:
+        if self._failed:
+            return False
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            head = self._head + data[pos : pos + MAX_FRAME_HEADER - len(self._head)]
+            if len(head) >= 2 and not head[1] & MASK_BIT:
+                self._failed = True
+                return False
+            size = head[1] & 0x7F if len(head) >= 2 else 0
+            extended = {126: 2, 127: 8}.get(size, 0)
+            full = 2 + extended + 4
+            if len(head) < full:  # the rest of the header comes with the next read
+                self._head = head
+                return True
+            pos += full - len(self._head)
+            self._head = b""
+            self._skip = int.from_bytes(head[2 : 2 + extended], "big") if extended else size
+        return True

@@ -1,0 +1,191 @@
+"""The request pipeline: small steps, each with one concern, in order.
+
+1. :func:`answer_errors` — every failure becomes a JSON error body; bad input never becomes a 500. A
+   client that leaves mid-request or sends a broken body is one log line, without traceback; a
+   backend (control-plane) failure the gateway can classify is a 503 + Retry-After or a 502.
+2. :func:`check_limits` — refused early, on every route: declared body size, path tricks (``..``,
+   NUL, encoded dots) and WebSocket upgrades whose handshake is invalid (before any instance is
+   placed or started). Header values that are not UTF-8 are refused by the connection itself.
+3. tracing — the request's span, continuing the caller's ``traceparent``.
+4. :func:`route` — ``/_voltgrid/...`` goes to the admin application (Session API, internal calls,
+   health, metrics); any other path invokes a function (``/fn/<namespace>/<name>/...``, or the default).
+5. :func:`authenticate` — the function's JWT policy.
+6. :func:`affinity` — the request's session key.
+7. ownership — a request for a session owned by another replica goes there, in one hop
+   (:mod:`voltgrid.gateway.forward`); else it is invoked here (:mod:`voltgrid.gateway.invoke`).
+
+Every step runs for every request: there is no fast path that skips one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from voltgrid.api import constants
+from voltgrid.backends.base import BackendError, ControlPlaneUnavailableError
+from voltgrid.gateway import tracing
+from voltgrid.gateway.affinity import session_key
+from voltgrid.gateway.core import Gateway
+from voltgrid.gateway.errors import GatewayError, bad_request, error_body, not_found
+from voltgrid.gateway.forward import forward, is_forwarded
+from voltgrid.gateway.http1 import ClientGoneError, Request
+from voltgrid.gateway.invoke import invoke
+from voltgrid.gateway.proxy import HOP_BY_HOP, Target, Traffic, relay
+from voltgrid.gateway.websocket import check_handshake, is_websocket
+from voltgrid.registry.ids import SESSION_ID_RE
+
+logger = logging.getLogger(__name__)
+
+INVOKE_PREFIX: Final = constants.INVOKE_PATH_PREFIX
+#: Paths served by the admin application (aiohttp): the Session API, internal calls, health, metrics.
+ADMIN_PREFIX: Final = "/_voltgrid/"
+_DOT_SEGMENT: Final = re.compile(r"(^|/)(\.|%2e){1,2}(/|$|\?)", re.IGNORECASE)
+_FORBIDDEN_IN_PATH: Final = ("%00", "\x00", "%2f", "%5c", "\\")
+_JSON: Final = [(b"content-type", b"application/json")]
+
+
+class Pipeline:
+    """The connection handler of one gateway: ``await pipeline(request)`` answers the request."""
+
+    def __init__(self, gateway: Gateway, admin: Target) -> None:
+        self.gateway = gateway
+        self.admin = admin
+
+    async def __call__(self, request: Request) -> None:
+        gw = self.gateway
+        try:
+            check_limits(gw, request)
+        except GatewayError as e:
+            answer_error(request, e.status, e.code, e.message, e.headers)
+            return
+        span, token = tracing.start_server_span(request.method, request.path, request.headers)
+        try:
+            await answer_errors(gw, request, self._dispatch)
+        finally:
+            tracing.end_server_span(span, token, request.status or 500)
+
+    async def _dispatch(self, request: Request) -> None:
+        gw = self.gateway
+        if request.path.startswith(ADMIN_PREFIX):
+            await self._admin(request)
+            return
+        route(gw, request)
+        authenticate(request)
+        affinity(request)
+        key = request.key
+        if (
+            key is None
+            or is_forwarded(request.headers, gw.settings.internal_token)
+            or gw.membership.is_owner(key)
+            or not await forward(gw, request, key)
+        ):
+            await invoke(gw, request)
+
+    async def _admin(self, request: Request) -> None:
+        """The admin application answers on a private unix socket; its headers pass as they are."""
+        headers = [(n, v) for n, v in request.headers.items() if n.lower() not in _ADMIN_DROP]
+        settings = self.gateway.settings
+        await relay(
+            self.gateway.pool,
+            request,
+            self.admin,
+            request.raw_path,
+            headers,
+            Traffic(),
+            max_body=settings.max_body_bytes,
+            header_timeout=settings.upstream_timeout,
+            max_stream=settings.max_stream_duration,
+        )
+
+
+#: Headers not passed to the admin application: framing and hop-by-hop, except the internal token
+#: and the forwarding mark, which the internal calls check themselves.
+_ADMIN_DROP: Final = HOP_BY_HOP - {"x-voltgrid-internal-token", "x-voltgrid-forwarded"}
+
+
+async def answer_errors(gw: Gateway, request: Request, step: Callable[[Request], Awaitable[None]]) -> None:
+    """Run ``step(request)``; any failure is answered (see the module docstring)."""
+    try:
+        await step(request)
+    except GatewayError as e:
+        answer_error(request, e.status, e.code, e.message, e.headers)
+    except ClientGoneError as e:
+        logger.info("client request %s %s ended early: %s", request.method, request.path, e)
+    except ControlPlaneUnavailableError as e:
+        logger.warning("control plane unavailable for %s %s: %s", request.method, request.path, e)
+        retry = {"Retry-After": str(gw.settings.retry_after)}
+        answer_error(request, 503, "control_plane_unavailable", str(e), retry)
+    except BackendError as e:
+        logger.warning("backend failed for %s %s: %s", request.method, request.path, e)
+        answer_error(request, 502, "backend_error", str(e))
+    except Exception:
+        logger.exception("unexpected error handling %s %s", request.method, request.path)
+        answer_error(request, 500, "internal", "the gateway failed unexpectedly; this is a bug")
+
+
+def answer_error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """A JSON error answer; a stream already under way is cut instead (the client sees it truncated)."""
+    conn = request.conn
+    if conn.headers_sent:
+        conn.abort()
+        return
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    conn.send_response(request, status, _JSON + extra, error_body(code, message))
+
+
+def check_limits(gw: Gateway, request: Request) -> None:
+    length = request.body.length
+    limit = gw.settings.max_body_bytes
+    if length is not None and length > limit:
+        raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    if is_websocket(request):
+        check_handshake(request)
+    path = request.path
+    lowered = path.lower()
+    if _DOT_SEGMENT.search(path) or any(bad in lowered for bad in _FORBIDDEN_IN_PATH) or "//" in path:
+        raise bad_request("path contains '.', '..', '//', NUL or encoded separators", "bad_path")
+    if not path.startswith("/"):
+        raise bad_request("the request target must be a path", "bad_path")
+
+
+def route(gw: Gateway, request: Request) -> None:
+    raw = request.raw_path
+    if raw.startswith(INVOKE_PREFIX):
+        parts = raw.split("/", 4)
+        if len(parts) < 4:
+            raise not_found("invoke URLs are /fn/<namespace>/<name>/<path>", "function_not_found")
+        namespace, name = parts[2], parts[3].split("?", 1)[0]
+        if not SESSION_ID_RE.match(namespace) or not SESSION_ID_RE.match(name):
+            raise not_found("invoke URLs are /fn/<namespace>/<name>/<path>", "function_not_found")
+        rest = raw[len(INVOKE_PREFIX) + len(namespace) + 1 + len(name) :]
+        fn = gw.catalog.get(f"{namespace}/{name}")
+        prefix = f"{INVOKE_PREFIX}{namespace}/{name}"
+        tail = rest if rest.startswith("/") else "/" + rest
+    elif gw.settings.default_function:
+        fn, prefix, tail = gw.catalog.get(gw.settings.default_function), "", raw
+    else:
+        raise not_found("no function at this path; invoke URLs are /fn/<namespace>/<name>/", "function_not_found")
+    if fn is None:
+        raise not_found("no such function is served here", "function_not_found")
+    request.function = fn
+    request.prefix = prefix
+    request.tail = tail
+
+
+def authenticate(request: Request) -> None:
+    fn = request.function
+    if fn is not None and fn.verifier is not None:
+        request.claims = fn.verifier.verify(request.headers.get("Authorization"))
+
+
+def affinity(request: Request) -> None:
+    fn = request.function
+    if fn is not None:
+        key = session_key(fn, request)
+        if key is not None:
+            if len(key) > 256 or not key.isprintable() or not key.isascii():
+                raise bad_request("malformed session id", "bad_session_id")
+            request.key = key
