@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 from voltgrid.api.function import Function
@@ -90,7 +91,7 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None
     )
     # Every request mints a session (no id sent): the per-client mint limit is off for the measurement.
     settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench", session_mint_burst=0)
-    asyncio.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
+    uvloop.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ for an idempotent method only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -55,10 +56,8 @@ async def test_a_connect_that_times_out_sent_nothing() -> None:
         for _ in range(8):
             s = socket.socket()
             s.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 s.connect(listener.getsockname())
-            except BlockingIOError:
-                pass
             fillers.append(s)
         pool = UpstreamPool()
         try:

@@ -8,15 +8,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from gwhelpers import FakeBackend, function
 
 from apifake import scripted_apiserver
 from ports import free_port
 from voltgrid.api import constants
 from voltgrid.gateway.app import GatewayServer
-from voltgrid.gateway.upstream import UpstreamPool
 from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.gateway.upstream import UpstreamPool
 
 
 async def status(http: aiohttp.ClientSession, url: str) -> int:

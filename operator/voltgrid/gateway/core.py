@@ -53,6 +53,8 @@ class Gateway:
         patience = settings.cold_start_timeout * PATIENCE_SHARE
         self.backend: InstanceBackend = PatientBackend(backend, patience=patience, retry_after=settings.retry_after)
         self.catalog = FunctionCatalog(settings, functions)
+        #: The trusted proxies' networks, parsed once (read per request).
+        self.proxy_networks = settings.proxy_networks
         self.membership = membership or Membership(settings.self_url, settings.peers)
         self.metrics = GatewayMetrics()
         self.api_verifier = JwtVerifier(settings.api_jwt) if settings.api_jwt else None

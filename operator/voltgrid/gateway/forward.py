@@ -14,11 +14,18 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Final
 
-from voltgrid.gateway import tracing
 from voltgrid.gateway.core import Gateway
 from voltgrid.gateway.http1 import Request
 from voltgrid.gateway.peers import FORWARDED_HEADER
-from voltgrid.gateway.proxy import Traffic, Trust, UpstreamConnectError, relay, target_of, upstream_headers
+from voltgrid.gateway.proxy import (
+    Traffic,
+    Trust,
+    UpstreamConnectError,
+    relay,
+    target_of,
+    trace_headers,
+    upstream_headers,
+)
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 
 #: The address of the client a forwarded request came from (trusted only with the internal token):
@@ -34,16 +41,16 @@ def is_forwarded(headers: Mapping[str, str], token: str) -> bool:
 
 def client_trust(gw: Gateway, request: Request) -> Trust:
     """Whether the request's ``X-Forwarded-*`` come from another replica, a trusted proxy, or a client."""
-    settings = gw.settings
-    if is_forwarded(request.headers, settings.internal_token):
+    if is_forwarded(request.headers, gw.settings.internal_token):
         return Trust.REPLICA
-    if not settings.proxy_networks:
+    networks = gw.proxy_networks
+    if not networks:
         return Trust.CLIENT
     try:
         peer = ipaddress.ip_address(request.peer)
     except ValueError:
         return Trust.CLIENT
-    return Trust.PROXY if any(peer in net for net in settings.proxy_networks) else Trust.CLIENT
+    return Trust.PROXY if any(peer in net for net in networks) else Trust.CLIENT
 
 
 def client_address(gw: Gateway, request: Request) -> str:
@@ -71,9 +78,7 @@ async def forward(gw: Gateway, request: Request, key: str) -> bool:
         # and vouches for the client's address (the mint limit's key) in CLIENT_HEADER.
         extra = [(FORWARDED_HEADER, settings.internal_token), (CLIENT_HEADER, client_address(gw, request))]
         headers = upstream_headers(request, extra, client_trust(gw, request))
-        carrier: dict[str, str] = {}
-        tracing.inject(carrier)
-        headers += carrier.items()
+        trace_headers(headers)
         target = target_of(owner)
         traffic = Traffic()
         try:
@@ -84,7 +89,7 @@ async def forward(gw: Gateway, request: Request, key: str) -> bool:
                     target,
                     request.raw_path,
                     headers,
-                    traffic,
+                    traffic=traffic,
                     header_timeout=settings.upstream_timeout,
                     max_stream=settings.max_stream_duration,
                 )
@@ -95,7 +100,7 @@ async def forward(gw: Gateway, request: Request, key: str) -> bool:
                     target,
                     request.raw_path,
                     headers,
-                    traffic,
+                    traffic=traffic,
                     max_body=settings.max_body_bytes,
                     header_timeout=settings.upstream_timeout + settings.cold_start_timeout,
                     max_stream=settings.max_stream_duration,

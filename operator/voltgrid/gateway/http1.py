@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 from multidict import CIMultiDict
@@ -84,6 +85,8 @@ _REASONS: Final = {
 }
 _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+#: Methods whose requests rarely carry a body (their framing headers are looked at only if present).
+_BODYLESS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE"})
 
 
 def status_line(status: int) -> bytes:
@@ -240,6 +243,7 @@ class Request:
     def __init__(
         self,
         conn: ClientConnection,
+        *,
         method: str,
         raw_path: str,
         version: str,
@@ -321,8 +325,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         now = self._loop.time()
@@ -402,7 +405,9 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._header_bytes = 0
         if self._head_since is None:
-            self._set_head_pending(self._loop.time())
+            now = self._loop.time()
+            self._set_head_pending(now)
+            self._schedule(now)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -420,24 +425,27 @@ class ClientConnection(asyncio.Protocol):
         self._set_head_pending(None)
         parser = self._parser
         try:
-            headers = CIMultiDict((n.decode("latin-1"), v.decode()) for n, v in self._headers)
+            headers = CIMultiDict([(n.decode("latin-1"), v.decode()) for n, v in self._headers])
         except UnicodeDecodeError:
             bad = next(n for n, v in self._headers if not _utf8(v)).decode("latin-1")
             raise _HeadTooLarge(400, "bad_header", f"header {bad!r} is not valid UTF-8") from None
-        length_text = headers.get("Content-Length")
-        length = int(length_text) if length_text is not None and length_text.isdigit() else None
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        length: int | None = None
+        chunked = False
+        if parser.get_method() not in _BODYLESS or "Content-Length" in headers or "Transfer-Encoding" in headers:
+            length_text = headers.get("Content-Length")
+            length = int(length_text) if length_text is not None and length_text.isdigit() else None
+            chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         body = RequestBody(self, length, exists=chunked or bool(length))
         self._body = body
         request = Request(
             self,
-            parser.get_method().decode("ascii", "replace"),
-            self._url.decode("latin-1"),
-            parser.get_http_version(),
-            headers,
-            body,
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
+            method=parser.get_method().decode("ascii", "replace"),
+            raw_path=self._url.decode("latin-1"),
+            version=parser.get_http_version(),
+            headers=headers,
+            body=body,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
         )
         self._queue.append(request)
         if self._task is None:
@@ -462,10 +470,8 @@ class ClientConnection(asyncio.Protocol):
                 request = self._queue.popleft()
                 self.headers_sent = False
                 self.responding = None
-                try:
+                with contextlib.suppress(ClientGoneError):
                     await self._handler(request)
-                except ClientGoneError:
-                    pass
                 if self.transport is None:
                     return
                 if not self._finish(request):
@@ -633,8 +639,8 @@ class ClientConnection(asyncio.Protocol):
         self._head_since = since
 
     def _schedule(self, now: float) -> None:
-        if self._check_handle is not None:
-            self._check_handle.cancel()
+        """Have :meth:`_check` run when the earliest limit of the current state is due (a timer due
+        sooner already does: it re-evaluates then, so most requests set no timer)."""
         body = self._body
         if self._head_since is not None:
             due = self._head_since + self._guard.header_timeout
@@ -644,6 +650,11 @@ class ClientConnection(asyncio.Protocol):
             due = now + KEEPALIVE_IDLE
         else:
             due = now + min(self._guard.header_timeout, self._guard.body_idle)
+        handle = self._check_handle
+        if handle is not None:
+            if handle.when() <= due:
+                return
+            handle.cancel()
         self._check_handle = self._loop.call_at(due, self._check)
 
     def _check(self) -> None:

@@ -27,7 +27,7 @@ from voltgrid.gateway.forward import client_address, client_trust
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.http1 import Request
 from voltgrid.gateway.lifecycle import Lifecycle
-from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, target_of, upstream_headers
+from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, target_of, trace_headers, upstream_headers
 from voltgrid.gateway.upstream import UpstreamResponse
 from voltgrid.gateway.websocket import is_websocket, relay_websocket
 from voltgrid.registry.ids import is_learned_key
@@ -57,8 +57,10 @@ async def invoke(gw: Gateway, request: Request) -> None:
     key = request.key
     manager = gw.manager
     t0 = time.perf_counter()
-    span = trace.get_current_span()
-    span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
+    traced = tracing.enabled()
+    span = trace.get_current_span() if traced else trace.INVALID_SPAN
+    if traced:
+        span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
     if fn.affinity is Affinity.NONE:
         await _invoke_shared(gw, request, fn)
         return
@@ -79,9 +81,10 @@ async def invoke(gw: Gateway, request: Request) -> None:
         assert record is not None
         started = time.perf_counter()
         instance, cold = await manager.instance_for(fn, record)
-        span.set_attribute(tracing.ATTR_SESSION, record.storage_id)
-        span.set_attribute(tracing.ATTR_COLD_START, cold)
-        span.set_attribute(tracing.ATTR_QUEUE_WAIT_MS, (time.perf_counter() - started) * 1000)
+        if traced:
+            span.set_attribute(tracing.ATTR_SESSION, record.storage_id)
+            span.set_attribute(tracing.ATTR_COLD_START, cold)
+            span.set_attribute(tracing.ATTR_QUEUE_WAIT_MS, (time.perf_counter() - started) * 1000)
         manager.begin(record)
         try:
             await _relay(gw, request, fn, instance, exchange)
@@ -102,7 +105,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
     record = exchange.record
     assert record is not None
     headers = upstream_headers(request, [(SESSION_ID_HEADER, record.storage_id)], client_trust(gw, request))
-    _trace(headers)
+    trace_headers(headers)
     target = target_of(instance.url)
     settings = gw.settings
     if is_websocket(request):
@@ -112,7 +115,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             target,
             request.tail,
             headers,
-            exchange.traffic,
+            traffic=exchange.traffic,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
         )
@@ -148,7 +151,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             target,
             request.tail,
             headers,
-            exchange.traffic,
+            traffic=exchange.traffic,
             max_body=settings.max_body_bytes,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
@@ -160,13 +163,6 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             await gone.stream_ended()
     if ending and exchange.record is not None:
         lifecycle.end_session(exchange.record, "deleted")
-
-
-def _trace(headers: list[tuple[str, str]]) -> None:
-    """Add the current span's ``traceparent`` (when tracing is on) to the upstream headers."""
-    carrier: dict[str, str] = {}
-    tracing.inject(carrier)
-    headers += carrier.items()
 
 
 class _ClientGone:
@@ -216,7 +212,7 @@ async def _invoke_shared(gw: Gateway, request: Request, fn: FunctionEntry) -> No
         traffic = Traffic()
         counted = manager.begin_request(instance)
         headers = upstream_headers(request, trust=client_trust(gw, request))
-        _trace(headers)
+        trace_headers(headers)
         target = target_of(instance.url)
         try:
             if is_websocket(request):
@@ -226,7 +222,7 @@ async def _invoke_shared(gw: Gateway, request: Request, fn: FunctionEntry) -> No
                     target,
                     request.tail,
                     headers,
-                    traffic,
+                    traffic=traffic,
                     header_timeout=settings.upstream_timeout,
                     max_stream=settings.max_stream_duration,
                 )
@@ -237,7 +233,7 @@ async def _invoke_shared(gw: Gateway, request: Request, fn: FunctionEntry) -> No
                     target,
                     request.tail,
                     headers,
-                    traffic,
+                    traffic=traffic,
                     max_body=settings.max_body_bytes,
                     header_timeout=settings.upstream_timeout,
                     max_stream=settings.max_stream_duration,

@@ -61,6 +61,9 @@ class Pipeline:
         except GatewayError as e:
             answer_error(request, e.status, e.code, e.message, e.headers)
             return
+        if not tracing.enabled():
+            await answer_errors(gw, request, self._dispatch)
+            return
         span, token = tracing.start_server_span(request.method, request.path, request.headers)
         try:
             await answer_errors(gw, request, self._dispatch)
@@ -94,7 +97,7 @@ class Pipeline:
             self.admin,
             request.raw_path,
             headers,
-            Traffic(),
+            traffic=Traffic(),
             max_body=settings.max_body_bytes,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
@@ -144,9 +147,10 @@ def check_limits(gw: Gateway, request: Request) -> None:
     if is_websocket(request):
         check_handshake(request)
     path = request.path
-    lowered = path.lower()
-    if _DOT_SEGMENT.search(path) or any(bad in lowered for bad in _FORBIDDEN_IN_PATH) or "//" in path:
-        raise bad_request("path contains '.', '..', '//', NUL or encoded separators", "bad_path")
+    if "." in path or "%" in path or "\\" in path or "\x00" in path or "//" in path:  # else nothing to look for
+        lowered = path.lower()
+        if _DOT_SEGMENT.search(path) or any(bad in lowered for bad in _FORBIDDEN_IN_PATH) or "//" in path:
+            raise bad_request("path contains '.', '..', '//', NUL or encoded separators", "bad_path")
     if not path.startswith("/"):
         raise bad_request("the request target must be a path", "bad_path")
 

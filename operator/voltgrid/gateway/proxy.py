@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit
 
+from voltgrid.gateway import tracing
 from voltgrid.gateway.errors import GatewayError
 from voltgrid.gateway.http1 import ClientGoneError, Request
 from voltgrid.gateway.peers import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
@@ -116,39 +117,42 @@ def upstream_headers(
     request: Request, extra: Iterable[tuple[str, str]] = (), trust: Trust = Trust.CLIENT
 ) -> list[tuple[str, str]]:
     """The request's headers minus hop-by-hop and internal ones, plus ``X-Forwarded-*`` (believed as
-    far as ``trust`` says) and ``extra``."""
+    far as ``trust`` says) and ``extra`` (which replace the client's headers of those names)."""
+    extra = list(extra)
+    drop = set(HOP_BY_HOP)
+    drop.update(name.lower() for name, _ in extra)
     connection = request.headers.get("Connection")
-    listed = {t.strip().lower() for t in connection.split(",")} if connection else ()
-    drop = _FORWARDED if trust is Trust.CLIENT else ()
-    out = [
-        (name, value)
-        for name, value in request.headers.items()
-        if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in listed and lowered not in drop
-    ]
+    if connection:
+        drop.update(t.strip().lower() for t in connection.split(","))
+    if trust is Trust.CLIENT:
+        drop.update(_FORWARDED)
+    elif trust is Trust.PROXY:
+        drop.add("x-forwarded-for")
+    out = [(name, value) for name, value in request.headers.items() if name.lower() not in drop]
     if trust is not Trust.REPLICA:
         prior = request.headers.get("X-Forwarded-For") if trust is Trust.PROXY else None
-        out = [(n, v) for n, v in out if n.lower() != "x-forwarded-for"]
         out.append(("X-Forwarded-For", f"{prior}, {request.peer}" if prior else request.peer))
         believed = trust is Trust.PROXY
         if not (believed and "X-Forwarded-Proto" in request.headers):
             out.append(("X-Forwarded-Proto", request.scheme))
-        if request.host and not (believed and "X-Forwarded-Host" in request.headers):
-            out.append(("X-Forwarded-Host", request.host))
-    extra_names = set()
-    for name, value in extra:
-        extra_names.add(name.lower())
-        out.append((name, value))
-    if extra_names:
-        seen: set[str] = set()
-        kept: list[tuple[str, str]] = []
-        for name, value in reversed(out):  # an extra header replaces the client's of that name
-            lowered = name.lower()
-            if lowered in extra_names and lowered in seen:
-                continue
-            seen.add(lowered)
-            kept.append((name, value))
-        out = kept[::-1]
+        host = request.host
+        if host and not (believed and "X-Forwarded-Host" in request.headers):
+            out.append(("X-Forwarded-Host", host))
+    out += extra
     return out
+
+
+def trace_headers(headers: list[tuple[str, str]]) -> None:
+    """Add the current span's ``traceparent`` to the upstream headers, replacing the caller's (when
+    tracing is on; else the caller's pass unchanged: see :func:`voltgrid.gateway.tracing.enabled`)."""
+    if not tracing.enabled():
+        return
+    carrier: dict[str, str] = {}
+    tracing.inject(carrier)
+    if carrier:
+        names = {name.lower() for name in carrier}
+        headers[:] = [(n, v) for n, v in headers if n.lower() not in names]
+        headers += carrier.items()
 
 
 def request_head(method: str, path: str, target: Target, headers: Iterable[tuple[str, str]], framing: bytes) -> bytes:
@@ -171,8 +175,8 @@ async def relay(
     target: Target,
     path: str,
     headers: list[tuple[str, str]],
-    traffic: Traffic,
     *,
+    traffic: Traffic,
     max_body: int,
     header_timeout: float,
     max_stream: float,
@@ -195,14 +199,30 @@ async def relay(
     for attempt in range(2):
         conn = await _connect(pool, target, connect_timeout)
         try:
-            response = await _exchange(conn, request, head, data, small, traffic, max_body, header_timeout)
+            response = await _exchange(
+                conn,
+                request,
+                head + data if small else head,
+                streamed=not small,
+                traffic=traffic,
+                max_body=max_body,
+                header_timeout=header_timeout,
+            )
         except UpstreamError as e:
             conn.finish(None)
             if e.sent_nothing and conn.reused and small and request.method in IDEMPOTENT and not attempt:
                 continue  # the pooled connection was closed by the upstream as it was taken
             raise GatewayError(502, "upstream_error", f"the instance failed: {e}") from None
         try:
-            await _answer(conn, request, response, traffic, max_stream, on_response, on_sse_endpoint)
+            await _answer(
+                conn,
+                request,
+                response,
+                traffic=traffic,
+                max_stream=max_stream,
+                on_response=on_response,
+                on_sse_endpoint=on_sse_endpoint,
+            )
         finally:
             conn.finish(response)
         return
@@ -218,42 +238,38 @@ async def _connect(pool: UpstreamPool, target: Target, connect_timeout: float | 
 async def _exchange(
     conn: UpstreamConnection,
     request: Request,
-    head: bytes,
     data: bytes,
-    small: bool,
+    *,
+    streamed: bool,
     traffic: Traffic,
     max_body: int,
     header_timeout: float,
 ) -> UpstreamResponse:
-    """Send the request and await the answer's head (a streamed body is sent meanwhile)."""
-    answer = conn.send(request.method, head + data if small else head, final=small)
-    upload = None if small else asyncio.ensure_future(_upload(conn, request, traffic, max_body))
+    """Send the request (``data``: its head, with the whole body unless ``streamed``) and await the
+    answer's head (a streamed body is sent meanwhile)."""
+    answer = conn.send(request.method, data, final=not streamed, timeout=header_timeout)
+    upload = asyncio.ensure_future(_upload(conn, request, traffic, max_body)) if streamed else None
     try:
-        async with asyncio.timeout(header_timeout):
-            return await answer
-    except TimeoutError:
-        conn.abort()
-        raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
-    except UpstreamError:
+        return await answer
+    except UpstreamError as e:
         if traffic.client_error is not None:  # reading the client's body failed, not the instance
             raise traffic.client_error from None
+        if e.timeout:
+            raise GatewayError(504, "upstream_timeout", f"no response within {header_timeout}s") from None
         raise
     finally:
         if upload is not None and not upload.done():
             if answer.done() and not answer.cancelled() and answer.exception() is None:
                 conn.request_sent = False  # sent on while the answer streams: reused only if it ends
-                asyncio.ensure_future(_finish_upload(upload))
+                _uploads.add(upload)  # kept until done (the loop holds tasks only weakly)
+                upload.add_done_callback(_uploads.discard)
             else:
                 upload.cancel()
 
 
-async def _finish_upload(upload: asyncio.Future[None]) -> None:
-    """An upstream may answer before it read the whole body; the rest is still sent (or dropped
-    with the connection when the client fails)."""
-    try:
-        await upload
-    except (asyncio.CancelledError, Exception):
-        return
+#: Uploads still sending a body whose answer already came (an upstream may answer before it read
+#: the whole body; the rest is still sent, or dropped with the connection when the client fails).
+_uploads: set[asyncio.Future[None]] = set()
 
 
 async def _upload(conn: UpstreamConnection, request: Request, traffic: Traffic, limit: int) -> None:
@@ -279,6 +295,7 @@ async def _answer(
     conn: UpstreamConnection,
     request: Request,
     response: UpstreamResponse,
+    *,
     traffic: Traffic,
     max_stream: float,
     on_response: OnResponse | None,
@@ -298,13 +315,12 @@ async def _answer(
         return
     client.on_lost = conn.abort  # a client that leaves ends the upstream's stream too
     try:
-        await _pump(conn, request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None)
+        await _pump(request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None)
     finally:
         client.on_lost = None
 
 
 async def _pump(
-    conn: UpstreamConnection,
     request: Request,
     response: UpstreamResponse,
     traffic: Traffic,

@@ -7,6 +7,7 @@ Cold start, queue wait and upstream time are span attributes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Final
 
@@ -28,6 +29,31 @@ _TRACER: Final = trace.get_tracer(TRACER_NAME)  # a proxy: it follows an SDK ins
 
 def tracer() -> trace.Tracer:
     return _TRACER
+
+
+class _Enabled:
+    """Whether an SDK is installed. Without one every span is a no-op, so the data path skips them;
+    a caller's ``traceparent`` then reaches the instance unchanged with the other end-to-end headers,
+    and the trace still joins up. An SDK installed later is noticed within :data:`RECHECK` seconds
+    (asking OpenTelemetry reads the environment: too slow to do per request)."""
+
+    RECHECK: Final = 1.0
+
+    def __init__(self) -> None:
+        self.value = False
+        self.checked = float("-inf")
+
+    def __call__(self) -> bool:
+        if self.value:
+            return True
+        now = time.monotonic()
+        if now - self.checked >= self.RECHECK:
+            self.checked = now
+            self.value = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return self.value
+
+
+enabled: Final = _Enabled()
 
 
 def start_server_span(method: str, path: str, headers: Mapping[str, str]) -> tuple[Span, object]:

@@ -19,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 import httptools
 
@@ -86,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._response: UpstreamResponse | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._buffered = False
@@ -101,7 +102,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self.request_sent = False
         self.reused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        #: When it went back to the pool (loop time).
+        self.idle_since = 0.0
         #: After a 101, the bytes the upstream sends go here (a WebSocket splice) instead of the parser.
         self.on_upgraded_data: Callable[[bytes], None] | None = None
         self.on_upgraded_lost: Callable[[], None] | None = None
@@ -109,8 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
     def data_received(self, data: bytes) -> None:
         if self._response is not None and self._response.upgraded:
@@ -201,10 +202,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     # -- the exchange ---------------------------------------------------------------------------
-    def send(self, method: str, data: bytes, *, final: bool) -> asyncio.Future[UpstreamResponse]:
-        """Write a request's head (and its whole body, with ``final``); the future is its answer."""
+    def send(
+        self, method: str, data: bytes, *, final: bool, timeout: float | None = None
+    ) -> asyncio.Future[UpstreamResponse]:
+        """Write a request's head (and its whole body, with ``final``); the future is its answer's
+        head, failed with a ``timeout`` UpstreamError (and the connection aborted) after ``timeout``."""
         assert self.transport is not None
         self._head = self._loop.create_future()
+        if timeout is not None:
+            self._timer = self._loop.call_later(timeout, self._head_timeout, self._head, timeout)
         self._response = None
         self._complete = False
         self._failure = None
@@ -248,7 +254,15 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
+    def _head_timeout(self, head: asyncio.Future[UpstreamResponse], seconds: float) -> None:
+        if head is self._head and not head.done():
+            head.set_exception(UpstreamError(f"no response within {seconds}s", timeout=True))
+            self.abort()
+
     def _resolve_head(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._head is not None and not self._head.done() and self._response is not None:
             self._head.set_result(self._response)
 
@@ -257,6 +271,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     def _fail(self, error: UpstreamError) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._failure = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
@@ -297,20 +314,25 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def connect(self, host: str, port: int | None, connect_timeout: float | None = None) -> UpstreamConnection:
         """An idle connection to the upstream, or a new one (UpstreamError ``sent_nothing`` if it
         cannot be opened: the caller may place the request elsewhere)."""
         key = f"{host}:{port}" if port is not None else host
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.reused = True
-                return conn
+        if idle:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                conn = idle.pop()
+                if (
+                    conn.transport is not None
+                    and not conn.transport.is_closing()
+                    and now - conn.idle_since < IDLE_TIMEOUT
+                ):
+                    conn.reused = True
+                    return conn
+                conn.close()
         return await self._open(key, host, port, connect_timeout or self.connect_timeout)
 
     async def _open(self, key: str, host: str, port: int | None, seconds: float) -> UpstreamConnection:
@@ -332,19 +354,33 @@ class UpstreamPool:
         if self._closed or len(idle) >= MAX_IDLE_PER_UPSTREAM or conn.transport is None:
             conn.close()
             return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
         idle.append(conn)
-        conn.idle_handle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, conn.close)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(IDLE_TIMEOUT, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for :data:`IDLE_TIMEOUT` (one timer per pool, not per connection)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for idle in self._idle.values():
+            stale = [conn for conn in idle if now - conn.idle_since >= IDLE_TIMEOUT]
+            for conn in stale:
+                conn.close()
+        if any(self._idle.values()) and not self._closed:
+            self._sweeper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT / 2, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
 
     def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in list(self._idle.values()):
             for conn in list(idle):
                 conn.close()

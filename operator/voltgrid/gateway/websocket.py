@@ -66,8 +66,8 @@ async def relay_websocket(
     target: Target,
     path: str,
     headers: list[tuple[str, str]],
-    traffic: Traffic,
     *,
+    traffic: Traffic,
     header_timeout: float,
     max_stream: float,
 ) -> None:
