@@ -59,11 +59,13 @@ async def _kube_client() -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import uvloop  # noqa: PLC0415
+
     from voltgrid.backends.local import NOT_ISOLATED_WARNING, LocalProcessBackend  # noqa: PLC0415
     from voltgrid.errors import VoltgridError  # noqa: PLC0415
     from voltgrid.gateway.app import run_gateway  # noqa: PLC0415
     from voltgrid.gateway.functions import load_functions  # noqa: PLC0415
-    from voltgrid.gateway.settings import GatewaySettings, load_settings  # noqa: PLC0415
+    from voltgrid.gateway.settings import ENV_PREFIX, GatewaySettings, load_settings  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -78,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "local" and not functions:
         print("error: --backend local needs --functions FILE...", file=sys.stderr)
         return 2
+    if settings.worker_count() > 1:
+        if settings.worker_index is None:  # the supervisor: runs this same command once per worker
+            from voltgrid.gateway.workers import Supervisor  # noqa: PLC0415
+
+            command = [sys.executable, "-m", "voltgrid.cli.main", *sys.argv[1:]]
+            # Workers forward to each other: they share the internal token (generated if none was set).
+            shared = {f"{ENV_PREFIX}INTERNAL_TOKEN": settings.internal_token}
+            return Supervisor(command, settings.worker_count(), shared).run()
+        settings = settings.for_worker(settings.worker_index)
 
     async def main() -> None:
         from voltgrid.backends.kubernetes import KubernetesBackend  # noqa: PLC0415 (cluster only)
@@ -93,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
             backend = LocalProcessBackend(args.state_dir.resolve(), args.storage_dir.resolve())
         serving = asyncio.ensure_future(
             run_gateway(
-                settings, backend, functions, watcher_api=kube, functions_api=kube, functions_namespace=args.namespace
+                settings,
+                backend,
+                functions,
+                watcher_api=kube,
+                functions_api=kube,
+                functions_namespace=args.namespace,
+                reuse_port=settings.worker_index is not None,
             )
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
+            uvloop.run(main())  # the data path's event loop (libuv): see voltgrid.gateway.http1
     except VoltgridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -116,7 +117,7 @@ class GatewayServer:
             functions_namespace=functions_namespace,
         )
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._dir: Path | None = None
         self._connections: set[ClientConnection] = set()
 
@@ -136,19 +137,22 @@ class GatewayServer:
             connections.add(conn)
             return conn
 
-        self._server = await asyncio.get_running_loop().create_server(
-            connection,
-            host if host is not None else self.settings.host,
-            port if port is not None else self.settings.port,
-            backlog=2048,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-        )
+        loop = asyncio.get_running_loop()
+        host = host if host is not None else self.settings.host
+        listen = [(port if port is not None else self.settings.port, reuse_port)]
+        if self.settings.worker_index is not None:  # a worker: its own member port as well
+            listen.append((urlsplit(self.settings.self_url).port or 80, False))
+        for number, shared in listen:
+            server = await loop.create_server(
+                connection, host, number, backlog=2048, reuse_address=True, reuse_port=shared or None
+            )
+            self._servers.append(server)
 
     async def stop(self) -> None:
         """Stop listening, give requests in flight :data:`SHUTDOWN_GRACE` seconds, stop the gateway."""
-        if self._server is not None:
-            self._server.close()
+        if self._servers:
+            for server in self._servers:
+                server.close()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + SHUTDOWN_GRACE
             for conn in list(self._connections):
@@ -157,7 +161,7 @@ class GatewayServer:
                 await asyncio.sleep(0.05)  # only while stopping: requests end on their own, polled
             for conn in list(self._connections):
                 conn.abort()
-            self._server = None
+            self._servers = []
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

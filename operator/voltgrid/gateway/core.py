@@ -103,6 +103,7 @@ class Gateway:
                 namespace=self.settings.membership_namespace,
                 service=self.settings.membership_service,
                 port_name=self.settings.membership_port_name,
+                expand=self.settings.member_urls,
             )
             self._jobs.append(loop.create_task(watcher.run(), name="voltgrid-endpointslices"))
         for fn in self.catalog:

@@ -8,11 +8,13 @@ limit and timeout of the gateway is a field here, with its default a named const
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
+from urllib.parse import urlsplit
 
 import pydantic
 from pydantic_settings import SettingsConfigDict
@@ -78,6 +80,17 @@ class GatewaySettings(LayeredSettings):
     host: str = "0.0.0.0"
     """Address to listen on."""
     port: int = DEFAULT_PORT
+    """Port clients (and, with one worker, other replicas) reach the gateway on."""
+    workers: int = 1
+    """Worker processes per gateway: each listens on ``port`` (SO_REUSEPORT: the kernel spreads the
+    connections) and on its own member port ``worker_port_base + i``, and is one member of the ownership
+    ring, exactly as a replica is (so requests and internal calls reach the owning worker in one hop).
+    0 = one per CPU this process may run on. One worker is one CPU's worth of throughput (docs/benchmarks.md)."""
+    worker_port_base: int | None = None
+    """First member port of the workers (worker ``i`` listens on it plus ``i``); default ``port + 1``. Used
+    only with several workers: every replica of a deployment must have the same ``workers`` and this."""
+    worker_index: int | None = None
+    """Which worker this process is: set by the process that starts the workers, not by users."""
     """Port to listen on."""
     replica_url: str | None = None
     """This replica's base URL as peers reach it (default ``http://127.0.0.1:<port>``)."""
@@ -183,9 +196,39 @@ class GatewaySettings(LayeredSettings):
             self._proxy_networks = [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
         except ValueError as e:
             raise SettingsError(f"trusted_proxies: {e}") from None
+        if self.workers < 0 or (self.worker_index is not None and not 0 <= self.worker_index < self.worker_count()):
+            raise SettingsError("workers must be at least 0, and worker_index one of the workers")
         if self.session_mint_rate <= 0 or self.session_mint_burst < 0:
             raise SettingsError("session_mint_rate must be positive and session_mint_burst at least 0")
         return self
+
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the CPUs this process may run on."""
+        return self.workers or len(os.sched_getaffinity(0))
+
+    def member_urls(self, url: str) -> list[str]:
+        """The ring members behind a replica's base URL: itself with one worker, else one URL per
+        worker (its member port)."""
+        count = self.worker_count()
+        if count == 1:
+            return [url]
+        parts = urlsplit(url)
+        base = self.worker_port_base or self.port + 1
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return [f"{parts.scheme}://{host}:{base + i}" for i in range(count)]
+
+    def for_worker(self, index: int) -> GatewaySettings:
+        """These settings as worker ``index`` sees them: its member URL is its ``self_url``, and the
+        static peers are every worker of every replica (its sibling workers at least)."""
+        replicas = [peer.rstrip("/") for peer in self.peers] or [self.self_url]
+        return self.model_copy(
+            update={
+                "worker_index": index,
+                "replica_url": self.member_urls(self.self_url)[index],
+                "peers": [member for replica in replicas for member in self.member_urls(replica)],
+            }
+        )
 
     @property
     def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -10,7 +10,7 @@ or a silent connection, when slices deleted meanwhile drop out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from voltgrid.registry.kubeapi import KubeApi, Reflector
@@ -48,9 +48,12 @@ class EndpointSliceWatcher:
         namespace: str,
         service: str,
         port_name: str | None = None,
+        expand: Callable[[str], list[str]] | None = None,
     ) -> None:
         self._membership = membership
         self._port_name = port_name
+        #: A replica's URL to its ring members (several when each replica runs several workers).
+        self._expand = expand
         self._slices: dict[str, dict[str, Any]] = {}
         self._reflector = Reflector(
             api,
@@ -63,6 +66,8 @@ class EndpointSliceWatcher:
 
     def _apply(self) -> None:
         members = members_from_slices(self._slices.values(), self._port_name)
+        if self._expand is not None:
+            members = {member for url in members for member in self._expand(url)}
         if members:
             self._membership.set_members(members)
 
