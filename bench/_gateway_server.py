@@ -1,7 +1,7 @@
 """Helper processes of the gateway benchmarks: a tiny upstream, and a gateway whose instance is it.
 
     python bench/_gateway_server.py upstream PORT
-    python bench/_gateway_server.py gateway PORT UPSTREAM_URL [AFFINITY [WARM_POOL]]
+    python bench/_gateway_server.py gateway PORT UPSTREAM_URL [AFFINITY [WARM_POOL]] [--workers N]
     python bench/_gateway_server.py bare PORT UPSTREAM_URL
 
 ``bare`` is the floor for any aiohttp-based proxy on the machine: one handler, one pooled client
@@ -10,7 +10,8 @@ call, no routing, sessions, metrics or tracing.
 
 from __future__ import annotations
 
-import asyncio
+import os
+import secrets
 import sys
 from collections.abc import AsyncIterator
 
@@ -21,7 +22,8 @@ from aiohttp import web
 from voltgrid.api.function import Function
 from voltgrid.backends.base import Instance, function_key
 from voltgrid.gateway.app import run_gateway
-from voltgrid.gateway.settings import GatewaySettings
+from voltgrid.gateway.settings import ENV_PREFIX, GatewaySettings
+from voltgrid.gateway.workers import WORKER_ENV, Supervisor
 
 
 class StaticBackend:
@@ -78,7 +80,13 @@ def bare(port: int, upstream_url: str) -> None:
 CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("client", aiohttp.ClientSession)
 
 
-def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None:
+def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int, workers: int) -> None:
+    """The gateway as deployed, on one upstream; with ``workers`` > 1 run as the CLI runs it: a
+    supervisor and that many worker processes, each a ring member."""
+    index = os.environ.get(WORKER_ENV)
+    if workers > 1 and index is None:
+        token = {f"{ENV_PREFIX}INTERNAL_TOKEN": secrets.token_hex(16)}
+        sys.exit(Supervisor([sys.executable, *sys.argv], workers, token).run())
     fn = Function.model_validate(
         {
             "metadata": {"name": "bench", "namespace": "default"},
@@ -90,8 +98,12 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int) -> None
         }
     )
     # Every request mints a session (no id sent): the per-client mint limit is off for the measurement.
-    settings = GatewaySettings(host="127.0.0.1", port=port, default_function="default/bench", session_mint_burst=0)
-    uvloop.run(run_gateway(settings, StaticBackend(upstream_url), [fn]))
+    settings = GatewaySettings(
+        host="127.0.0.1", port=port, default_function="default/bench", session_mint_burst=0, workers=workers
+    )
+    if index is not None:
+        settings = settings.for_worker(int(index))
+    uvloop.run(run_gateway(settings, StaticBackend(upstream_url), [fn], reuse_port=index is not None))
 
 
 if __name__ == "__main__":
@@ -100,9 +112,16 @@ if __name__ == "__main__":
     elif sys.argv[1] == "bare":
         bare(int(sys.argv[2]), sys.argv[3])
     else:
+        args = sys.argv[2:]
+        count = 1
+        if "--workers" in args:
+            at = args.index("--workers")
+            count = int(args[at + 1])
+            del args[at : at + 2]
         gateway(
-            int(sys.argv[2]),
-            sys.argv[3],
-            sys.argv[4] if len(sys.argv) > 4 else "Header",
-            int(sys.argv[5]) if len(sys.argv) > 5 else 0,
+            int(args[0]),
+            args[1],
+            args[2] if len(args) > 2 else "Header",
+            int(args[3]) if len(args) > 3 else 0,
+            count,
         )
