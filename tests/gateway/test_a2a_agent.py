@@ -32,6 +32,7 @@ from a2a.types.a2a_pb2 import (
     StreamResponse,
 )
 from gwhelpers import APPS, function
+from test_examples import example_function, load
 
 from ports import free_port
 from voltgrid.gateway.a2a import A2ARequest, Learned, StreamScanner, learn_from_result, request_routing
@@ -128,14 +129,20 @@ def answer_of(events: list[StreamResponse]) -> tuple[int, str, str]:
     return int(found[1]), found[2], found[3]
 
 
-@pytest.fixture
-async def agent_url() -> AsyncIterator[str]:
-    """The example agent as a plain process on a loopback port (no gateway)."""
+#: The agent as a command: the a2a-sdk app, and examples/a2a-agent.yaml as its manifest runs it.
+AGENTS = {
+    "sdk": [sys.executable, str(APPS / "a2a_agent.py")],
+    "example": [sys.executable, *load("a2a-agent.yaml")["spec"]["command"][1:]],
+}
+
+
+@pytest.fixture(params=sorted(AGENTS))
+async def agent_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The agent as a plain process on a loopback port (no gateway)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(APPS / "a2a_agent.py"), env={**os.environ, "PORT": str(port), "A2A_PUBLIC_URL": url}
-    )
+    environment = {**os.environ, "PORT": str(port), "A2A_PUBLIC_URL": url}
+    process = await asyncio.create_subprocess_exec(*AGENTS[request.param], env=environment)
     try:
         async with httpx.AsyncClient() as http:
             loop = asyncio.get_running_loop()
@@ -192,10 +199,13 @@ async def test_the_example_agent_with_the_official_sdk_client(agent_url: str) ->
 
 
 @pytest.mark.skip(reason="needs the new gateway data path (lead)")
-async def test_a_context_sticks_to_its_instance_across_two_replicas(replicas: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+async def test_a_context_sticks_to_its_instance_across_two_replicas(replicas: Callable[..., Any], agent: str) -> None:
     """The conversation starts on replica A; its follow-ups (JSON, streamed, by task id) go to B."""
-    a, b = await replicas([function("counter", "a2a_agent.py", affinity="A2A")], n=2)
-    at_a, at_b = (f"{gw.url}/fn/default/counter/" for gw in (a, b))
+    sdk_app = function("a2a-agent", "a2a_agent.py", affinity="A2A")
+    fn = sdk_app if agent == "sdk" else example_function("a2a-agent.yaml")
+    a, b = await replicas([fn], n=2)
+    at_a, at_b = (f"{gw.url}/fn/default/a2a-agent/" for gw in (a, b))
     wire = Wire()
     first = await converse(at_a, user_message("hello"), streaming=False, wire=wire)
     n, context, instance = answer_of(first)
