@@ -25,7 +25,6 @@ that also carries the JSON-RPC error an A2A client understands; an unusable answ
 from __future__ import annotations
 
 import json
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
@@ -71,10 +70,8 @@ RESULT_WRAPPERS: Final = ("task", "message", "statusUpdate", "artifactUpdate")
 
 #: Bytes of one SSE event's data a :class:`StreamScanner` looks at; a larger event is passed on unread.
 MAX_EVENT_BYTES: Final = 64 * 1024
-#: Task ids a :class:`TaskContexts` remembers by default (per Function): about 20 MB at most.
-DEFAULT_TASK_CAPACITY: Final = 100_000
-
-_LINE_END: Final = re.compile(rb"[\r\n]")
+#: Task ids a :class:`TaskContexts` remembers by default (per Function): about 6 MB with UUID ids.
+DEFAULT_TASK_CAPACITY: Final = 20_000
 
 
 class A2ARequestError(GatewayError):
@@ -236,12 +233,17 @@ class StreamScanner:
         if self._after_cr and chunk[:1] == b"\n":
             start = 1  # the LF of a CRLF split between chunks
         self._after_cr = False
-        while start < len(chunk):
-            end = _LINE_END.search(chunk, start)
-            if end is None:
-                self._append_line(chunk[start:])
+        size = len(chunk)
+        next_lf, next_cr = chunk.find(b"\n", start), chunk.find(b"\r", start)
+        while start < size:
+            if 0 <= next_lf < start:
+                next_lf = chunk.find(b"\n", start)
+            if 0 <= next_cr < start:
+                next_cr = chunk.find(b"\r", start)
+            end = min(next_lf if next_lf >= 0 else size, next_cr if next_cr >= 0 else size)
+            self._append_line(chunk, start, end)
+            if end == size:
                 break
-            self._append_line(chunk[start : end.start()])
             learned = self._line_done()
             if learned is not None:
                 if learned.context_id is not None and not self._context_seen:
@@ -251,20 +253,22 @@ class StreamScanner:
                     if task[0] != self._last_task:
                         self._last_task = task[0]
                         tasks.append(task)
-            start = end.end()
-            if chunk[end.start() : end.end()] == b"\r":
-                if start == len(chunk):
+            start = end + 1
+            if end == next_cr:
+                if start == size:
                     self._after_cr = True
-                elif chunk[start : start + 1] == b"\n":
+                elif start == next_lf:
                     start += 1
         return Learned(context_id, tuple(tasks)) if context_id is not None or tasks else NOTHING
 
-    def _append_line(self, part: bytes) -> None:
+    def _append_line(self, chunk: bytes, start: int, end: int) -> None:
+        """Add ``chunk[start:end]`` to the current line, keeping at most what an event may hold."""
         room = self._max + len(b"data: ") - len(self._line)
-        if len(part) > room:
+        if end - start > room:
             self._line_overflow = True
-            part = part[: max(room, 0)]
-        self._line += part
+            end = start + max(room, 0)
+        if end > start:
+            self._line += chunk[start:end]
 
     def _line_done(self) -> Learned | None:
         """End the current line; at a blank line, the event it ends and what its data teaches."""
