@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from a2a.utils.errors import JSON_RPC_ERROR_CODE_MAP, TaskNotFoundError
 from hypothesis import given, settings, strategies
 
 from voltgrid.gateway.a2a import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     PARSE_ERROR,
+    TASK_NOT_FOUND,
     A2ARequest,
     A2ARequestError,
     Learned,
     StreamScanner,
     TaskContexts,
+    jsonrpc_error_body,
     learn_from_result,
     request_routing,
 )
@@ -117,6 +120,12 @@ def test_unroutable_bodies_are_a_400_with_a_jsonrpc_error(body: bytes, rpc_code:
     except (ValueError, RecursionError):
         document = None
     assert answer["id"] == (document.get("id") if isinstance(document, dict) else None)
+
+
+def test_a_task_the_gateway_never_saw_can_be_answered_as_the_agent_would() -> None:
+    answer = json.loads(jsonrpc_error_body("r9", TASK_NOT_FOUND, "Task not found"))
+    assert answer == {"jsonrpc": "2.0", "id": "r9", "error": {"code": TASK_NOT_FOUND, "message": "Task not found"}}
+    assert JSON_RPC_ERROR_CODE_MAP[TaskNotFoundError] == TASK_NOT_FOUND  # the SDK client's TaskNotFoundError
 
 
 JSON_VALUES = strategies.recursive(

@@ -36,6 +36,8 @@ from voltgrid.registry.ids import is_learned_key
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 INVALID_PARAMS: Final = -32602
+#: A2A's code for an unknown task id (what the gateway answers for a task it never saw, if it answers).
+TASK_NOT_FOUND: Final = -32001
 
 #: Methods whose ``params.message`` carries ``contextId`` and ``taskId``.
 MESSAGE_METHODS: Final = frozenset({"SendMessage", "SendStreamingMessage", "message/send", "message/stream"})
@@ -85,8 +87,13 @@ class A2ARequestError(GatewayError):
 
     def jsonrpc_body(self) -> bytes:
         """The JSON-RPC 2.0 error response for this request."""
-        error = {"code": self.rpc_code, "message": self.message}
-        return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}).encode()
+        return jsonrpc_error_body(self.request_id, self.rpc_code, self.message)
+
+
+def jsonrpc_error_body(request_id: str | int | None, code: int, message: str) -> bytes:
+    """A JSON-RPC 2.0 error response: A2A clients read an error from it (the SDK maps ``code`` to its
+    exception types, e.g. :data:`TASK_NOT_FOUND`), where a gateway error body is only an HTTP failure."""
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}).encode()
 
 
 @dataclass(frozen=True, slots=True)
