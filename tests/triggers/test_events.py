@@ -71,6 +71,7 @@ def test_usable_key_is_stable_and_acceptable(value: str) -> None:
         ({"header": "X-Conversation"}, {"X-Conversation": "k"}),
         ({"affinity": "Cookie", "cookie": "sid"}, {"Cookie": "sid=k"}),
         ({"affinity": "MCP"}, {"Mcp-Session-Id": "k"}),
+        ({"affinity": "A2A"}, {}),
         ({"affinity": "None"}, {}),
     ],
 )

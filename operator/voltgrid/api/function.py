@@ -38,11 +38,16 @@ HttpPath = Annotated[
 
 
 class Affinity(StrEnum):
-    """How a request finds its session: a header, a cookie, the MCP session id, or not at all."""
+    """How a request finds its session: a header, a cookie, the MCP session id, the A2A context
+    (``A2A``: one session per Agent2Agent ``contextId`` read from the JSON-RPC body; a request naming
+    only a task reaches the context that task was seen in; a message with neither starts a session
+    whose ``contextId`` is learned from the agent's answer), or not at all.
+    """
 
     HEADER = "Header"
     COOKIE = "Cookie"
     MCP = "MCP"
+    A2A = "A2A"
     NONE = "None"
 
 

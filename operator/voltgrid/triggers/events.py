@@ -83,8 +83,9 @@ def session_key(source: SessionFrom | None, attributes: Mapping[str, Any], messa
 
 
 def affinity_headers(policy: SessionPolicy, key: str | None) -> dict[str, str]:
-    """The header(s) that carry ``key`` the way the Function's affinity reads it."""
-    if key is None or policy.affinity is Affinity.NONE:
+    """The header(s) that carry ``key`` the way the Function's affinity reads it (none for ``A2A``:
+    its key is the ``contextId`` inside a JSON-RPC body, which an event does not have)."""
+    if key is None or policy.affinity in (Affinity.NONE, Affinity.A2A):
         return {}
     if policy.affinity is Affinity.HEADER:
         return {policy.header: key}
