@@ -38,7 +38,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 
 from voltgrid.gateway.errors import GatewayError, error_body
 
@@ -51,6 +51,8 @@ _T = TypeVar("_T")
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings"}
 )
+#: How many times a stream the upstream refused (so never processed) is sent again.
+_REFUSED_RETRIES: Final = 4
 #: h2's default window: what a peer may send before it has seen any WINDOW_UPDATE of ours.
 _DEFAULT_WINDOW: Final = 65535
 
@@ -101,6 +103,10 @@ class H2UpstreamUnreachable(GatewayError):
 
     def __init__(self, message: str) -> None:
         super().__init__(502, "upstream_unavailable", message)
+
+
+class H2StreamRefused(H2UpstreamUnreachable):
+    """The upstream refused the stream (REFUSED_STREAM, or GOAWAY below its id): it processed nothing."""
 
 
 class H2UpstreamFailed(GatewayError):
@@ -409,15 +415,31 @@ class H2ServerProtocol(_H2Endpoint):
             return
         try:
             events = self._conn.receive_data(data)
+            oversized = self._pending_frame_too_large()
         except h2.exceptions.ProtocolError as e:
             self._refuse_connection(f"protocol error: {e}", ErrorCodes.PROTOCOL_ERROR)
             return
         except Exception as e:  # hostile bytes must close one connection, never crash the loop
             self._refuse_connection(f"undecodable input: {type(e).__name__}: {e}", ErrorCodes.PROTOCOL_ERROR)
             return
+        if oversized:
+            self._refuse_connection("a frame larger than SETTINGS_MAX_FRAME_SIZE", ErrorCodes.FRAME_SIZE_ERROR)
+            return
         for event in events:
             self._dispatch(event)
         self._flush()
+
+    def _pending_frame_too_large(self) -> bool:
+        """Whether the partly received frame h2 is buffering announces more than the frame size we allow.
+
+        h2 checks a frame's length only once the whole frame is in, so a garbage header announcing
+        16 MiB would have it wait for (and buffer) 16 MiB; hyperframe reads the header now instead.
+        """
+        pending = getattr(self._conn.incoming_buffer, "_data", b"")
+        if len(pending) < 9:
+            return False
+        _, length = Frame.parse_frame_header(memoryview(pending)[:9])
+        return length > self._conn.max_inbound_frame_size
 
     async def close(self, grace: float) -> None:
         """Graceful shutdown: GOAWAY (no new streams), wait up to ``grace`` seconds for streams in flight, then close.
@@ -648,6 +670,8 @@ class _UpstreamConnection(_H2Endpoint):
         self._stream_window = stream_window
         self._connection_window = connection_window
         self._slot_free = asyncio.Event()
+        #: Set once the upstream's first SETTINGS arrived (its stream limit is known), or the connection ended.
+        self.settled = asyncio.Event()
         #: False once the upstream sent GOAWAY or the connection failed: no new streams on it.
         self.usable = True
 
@@ -670,6 +694,7 @@ class _UpstreamConnection(_H2Endpoint):
         self.usable = False
         self._mark_lost()
         self._slot_free.set()
+        self.settled.set()
         for stream in self._streams.values():
             stream.fail(H2UpstreamFailed(f"the upstream connection closed: {exc or 'EOF'}"))
         self._streams.clear()
@@ -712,7 +737,7 @@ class _UpstreamConnection(_H2Endpoint):
             if (stream := self._streams.pop(event.stream_id, None)) is not None:
                 code = int(event.error_code or 0)
                 if code == ErrorCodes.REFUSED_STREAM:
-                    stream.fail(H2UpstreamUnreachable("the upstream refused the stream"))
+                    stream.fail(H2StreamRefused("the upstream refused the stream"))
                 else:
                     stream.fail(H2UpstreamFailed(f"the upstream reset the stream ({code})", code))
             self._stream_closed(event.stream_id)
@@ -721,6 +746,7 @@ class _UpstreamConnection(_H2Endpoint):
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._wake_senders()
             self._slot_free.set()
+            self.settled.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway(event)
 
@@ -730,7 +756,7 @@ class _UpstreamConnection(_H2Endpoint):
         last = event.last_stream_id or 0
         for stream_id, stream in list(self._streams.items()):
             if stream_id > last:
-                stream.fail(H2UpstreamUnreachable("the upstream is going away (GOAWAY) and did not take the stream"))
+                stream.fail(H2StreamRefused("the upstream is going away (GOAWAY) and did not take the stream"))
             else:
                 stream.fail(H2UpstreamFailed(f"the upstream closed the connection (GOAWAY {event.error_code})"))
         self._streams.clear()
@@ -782,6 +808,46 @@ class _UpstreamConnection(_H2Endpoint):
                 self._conn.close_connection()
             self._flush()
             self._transport.close()
+
+
+class _ReplayableBody:
+    """A request body that keeps what it handed out (up to a limit) until the upstream accepts the stream.
+
+    An upstream may refuse a stream (REFUSED_STREAM, or GOAWAY below its id) after some of the body
+    went out; refused means unprocessed, so the request can go again, from the kept chunks.
+    """
+
+    def __init__(self, source: AsyncIterable[bytes], limit: int = 256 * 1024) -> None:
+        self._source = source.__aiter__()
+        self._limit = limit
+        self._kept: list[bytes] | None = []
+        self._kept_size = 0
+        self._position = 0
+
+    def __aiter__(self) -> _ReplayableBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._kept is not None and self._position < len(self._kept):
+            self._position += 1
+            return self._kept[self._position - 1]
+        chunk = await self._source.__anext__()
+        if self._kept is not None:
+            self._kept_size += len(chunk)
+            if self._kept_size > self._limit:
+                self._kept = None
+            else:
+                self._kept.append(chunk)
+                self._position += 1
+        return chunk
+
+    def rewind(self) -> bool:
+        """Start again from the first chunk; False if too much was sent to keep it all."""
+        self._position = 0
+        return self._kept is not None
+
+    def stop_keeping(self) -> None:
+        self._kept = None
 
 
 class UpstreamH2Response:
@@ -896,8 +962,12 @@ class H2Upstream:
                     _, connection = await loop.create_connection(
                         lambda: _UpstreamConnection(self._stream_window, self._connection_window), host, port
                     )
+                    # Streams opened before the upstream's SETTINGS would ignore its stream limit (and be refused).
+                    await connection.settled.wait()
             except (OSError, TimeoutError) as e:
                 raise H2UpstreamUnreachable(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from None
+            if not connection.usable:
+                raise H2UpstreamUnreachable(f"{host}:{port} closed the connection before its HTTP/2 SETTINGS")
             self._connections[key] = connection
             return connection
 
@@ -918,7 +988,6 @@ class H2Upstream:
         retry elsewhere), :class:`H2UpstreamFailed` after; an exception raised by ``body`` (a client
         gone, a body over its limit) resets the upstream stream and is raised here or by the reading.
         """
-        connection = await self._connection(host, port)
         block = [
             (":method", method),
             (":scheme", "http"),
@@ -926,6 +995,22 @@ class H2Upstream:
             (":path", path),
             *_strip_hop_by_hop(headers),
         ]
+        replayable = _ReplayableBody(body) if body is not None else None
+        attempt = 0
+        while True:
+            connection = await self._connection(host, port)
+            try:
+                return await self._attempt(connection, block, replayable)
+            except H2StreamRefused:
+                # Refused streams were not processed: send again while what was sent of the body is kept.
+                attempt += 1
+                if attempt > _REFUSED_RETRIES or (replayable is not None and not replayable.rewind()):
+                    raise
+                await asyncio.sleep(0.005 * 2**attempt)
+
+    async def _attempt(
+        self, connection: _UpstreamConnection, block: Headers, body: _ReplayableBody | None
+    ) -> UpstreamH2Response:
         stream_id, stream = await connection.open_stream(block)
         sender = asyncio.get_running_loop().create_task(
             self._send_body(connection, stream_id, stream, body), name=f"h2-upstream-body-{stream_id}"
@@ -938,6 +1023,8 @@ class H2Upstream:
             with contextlib.suppress(asyncio.CancelledError, GatewayError):
                 await sender
             raise
+        if body is not None:
+            body.stop_keeping()
         return UpstreamH2Response(
             connection, stream_id=stream_id, stream=stream, status=status, headers=response_headers, sender=sender
         )
@@ -959,6 +1046,10 @@ class H2Upstream:
             stream.fail(e)
         except GatewayError as e:
             stream.fail(e)
+            connection.cancel(stream_id)
+        except Exception as e:  # the body's source failed: the upstream must not wait for the rest
+            logger.warning("the request body for upstream stream %d failed: %s: %s", stream_id, type(e).__name__, e)
+            stream.fail(H2UpstreamFailed(f"the request body failed: {type(e).__name__}"))
             connection.cancel(stream_id)
 
     async def close(self) -> None:
