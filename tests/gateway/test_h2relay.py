@@ -47,6 +47,16 @@ Context = grpc_aio.ServicerContext[bytes, bytes]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+@pytest.fixture(autouse=True)
+async def no_leaks(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Each test leaves no task behind and logs no traceback (set up first: checks after the other teardowns)."""
+    yield
+    await asyncio.sleep(0.05)  # transports closed in teardown report connection_lost on the next turns
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not [t.get_name() for t in leftover if t.get_name().startswith("h2-")]
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]
+
+
 @dataclass
 class Upstream:
     """The grpcio server the relay forwards to, and what its handlers saw."""
@@ -411,6 +421,59 @@ async def test_take_over_an_already_started_connection(upstream: Upstream) -> No
             await protocol.close(1.0)
         server.close()
         await server.wait_closed()
+
+
+async def test_concurrent_stream_limit_queues_the_client(upstream: Upstream) -> None:
+    """The server advertises its stream limit; the pool waits for a free slot instead of being refused."""
+    active = 0
+    most = 0
+
+    async def handler(stream: H2Stream) -> None:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            await asyncio.sleep(0.05)
+            await stream.send_headers(200, [], end_stream=True)
+        finally:
+            active -= 1
+
+    protocols: list[H2ServerProtocol] = []
+
+    def factory() -> H2ServerProtocol:
+        protocols.append(H2ServerProtocol(handler, H2Limits(max_concurrent_streams=3)))
+        return protocols[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = H2Upstream()
+
+    async def get() -> int:
+        async with await client.request("127.0.0.1", port, "GET", "/") as response:
+            return response.status
+
+    try:
+        assert await asyncio.gather(*(get() for _ in range(12))) == [200] * 12
+        assert most == 3
+        assert len(protocols) == 1
+    finally:
+        await client.close()
+        for protocol in protocols:
+            await protocol.close(1.0)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_header_list_over_the_limit_closes_the_connection(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "voltgrid.gateway.h2relay")
+    relay = await start_relay(max_header_list_size=4096)
+    async with httpx.AsyncClient(http1=False, http2=True) as client:
+        assert (await client.get(f"http://127.0.0.1:{relay.port}/", headers={"x-small": "1"})).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{relay.port}/", headers={"x-big": "v" * 8192})
+    assert any("closed" in r.getMessage() for r in caplog.records)
 
 
 def _frames(data: bytes) -> list[tuple[int, bytes]]:

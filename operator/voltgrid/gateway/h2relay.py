@@ -239,6 +239,8 @@ class H2Stream:
         self._received = 0
         self._request_ended = False
         self._body_error: GatewayError | None = None
+        #: Flow-controlled bytes of the chunk the handler holds: acknowledged when it asks for the next one.
+        self._unacknowledged = 0
         #: True once response headers went out (a failure must then go into trailers or a reset).
         self.headers_sent = False
         #: True once the answer is complete (END_STREAM sent) or the stream was reset.
@@ -304,9 +306,10 @@ class H2Stream:
         self._data_ready.set()
 
     def _discard_buffered(self) -> int:
-        """Drop unread chunks; the flow-controlled bytes they held, to be given back to the connection."""
-        held = sum(n for _, n in self._chunks)
+        """Drop unread chunks; the flow-controlled bytes they (and the last chunk read) held, for the connection."""
+        held = sum(n for _, n in self._chunks) + self._unacknowledged
         self._chunks.clear()
+        self._unacknowledged = 0
         return held
 
 
@@ -315,16 +318,15 @@ class _RequestBody:
 
     def __init__(self, stream: H2Stream) -> None:
         self._stream = stream
-        self._unacknowledged = 0
 
     def __aiter__(self) -> _RequestBody:
         return self
 
     async def __anext__(self) -> bytes:
         stream = self._stream
-        if self._unacknowledged:
-            stream._protocol._acknowledge(stream.stream_id, self._unacknowledged)
-            self._unacknowledged = 0
+        if stream._unacknowledged:
+            stream._protocol._acknowledge(stream.stream_id, stream._unacknowledged)
+            stream._unacknowledged = 0
         while not stream._chunks:
             if stream._body_error is not None:
                 raise stream._body_error
@@ -336,7 +338,7 @@ class _RequestBody:
             await stream._data_ready.wait()
         if stream._body_error is not None:
             raise stream._body_error
-        data, self._unacknowledged = stream._chunks.popleft()
+        data, stream._unacknowledged = stream._chunks.popleft()
         return data
 
 
@@ -664,8 +666,11 @@ def _decode_headers(raw: Iterable[tuple[bytes | str, bytes | str]] | None) -> tu
 class _UpstreamConnection(_H2Endpoint):
     """One client connection to one instance, multiplexing the gateway's streams to it."""
 
-    def __init__(self, stream_window: int, connection_window: int) -> None:
+    def __init__(
+        self, stream_window: int, connection_window: int, on_lost: Callable[[_UpstreamConnection], None]
+    ) -> None:
         super().__init__(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._on_lost = on_lost
         self._streams: dict[int, _UpstreamStream] = {}
         self._stream_window = stream_window
         self._connection_window = connection_window
@@ -698,6 +703,7 @@ class _UpstreamConnection(_H2Endpoint):
         for stream in self._streams.values():
             stream.fail(H2UpstreamFailed(f"the upstream connection closed: {exc or 'EOF'}"))
         self._streams.clear()
+        self._on_lost(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -914,11 +920,16 @@ class UpstreamH2Response:
         if self._closed:
             return
         self._closed = True
+        # Bytes never to be read still hold the connection's window: give it back.
+        unread = self._unacknowledged + sum(n for _, n in self._stream.chunks)
+        self._stream.chunks.clear()
+        self._unacknowledged = 0
         if not self._stream.ended:
             self._connection.cancel(self._stream_id)
         elif not self._sender.done():
             # The upstream answered before the request body was all sent: stop its sending half.
             self._connection._reset(self._stream_id, ErrorCodes.CANCEL)
+        self._connection._acknowledge(self._stream_id, unread)
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, GatewayError):
             await self._sender
@@ -947,29 +958,51 @@ class H2Upstream:
         self._stream_window = stream_window
         self._connection_window = connection_window
         self._connections: dict[tuple[str, int], _UpstreamConnection] = {}
-        self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
+        #: Connects in progress, shared by the requests that wait for the same upstream.
+        self._connecting: dict[tuple[str, int], asyncio.Task[_UpstreamConnection]] = {}
 
     async def _connection(self, host: str, port: int) -> _UpstreamConnection:
         key = (host, port)
-        lock = self._connecting.setdefault(key, asyncio.Lock())
-        async with lock:
-            connection = self._connections.get(key)
-            if connection is not None and connection.usable and not connection.lost:
-                return connection
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self._connect_timeout):
-                    _, connection = await loop.create_connection(
-                        lambda: _UpstreamConnection(self._stream_window, self._connection_window), host, port
-                    )
-                    # Streams opened before the upstream's SETTINGS would ignore its stream limit (and be refused).
-                    await connection.settled.wait()
-            except (OSError, TimeoutError) as e:
-                raise H2UpstreamUnreachable(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from None
-            if not connection.usable:
-                raise H2UpstreamUnreachable(f"{host}:{port} closed the connection before its HTTP/2 SETTINGS")
-            self._connections[key] = connection
+        connection = self._connections.get(key)
+        if connection is not None and connection.usable and not connection.lost:
             return connection
+        connecting = self._connecting.get(key)
+        if connecting is None:
+            connecting = asyncio.get_running_loop().create_task(self._connect(key), name=f"h2-connect-{host}:{port}")
+            self._connecting[key] = connecting
+            connecting.add_done_callback(functools.partial(self._connected, key))
+        # Shielded: one waiter cancelled (its client gone) must not fail the others' connect.
+        return await asyncio.shield(connecting)
+
+    def _connected(self, key: tuple[str, int], connecting: asyncio.Task[_UpstreamConnection]) -> None:
+        del self._connecting[key]
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._connections[key] = connecting.result()
+
+    async def _connect(self, key: tuple[str, int]) -> _UpstreamConnection:
+        host, port = key
+        connection = _UpstreamConnection(
+            self._stream_window, self._connection_window, functools.partial(self._forget, key)
+        )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.get_running_loop().create_connection(lambda: connection, host, port)
+                # Streams opened before the upstream's SETTINGS would ignore its stream limit (and be refused).
+                await connection.settled.wait()
+        except (OSError, TimeoutError) as e:
+            connection.close()
+            raise H2UpstreamUnreachable(f"cannot connect to {host}:{port}: {type(e).__name__}: {e}") from None
+        except BaseException:
+            connection.close()
+            raise
+        if not connection.usable:
+            raise H2UpstreamUnreachable(f"{host}:{port} closed the connection before its HTTP/2 SETTINGS")
+        return connection
+
+    def _forget(self, key: tuple[str, int], connection: _UpstreamConnection) -> None:
+        """A connection closed: drop it, so that instances gone leave nothing behind."""
+        if self._connections.get(key) is connection:
+            del self._connections[key]
 
     async def request(
         self,
@@ -1054,10 +1087,13 @@ class H2Upstream:
 
     async def close(self) -> None:
         """Close every connection (streams in flight fail with :class:`H2UpstreamFailed`)."""
-        for connection in self._connections.values():
+        connecting = list(self._connecting.values())
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
+        for connection in list(self._connections.values()):
             connection.close()
         self._connections.clear()
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------------------------------
