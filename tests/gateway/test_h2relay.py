@@ -14,7 +14,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx
@@ -401,8 +401,7 @@ async def test_take_over_an_already_started_connection(upstream: Upstream) -> No
 
     class Sniffer(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
+            self.transport = cast(asyncio.Transport, transport)
 
         def data_received(self, data: bytes) -> None:
             assert data.startswith(PREFACE[:3])
