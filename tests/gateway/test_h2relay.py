@@ -475,6 +475,36 @@ async def test_header_list_over_the_limit_closes_the_connection(
     assert any("closed" in r.getMessage() for r in caplog.records)
 
 
+async def test_declared_body_over_the_limit_is_413(start_relay: StartRelay) -> None:
+    relay = await start_relay(max_body_bytes=1000)
+    client = H2Upstream()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"b" * 5000
+
+    try:
+        headers = [("content-length", "5000")]
+        async with await client.request(
+            "127.0.0.1", relay.port, "POST", "/up", headers=headers, body=body()
+        ) as response:
+            assert response.status == 413
+            assert b"body_too_large" in b"".join([c async for c in response])
+    finally:
+        await client.close()
+
+
+async def test_pool_reconnects_after_the_upstream_connection_closed(relay: Relay) -> None:
+    async with channel(relay.port) as ch:
+        unary = ch.unary_unary("/test.Echo/Unary")
+        assert await unary(b"1") == b"echo:1"
+        (first,) = relay.pool._connections.values()
+        first.close()
+        await asyncio.sleep(0.05)
+        assert await unary(b"2") == b"echo:2"
+        (second,) = relay.pool._connections.values()
+        assert second is not first
+
+
 def _frames(data: bytes) -> list[tuple[int, bytes]]:
     """(type, payload) of the HTTP/2 frames in ``data``."""
     frames = []

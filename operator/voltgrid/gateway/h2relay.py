@@ -21,6 +21,7 @@ saw the preface, or TLS after ALPN ``h2``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -133,7 +134,7 @@ class H2UpstreamFailed(GatewayError):
 # ---------------------------------------------------------------------------------------------
 
 
-class _H2Endpoint(asyncio.Protocol):
+class _H2Endpoint(asyncio.Protocol, abc.ABC):
     """An h2 connection on an asyncio transport: flushing, write back-pressure, flow-controlled sends."""
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
@@ -182,9 +183,22 @@ class _H2Endpoint(asyncio.Protocol):
         self._writable.set()
         self._wake_senders()
 
+    @abc.abstractmethod
     def _gone(self, stream_id: int, why: str) -> GatewayError:
         """The error a send on a dead stream raises (the subclass says whose fault it is)."""
-        raise NotImplementedError
+
+    def _receive(self, data: bytes) -> list[h2.events.Event]:
+        """h2's events for ``data``; raises h2's ProtocolError (or anything a parser may raise) on bad input."""
+        events = self._conn.receive_data(data)
+        # h2 checks a frame's length only once the whole frame is in, so a header announcing 16 MiB
+        # would have it wait for (and buffer) 16 MiB; hyperframe reads the pending header now instead.
+        pending = getattr(self._conn.incoming_buffer, "_data", b"")
+        if len(pending) >= 9:
+            _, length = Frame.parse_frame_header(memoryview(pending)[:9])
+            if length > self._conn.max_inbound_frame_size:
+                msg = f"a frame of {length} bytes, over SETTINGS_MAX_FRAME_SIZE"
+                raise h2.exceptions.FrameTooLargeError(msg)
+        return events
 
     async def _send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Send ``data`` within the peer's flow-control window, waiting for WINDOW_UPDATEs as needed."""
@@ -193,21 +207,23 @@ class _H2Endpoint(asyncio.Protocol):
                 self._h2_call(stream_id, lambda: self._conn.end_stream(stream_id))
             return
         event = self._window_waiters.setdefault(stream_id, asyncio.Event())
+        view = memoryview(data)
         try:
-            while data:
+            while view:
                 await self._writable.wait()
                 if self._lost:
                     raise self._gone(stream_id, "the connection closed")
-                window = self._h2_call(
-                    stream_id,
-                    lambda: min(self._conn.local_flow_control_window(stream_id), self._conn.max_outbound_frame_size),
-                )
+                try:
+                    window = self._conn.local_flow_control_window(stream_id)
+                except h2.exceptions.ProtocolError:
+                    raise self._gone(stream_id, "the stream was closed") from None
                 if window <= 0:
                     event.clear()
                     await event.wait()
                     continue
-                chunk, data = data[:window], data[window:]
-                last = end_stream and not data
+                size = min(window, self._conn.max_outbound_frame_size)
+                chunk, view = view[:size], view[size:]
+                last = end_stream and not view
                 self._h2_call(stream_id, functools.partial(self._conn.send_data, stream_id, chunk, end_stream=last))
         finally:
             self._window_waiters.pop(stream_id, None)
@@ -313,12 +329,16 @@ class H2Stream:
             return False
         self._received += len(data)
         if self._received > limit:
-            self._body_error = GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
-            self._data_ready.set()
+            self._refuse_body(limit)
             return False
         self._chunks.append((data, flow_controlled))
         self._data_ready.set()
         return True
+
+    def _refuse_body(self, limit: int) -> None:
+        """The body is (or is declared) over the limit: reading it raises 413, its bytes are dropped."""
+        self._body_error = GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
+        self._data_ready.set()
 
     def _end_request(self) -> None:
         self._request_ended = True
@@ -435,32 +455,16 @@ class H2ServerProtocol(_H2Endpoint):
         if self._transport is None or self._transport.is_closing():
             return
         try:
-            events = self._conn.receive_data(data)
-            oversized = self._pending_frame_too_large()
+            events = self._receive(data)
         except h2.exceptions.ProtocolError as e:
-            self._refuse_connection(f"protocol error: {e}", ErrorCodes.PROTOCOL_ERROR)
+            self._refuse_connection(f"protocol error: {e}", ErrorCodes(e.error_code))
             return
         except Exception as e:  # hostile bytes must close one connection, never crash the loop
             self._refuse_connection(f"undecodable input: {type(e).__name__}: {e}", ErrorCodes.PROTOCOL_ERROR)
             return
-        if oversized:
-            self._refuse_connection("a frame larger than SETTINGS_MAX_FRAME_SIZE", ErrorCodes.FRAME_SIZE_ERROR)
-            return
         for event in events:
             self._dispatch(event)
         self._flush()
-
-    def _pending_frame_too_large(self) -> bool:
-        """Whether the partly received frame h2 is buffering announces more than the frame size we allow.
-
-        h2 checks a frame's length only once the whole frame is in, so a garbage header announcing
-        16 MiB would have it wait for (and buffer) 16 MiB; hyperframe reads the header now instead.
-        """
-        pending = getattr(self._conn.incoming_buffer, "_data", b"")
-        if len(pending) < 9:
-            return False
-        _, length = Frame.parse_frame_header(memoryview(pending)[:9])
-        return length > self._conn.max_inbound_frame_size
 
     async def close(self, grace: float) -> None:
         """Graceful shutdown: GOAWAY (no new streams), wait up to ``grace`` seconds for streams in flight, then close.
@@ -529,6 +533,9 @@ class H2ServerProtocol(_H2Endpoint):
         stream = H2Stream(self, stream_id, headers, self._peer)
         if event.stream_ended:
             stream._end_request()
+        declared = stream.header("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._limits.max_body_bytes:
+            stream._refuse_body(self._limits.max_body_bytes)
         self._streams[stream_id] = stream
         self._quiet.clear()
         self._disarm_idle_timer()
@@ -598,7 +605,7 @@ class H2ServerProtocol(_H2Endpoint):
             pass
         elif not stream.finished:
             stream.reset(ErrorCodes.INTERNAL_ERROR)
-        elif not stream._request_ended and not stream.reset_by_peer:
+        elif not stream._request_ended:
             # Answered before the request finished (an early error, a body over its limit): tell the
             # client to stop sending (RFC 9113 section 8.1).
             self._reset(stream.stream_id, ErrorCodes.NO_ERROR)
@@ -726,16 +733,19 @@ class _UpstreamConnection(_H2Endpoint):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            logger.warning("h2 upstream connection broke the protocol: %s", e)
+            events = self._receive(data)
+            for event in events:
+                self._dispatch(event)
+        except Exception as e:  # an instance's bad bytes end its connection, never the gateway's loop
+            logger.warning("h2 upstream connection closed: it broke the protocol: %s: %s", type(e).__name__, e)
             self.usable = False
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                if self._conn.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                    self._conn.close_connection(ErrorCodes.PROTOCOL_ERROR)
             self._flush()
             if self._transport is not None:
                 self._transport.close()
             return
-        for event in events:
-            self._dispatch(event)
         self._flush()
 
     def _dispatch(self, event: h2.events.Event) -> None:
@@ -818,7 +828,11 @@ class _UpstreamConnection(_H2Endpoint):
         stream_id = self._conn.get_next_available_stream_id()
         stream = _UpstreamStream()
         self._streams[stream_id] = stream
-        self._h2_call(stream_id, lambda: self._conn.send_headers(stream_id, headers))
+        try:
+            self._h2_call(stream_id, lambda: self._conn.send_headers(stream_id, headers))
+        except GatewayError:
+            del self._streams[stream_id]
+            raise
         return stream_id, stream
 
     def cancel(self, stream_id: int) -> None:
@@ -1221,17 +1235,19 @@ async def relay_grpc(
     port: int,
     path: str,
     *,
+    headers: Iterable[tuple[str, str]] | None = None,
     extra_headers: Iterable[tuple[str, str]] = (),
 ) -> None:
     """Relay one gRPC call to ``host:port`` (any of the four kinds: both directions stream concurrently).
 
-    ``grpc-timeout`` passes through and is also the gateway's deadline: past it the upstream stream
-    is cancelled and the client gets DEADLINE_EXCEEDED. Upstream trailers (grpc-status,
-    grpc-message, metadata) pass back; gateway-side failures become a gRPC status.
+    The request's headers go up (``headers``, when given, replaces them: to drop credentials, say),
+    then ``extra_headers``. ``grpc-timeout`` passes through and is also the gateway's deadline: past
+    it the upstream stream is cancelled and the client gets DEADLINE_EXCEEDED. Upstream trailers
+    (grpc-status, grpc-message, metadata) pass back; gateway-side failures become a gRPC status.
     """
     timeout = parse_grpc_timeout(stream.header("grpc-timeout"))
     started = time.monotonic()
-    headers = [*stream.headers, *extra_headers]
+    headers = [*(stream.headers if headers is None else headers), *extra_headers]
     try:
         async with asyncio.timeout(timeout):
             response = await upstream_pool.request(
