@@ -475,6 +475,25 @@ async def test_header_list_over_the_limit_closes_the_connection(
     assert any("closed" in r.getMessage() for r in caplog.records)
 
 
+async def test_upstream_graceful_shutdown_lets_calls_in_flight_finish(start_relay: StartRelay) -> None:
+    """grpcio's stop(grace) says GOAWAY and finishes its calls: the relay must not fail them (h2#1181)."""
+    state = Upstream(0)
+    server = grpc_aio.server(options=CHANNEL_OPTIONS)
+    state.port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers((_service(state),))
+    await server.start()
+    try:
+        relay = await start_relay(upstream_port=state.port)
+        async with channel(relay.port) as ch:
+            call = ch.unary_unary("/test.Echo/Sleep")(b"0.5")
+            await asyncio.wait_for(state.sleep_started.wait(), 5)
+            stopping = asyncio.create_task(server.stop(5))
+            assert await call == b"slept"
+            await stopping
+    finally:
+        await server.stop(None)
+
+
 async def test_declared_body_over_the_limit_is_413(start_relay: StartRelay) -> None:
     relay = await start_relay(max_body_bytes=1000)
     client = H2Upstream()

@@ -137,8 +137,10 @@ class H2UpstreamFailed(GatewayError):
 class _H2Endpoint(asyncio.Protocol, abc.ABC):
     """An h2 connection on an asyncio transport: flushing, write back-pressure, flow-controlled sends."""
 
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        self._conn = h2.connection.H2Connection(config=config)
+    def __init__(
+        self, config: h2.config.H2Configuration, kind: type[h2.connection.H2Connection] = h2.connection.H2Connection
+    ) -> None:
+        self._conn = kind(config=config)
         self._transport: asyncio.Transport | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -689,13 +691,34 @@ def _decode_headers(raw: Iterable[tuple[bytes | str, bytes | str]] | None) -> tu
     return status, headers
 
 
+class _GracefulClientConnection(h2.connection.H2Connection):
+    """h2's connection, except that an upstream's GOAWAY lets the streams it accepted finish.
+
+    h2 closes its state machine on a received GOAWAY and drops what is queued to send
+    (python-hyper/h2#1181), which would fail every call in flight when an instance shuts down
+    gracefully (grpcio's ``server.stop(grace)`` says GOAWAY, then finishes its calls). Here GOAWAY
+    only reports ConnectionTerminated; the pool opens no new stream on the connection and closes it
+    once its streams are done.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class _UpstreamConnection(_H2Endpoint):
     """One client connection to one instance, multiplexing the gateway's streams to it."""
 
     def __init__(
         self, stream_window: int, connection_window: int, on_lost: Callable[[_UpstreamConnection], None]
     ) -> None:
-        super().__init__(_config(client_side=True))
+        super().__init__(_config(client_side=True), _GracefulClientConnection)
         self._on_lost = on_lost
         self._streams: dict[int, _UpstreamStream] = {}
         self._stream_window = stream_window
@@ -786,22 +809,31 @@ class _UpstreamConnection(_H2Endpoint):
             self._goaway(event)
 
     def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        """The upstream is going away: streams it never processed can be retried; h2 ends the others too."""
+        """The upstream is going away: no new streams here; those it did not take can go elsewhere.
+
+        With NO_ERROR the streams it took finish (the connection closes after the last); with an
+        error code they fail now.
+        """
         self.usable = False
-        last = event.last_stream_id or 0
+        self._slot_free.set()
+        last = event.last_stream_id if event.last_stream_id is not None else 2**31 - 1
+        graceful = event.error_code == ErrorCodes.NO_ERROR
         for stream_id, stream in list(self._streams.items()):
             if stream_id > last:
                 stream.fail(H2StreamRefused("the upstream is going away (GOAWAY) and did not take the stream"))
-            else:
+            elif not graceful:
                 stream.fail(H2UpstreamFailed(f"the upstream closed the connection (GOAWAY {event.error_code})"))
-        self._streams.clear()
-        self._slot_free.set()
-        if self._transport is not None:
-            self._transport.close()
+            else:
+                continue
+            self.cancel(stream_id)
+        if not self._streams:
+            self.close()
 
     def _stream_closed(self, stream_id: int) -> None:
         self._wake_senders(stream_id)
         self._slot_free.set()
+        if not self.usable and not self._streams:
+            self.close()
 
     def _gone(self, stream_id: int, why: str) -> GatewayError:
         stream = self._streams.get(stream_id)
