@@ -19,6 +19,7 @@ from typing import Any, cast
 import grpc
 import httpx
 import pytest
+import uvloop
 from grpc import aio as grpc_aio
 
 from ports import free_port
@@ -108,16 +109,24 @@ def _service(state: Upstream) -> grpc.GenericRpcHandler:
     )
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
+@contextlib.asynccontextmanager
+async def serving_upstream() -> AsyncIterator[Upstream]:
     # A low stream limit, so that the pool's waiting for a free slot is exercised.
     server = grpc_aio.server(options=[*CHANNEL_OPTIONS, ("grpc.max_concurrent_streams", 8)])
     port = server.add_insecure_port("127.0.0.1:0")
     state = Upstream(port)
     server.add_generic_rpc_handlers((_service(state),))
     await server.start()
-    yield state
-    await server.stop(None)
+    try:
+        yield state
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with serving_upstream() as state:
+        yield state
 
 
 @dataclass
@@ -139,45 +148,47 @@ async def _plain(stream: H2Stream) -> None:
     await stream.send_data(body, end_stream=True)
 
 
-@pytest.fixture
-async def start_relay(upstream: Upstream) -> AsyncIterator[StartRelay]:
-    """``await start_relay(upstream_port=None, **limits)``: a gateway-like h2c server relaying gRPC upstream."""
-    servers: list[asyncio.Server] = []
-    relays: list[Relay] = []
+@contextlib.asynccontextmanager
+async def serving_relay(upstream_port: int, **limits: Any) -> AsyncIterator[Relay]:
+    """A gateway-like h2c server: gRPC relayed to ``upstream_port``, anything else echoed."""
+    pool = H2Upstream(connect_timeout=2.0)
 
-    async def start(upstream_port: int | None = None, **limits: Any) -> Relay:
-        pool = H2Upstream(connect_timeout=2.0)
-        target = upstream_port or upstream.port
+    async def handler(stream: H2Stream) -> None:
+        if not is_grpc(stream):
+            await _plain(stream)
+        elif stream.path.startswith("/test.Missing/"):
+            await grpc_error(stream, GrpcStatus.NOT_FOUND, "no function serves test.Missing")
+        else:
+            await relay_grpc(stream, pool, "127.0.0.1", upstream_port, stream.path, extra_headers=[("x-via", "gw")])
 
-        async def handler(stream: H2Stream) -> None:
-            if not is_grpc(stream):
-                await _plain(stream)
-            elif stream.path.startswith("/test.Missing/"):
-                await grpc_error(stream, GrpcStatus.NOT_FOUND, "no function serves test.Missing")
-            else:
-                await relay_grpc(stream, pool, "127.0.0.1", target, stream.path, extra_headers=[("x-via", "gw")])
+    relay = Relay(0, [], pool)
 
-        relay = Relay(0, [], pool)
+    def factory() -> H2ServerProtocol:
+        protocol = H2ServerProtocol(handler, H2Limits(**limits))
+        relay.protocols.append(protocol)
+        return protocol
 
-        def factory() -> H2ServerProtocol:
-            protocol = H2ServerProtocol(handler, H2Limits(**limits))
-            relay.protocols.append(protocol)
-            return protocol
-
-        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-        relay.port = server.sockets[0].getsockname()[1]
-        servers.append(server)
-        relays.append(relay)
-        return relay
-
-    yield start
-    for relay in relays:
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    relay.port = server.sockets[0].getsockname()[1]
+    try:
+        yield relay
+    finally:
         for protocol in relay.protocols:
             await protocol.close(1.0)
-        await relay.pool.close()
-    for server in servers:
+        await pool.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+async def start_relay(upstream: Upstream) -> AsyncIterator[StartRelay]:
+    """``await start_relay(upstream_port=None, **limits)``: a relay to ``upstream`` (or another port)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(upstream_port: int | None = None, **limits: Any) -> Relay:
+            return await stack.enter_async_context(serving_relay(upstream_port or upstream.port, **limits))
+
+        yield start
 
 
 @pytest.fixture
@@ -573,6 +584,27 @@ async def test_idle_connection_is_closed(start_relay: StartRelay) -> None:
     writer.close()
     await writer.wait_closed()
     assert [kind for kind, _ in _frames(received)][-1] == 0x7
+
+
+def test_the_relay_on_uvloop() -> None:
+    """The gateway runs on uvloop, whose transports are not asyncio's classes: the main paths there too."""
+
+    async def scenario() -> None:
+        async with serving_upstream() as upstream, serving_relay(upstream.port) as relay, channel(relay.port) as ch:
+            assert await ch.unary_unary("/test.Echo/Unary")(b"hi") == b"echo:hi"
+            bidi = ch.stream_stream("/test.Echo/Bidi")()
+            for word in (b"one", b"two"):
+                await bidi.write(word)
+                assert await bidi.read() == word.upper()
+            await bidi.done_writing()
+            big = b"x" * (8 * 1024 * 1024)
+            assert await ch.unary_unary("/test.Echo/Unary")(big) == b"echo:" + big
+            call = ch.unary_unary("/test.Echo/Sleep")(b"10")
+            await asyncio.wait_for(upstream.sleep_started.wait(), 5)
+            call.cancel()
+            await asyncio.wait_for(upstream.sleep_cancelled.wait(), 5)
+
+    uvloop.run(scenario())
 
 
 def test_gateway_errors_map_to_grpc_status() -> None:
