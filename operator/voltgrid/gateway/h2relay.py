@@ -16,7 +16,21 @@ asyncio transports, and adds what a gateway needs on top:
 
 The server protocol is transport-agnostic: it starts on the HTTP/2 preface whichever transport
 carries it (plain TCP with prior knowledge, a transport taken over from an HTTP/1.1 protocol that
-saw the preface, or TLS after ALPN ``h2``).
+saw the preface, or TLS after ALPN ``h2``). Wiring, in short::
+
+    pool = H2Upstream()
+
+    async def handler(stream: H2Stream) -> None:      # one task per request stream
+        if is_grpc(stream):
+            await relay_grpc(stream, pool, host, port, stream.path)
+        else:
+            ...  # stream.body(), stream.send_headers(), stream.send_data(); or raise GatewayError
+
+    server = await loop.create_server(lambda: H2ServerProtocol(handler, limits), host, port)
+    # or, from an HTTP/1.1 protocol whose buffer starts with b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    # (or a TLS transport whose selected ALPN protocol is "h2", with initial=b""):
+    protocol = H2ServerProtocol.take_over(transport, handler, initial=buffered, limits=limits)
+    # shutdown: await protocol.close(grace) for each connection kept, then await pool.close()
 """
 
 from __future__ import annotations
