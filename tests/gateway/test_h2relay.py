@@ -307,6 +307,80 @@ async def test_client_cancellation_reaches_upstream(relay: Relay, upstream: Upst
     await asyncio.wait_for(upstream.sleep_cancelled.wait(), 5)
 
 
+async def test_client_disconnect_cancels_every_call_upstream(relay: Relay, upstream: Upstream) -> None:
+    ch = grpc_aio.insecure_channel(f"127.0.0.1:{relay.port}", options=CHANNEL_OPTIONS)
+    calls = [ch.unary_unary("/test.Echo/Sleep")(b"10") for _ in range(3)]
+    await asyncio.wait_for(upstream.sleep_started.wait(), 5)
+    await ch.close()  # the TCP connection goes: every handler task is cancelled, every upstream stream reset
+    for call in calls:
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await asyncio.wait_for(upstream.sleep_cancelled.wait(), 5)
+    await asyncio.sleep(0.1)
+    assert not relay.protocols[0]._streams
+
+
+async def test_a_reset_stream_cancels_its_handler() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handler(stream: H2Stream) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            assert stream.reset_by_peer
+            cancelled.set()
+            raise
+
+    protocols: list[H2ServerProtocol] = []
+
+    def factory() -> H2ServerProtocol:
+        protocols.append(H2ServerProtocol(handler))
+        return protocols[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    client = H2Upstream()
+    try:
+        request = asyncio.create_task(client.request("127.0.0.1", server.sockets[0].getsockname()[1], "GET", "/"))
+        await asyncio.wait_for(started.wait(), 5)
+        request.cancel()  # RST_STREAM(CANCEL) to the server
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.wait_for(cancelled.wait(), 5)
+    finally:
+        await client.close()
+        for protocol in protocols:
+            await protocol.close(1.0)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_failing_handler_answers_500_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(stream: H2Stream) -> None:
+        raise RuntimeError("bug")
+
+    protocols: list[H2ServerProtocol] = []
+
+    def factory() -> H2ServerProtocol:
+        protocols.append(H2ServerProtocol(handler))
+        return protocols[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(http1=False, http2=True) as client:
+            response = await client.get(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        assert len([r for r in caplog.records if r.exc_info]) == 1
+        caplog.clear()  # the one traceback was expected
+    finally:
+        for protocol in protocols:
+            await protocol.close(1.0)
+        server.close()
+        await server.wait_closed()
+
+
 async def test_upstream_down_is_unavailable(start_relay: StartRelay) -> None:
     relay = await start_relay(upstream_port=free_port())
     async with channel(relay.port) as ch:
