@@ -505,7 +505,14 @@ class H2ServerProtocol(_H2Endpoint):
         if tasks:
             await asyncio.wait(tasks)
         self._goaway_and_close(ErrorCodes.NO_ERROR)
-        await self._closed
+        try:
+            async with asyncio.timeout(max(grace, 1.0)):
+                await asyncio.shield(self._closed)
+        except TimeoutError:
+            # A client that reads nothing keeps the last bytes (and the socket) in flight forever.
+            if self._transport is not None:
+                self._transport.abort()
+            await self._closed
 
     async def wait_closed(self) -> None:
         await self._closed
