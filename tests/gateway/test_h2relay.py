@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
+import h2.config
+import h2.connection
 import httpx
 import pytest
 import uvloop
 from grpc import aio as grpc_aio
+from h2.errors import ErrorCodes
 
 from ports import free_port
 from voltgrid.gateway.errors import GatewayError
@@ -639,6 +642,23 @@ async def test_garbage_after_preface_is_goaway(relay: Relay, caplog: pytest.LogC
     assert int.from_bytes(goaways[-1][4:8], "big") != 0  # an error code, not NO_ERROR
     assert not [r for r in caplog.records if r.exc_info]
     assert len([r for r in caplog.records if "closed" in r.getMessage()]) == 1
+
+
+async def test_rapid_reset_is_goaway_enhance_your_calm(start_relay: StartRelay) -> None:
+    """HEADERS then RST_STREAM, over and over (CVE-2023-44487): the connection ends with ENHANCE_YOUR_CALM."""
+    relay = await start_relay(max_resets_per_second=50)
+    attacker = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    attacker.initiate_connection()
+    for stream_id in range(1, 2 * 100, 2):
+        attacker.send_headers(stream_id, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")])
+        attacker.reset_stream(stream_id)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(attacker.data_to_send())
+    received = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    goaways = [payload for kind, payload in _frames(received) if kind == 0x7]
+    assert int.from_bytes(goaways[-1][4:8], "big") == ErrorCodes.ENHANCE_YOUR_CALM
 
 
 async def test_wrong_preface_is_closed_quietly(relay: Relay, caplog: pytest.LogCaptureFixture) -> None:

@@ -110,6 +110,9 @@ class H2Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     #: Seconds a connection may stay without a stream before it is closed with GOAWAY.
     idle_timeout: float = 60.0
+    #: Streams a client may reset per second: more is the "rapid reset" attack (CVE-2023-44487),
+    #: each reset having cost a handler task; beyond it the connection ends with ENHANCE_YOUR_CALM.
+    max_resets_per_second: int = 200
     #: Receive window of each stream: how much a client sends ahead of the handler's reading.
     stream_window: int = 1024 * 1024
     #: Receive window of the whole connection (all streams together).
@@ -420,6 +423,8 @@ class H2ServerProtocol(_H2Endpoint):
         #: Set while no stream is in flight (what ``close`` waits for).
         self._quiet = asyncio.Event()
         self._quiet.set()
+        #: When the client's recent stream resets happened (for ``max_resets_per_second``).
+        self._resets: deque[float] = deque()
         #: Highest stream id still served after a graceful GOAWAY (None: not draining).
         self._last_stream_id: int | None = None
         self._closed = asyncio.get_running_loop().create_future()
@@ -479,6 +484,8 @@ class H2ServerProtocol(_H2Endpoint):
             self._refuse_connection(f"undecodable input: {type(e).__name__}: {e}", ErrorCodes.PROTOCOL_ERROR)
             return
         for event in events:
+            if self._transport.is_closing():
+                return  # refused midway (rapid resets): the rest of the batch is not served
             self._dispatch(event)
         self._flush()
 
@@ -529,6 +536,7 @@ class H2ServerProtocol(_H2Endpoint):
                 stream._end_request()
         elif isinstance(event, h2.events.StreamReset):
             self._wake_senders(event.stream_id)
+            self._count_reset()
             if (stream := self._streams.get(event.stream_id)) is not None:
                 stream.reset_by_peer = True
                 stream.finished = True
@@ -541,6 +549,14 @@ class H2ServerProtocol(_H2Endpoint):
         elif isinstance(event, h2.events.ConnectionTerminated):
             logger.debug("h2 client %s sent GOAWAY (%s)", self._peer, event.error_code)
             self._goaway_and_close(ErrorCodes.NO_ERROR)
+
+    def _count_reset(self) -> None:
+        now = time.monotonic()
+        self._resets.append(now)
+        while self._resets and self._resets[0] < now - 1.0:
+            self._resets.popleft()
+        if len(self._resets) > self._limits.max_resets_per_second:
+            self._refuse_connection("too many stream resets (rapid reset)", ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _start_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
