@@ -415,7 +415,7 @@ async def test_body_over_the_limit_is_resource_exhausted(start_relay: StartRelay
     assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_unread_body_backpressures_the_client(upstream: Upstream) -> None:
+async def test_unread_body_backpressures_the_client() -> None:
     """A handler that does not read holds the client to one stream window, not the whole body."""
     seen: list[H2Stream] = []
     proceed = asyncio.Event()
@@ -484,7 +484,7 @@ async def test_graceful_close_finishes_streams_in_flight(relay: Relay, upstream:
     assert not upstream.sleep_cancelled.is_set()
 
 
-async def test_take_over_an_already_started_connection(upstream: Upstream) -> None:
+async def test_take_over_an_already_started_connection() -> None:
     """An HTTP/1.1 protocol that read the preface hands the transport and the bytes it read over."""
 
     class Sniffer(asyncio.Protocol):
@@ -510,7 +510,7 @@ async def test_take_over_an_already_started_connection(upstream: Upstream) -> No
         await server.wait_closed()
 
 
-async def test_concurrent_stream_limit_queues_the_client(upstream: Upstream) -> None:
+async def test_concurrent_stream_limit_queues_the_client() -> None:
     """The server advertises its stream limit; the pool waits for a free slot instead of being refused."""
     active = 0
     most = 0
