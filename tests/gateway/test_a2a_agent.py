@@ -198,7 +198,6 @@ async def test_the_example_agent_with_the_official_sdk_client(agent_url: str) ->
     ]
 
 
-@pytest.mark.skip(reason="needs the new gateway data path (lead)")
 @pytest.mark.parametrize("agent", sorted(AGENTS))
 async def test_a_context_sticks_to_its_instance_across_two_replicas(replicas: Callable[..., Any], agent: str) -> None:
     """The conversation starts on replica A; its follow-ups (JSON, streamed, by task id) go to B."""

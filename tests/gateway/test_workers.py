@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -85,9 +85,8 @@ async def test_the_session_api_agrees_across_workers_and_a_killed_worker_comes_b
     base, proc = two_workers
     await wait_ready(base)
     api = f"{base}/_voltgrid/v1/functions/default/echo/sessions"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(api, json={"sessionId": "s-api"}, headers=ADMIN) as r:
-            assert r.status == 201, await r.text()
+    async with aiohttp.ClientSession() as http, http.post(api, json={"sessionId": "s-api"}, headers=ADMIN) as r:
+        assert r.status == 201, await r.text()
     for _ in range(6):  # new connections: both workers answer, the owner's record is the one
         status, body = await get_json(f"{api}/s-api", headers=ADMIN)
         assert status == 200 and body["sessionId"] == "s-api"

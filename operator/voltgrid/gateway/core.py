@@ -18,6 +18,7 @@ from aiohttp import web
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
+from voltgrid.gateway.a2a import TaskContexts
 from voltgrid.gateway.auth import JwtVerifier
 from voltgrid.gateway.controlplane import PATIENCE_SHARE, PatientBackend
 from voltgrid.gateway.functions import FunctionCatalog
@@ -53,6 +54,8 @@ class Gateway:
         patience = settings.cold_start_timeout * PATIENCE_SHARE
         self.backend: InstanceBackend = PatientBackend(backend, patience=patience, retry_after=settings.retry_after)
         self.catalog = FunctionCatalog(settings, functions)
+        #: A2A task id -> context id, per Function, for the tasks whose answers this replica relayed.
+        self.a2a_tasks: dict[str, TaskContexts] = {}
         #: The trusted proxies' networks, parsed once (read per request).
         self.proxy_networks = settings.proxy_networks
         self.membership = membership or Membership(settings.self_url, settings.peers)
@@ -72,6 +75,13 @@ class Gateway:
         self.catalog_synced: asyncio.Event | None = None
         self._jobs: list[asyncio.Task[Any]] = []
         self._membership_changed = asyncio.Event()
+
+    def task_contexts(self, function: str) -> TaskContexts:
+        """The A2A task map of ``function`` on this replica."""
+        tasks = self.a2a_tasks.get(function)
+        if tasks is None:
+            tasks = self.a2a_tasks[function] = TaskContexts()
+        return tasks
 
     async def start(self, watcher_api: KubeApi | None = None) -> None:
         connector = aiohttp.TCPConnector(

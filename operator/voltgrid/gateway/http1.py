@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from voltgrid.gateway.errors import GatewayError, error_body
 
 if TYPE_CHECKING:
+    from voltgrid.gateway.a2a import A2ARequest
     from voltgrid.gateway.functions import FunctionEntry
     from voltgrid.gateway.settings import GatewaySettings
 
@@ -220,6 +221,7 @@ class Request:
     """One request's head and body, and what the pipeline learned about it."""
 
     __slots__ = (
+        "a2a",
         "body",
         "claims",
         "conn",
@@ -271,6 +273,8 @@ class Request:
         self.tail = raw_path
         self.key: str | None = None
         self.claims: dict[str, Any] | None = None
+        #: An A2A Function's JSON-RPC request, as read for routing (None: not one).
+        self.a2a: A2ARequest | None = None
 
     @property
     def host(self) -> str:

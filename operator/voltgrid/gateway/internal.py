@@ -124,6 +124,15 @@ async def sessions(request: web.Request) -> web.StreamResponse:
     return web.json_response({"items": local_sessions(gw, request.query.get("function", ""), caller)})
 
 
+async def a2a_task(request: web.Request) -> web.StreamResponse:
+    """The context of an A2A task this replica relayed an answer for (404: none known here)."""
+    _internal(request)
+    gw = request.app[GATEWAY]
+    tasks = gw.a2a_tasks.get(request.query.get("function", ""))
+    context = tasks.context_of(request.query.get("task", "")) if tasks is not None else None
+    return web.json_response({"context": context}, status=200 if context else 404)
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     return web.json_response(
@@ -158,6 +167,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(INTERNAL_PREFIX + "/budget/seats", seats)
     app.router.add_post(INTERNAL_PREFIX + "/budget/{op}", budget)
     app.router.add_get(INTERNAL_PREFIX + "/sessions", sessions)
+    app.router.add_get(INTERNAL_PREFIX + "/a2a/task", a2a_task)
     app.router.add_get("/_voltgrid/healthz", healthz)
     app.router.add_get("/_voltgrid/readyz", readyz)
     app.router.add_get("/_voltgrid/metrics", metrics)

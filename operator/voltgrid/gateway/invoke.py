@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from voltgrid.api.function import Affinity
 from voltgrid.backends.base import Instance
-from voltgrid.gateway import tracing
+from voltgrid.gateway import a2a, tracing
 from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.affinity import LEGACY_SSE_PARAMS, MCP_SESSION_HEADER, minted_headers
 from voltgrid.gateway.core import Gateway
@@ -61,8 +61,8 @@ async def invoke(gw: Gateway, request: Request) -> None:
     span = trace.get_current_span() if traced else trace.INVALID_SPAN
     if traced:
         span.set_attribute(tracing.ATTR_FUNCTION, fn.key)
-    if fn.affinity is Affinity.NONE:
-        await _invoke_shared(gw, request, fn)
+    if fn.affinity is Affinity.NONE or (fn.affinity is Affinity.A2A and request.a2a is None):
+        await _invoke_shared(gw, request, fn)  # an A2A agent's card and other reads: no conversation
         return
     claims = request.claims
     principal = principal_of(claims) if claims is not None else None
@@ -122,9 +122,30 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
         return
     ending = False
 
+    async def learn_a2a(learned: a2a.Learned) -> None:
+        """Remember the answer's tasks; a new conversation's session becomes its context's."""
+        assert exchange.record is not None
+        if learned.tasks:
+            gw.task_contexts(fn.key).remember(learned)
+        context = learned.context_id
+        if exchange.minted and context and is_learned_key(context) and context != exchange.record.key:
+            exchange.record = await lifecycle.learn(exchange.record, context)
+
+    scanner = a2a.StreamScanner() if fn.affinity is Affinity.A2A else None
+
+    async def on_chunk(chunk: bytes) -> None:
+        assert scanner is not None
+        learned = scanner.feed(chunk)
+        if learned is not a2a.NOTHING:
+            await learn_a2a(learned)
+
     async def on_response(upstream: UpstreamResponse) -> list[tuple[str, str]]:
         nonlocal ending
         assert exchange.record is not None
+        if fn.affinity is Affinity.A2A:
+            if upstream.body is not None:
+                await learn_a2a(a2a.learn_from_result(upstream.body))
+            return []
         if fn.affinity is Affinity.MCP:
             raw = upstream.header(_MCP_SESSION_HEADER)
             learned = raw.decode("latin-1") if raw else None
@@ -157,6 +178,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             max_stream=settings.max_stream_duration,
             on_response=on_response,
             on_sse_endpoint=on_sse_endpoint if learn_sse else None,
+            on_chunk=on_chunk if scanner is not None else None,
         )
     finally:
         if gone is not None:

@@ -437,8 +437,8 @@ class Lifecycle:
                 continue
             if not m.membership.is_owner(instance.session) or m.registry.sessions_on(instance.id):
                 continue
-            if fn.affinity is Affinity.MCP:
-                # MCP ids live only in gateways; an instance no binding names is an orphan.
+            if fn.affinity in (Affinity.MCP, Affinity.A2A):
+                # MCP and A2A ids live only in gateways; an instance no binding names is an orphan.
                 too_old = instance.created and instance.created + fn.max_lifetime < time.time()
                 if m.instance(instance.id) is None and too_old:
                     m.spawn(self._delete(instance))

@@ -40,7 +40,7 @@ from voltgrid.gateway.metrics import GatewayMetrics
 from voltgrid.gateway.proxy import Traffic
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.gateway.warm import WarmPools, mint_owned_id
-from voltgrid.registry.ids import is_learned_key, is_session_id
+from voltgrid.registry.ids import is_learned_key, is_session_id, mint_session_id
 from voltgrid.registry.ownership import Membership
 from voltgrid.registry.records import SessionRecord, scoped_key
 from voltgrid.registry.scheduler import DeadlineScheduler
@@ -192,6 +192,19 @@ class SessionManager:
                 return self.session_for(fn, key, principal)
             # MCP ids are minted by the instance: one this gateway never saw cannot be woken.
             raise not_found(f"unknown MCP session {key!r}; initialize a new one", "session_not_found")
+        if fn.affinity is Affinity.A2A:
+            # A client may open a context under an id of its choosing: a new session keyed by it,
+            # whose storage directory gets an id minted here (a context id is not a path segment).
+            if not is_learned_key(key):
+                raise bad_request("malformed A2A context id", "bad_session_id")
+            promoted = self.promote(fn.key, key)
+            if promoted is not None:
+                return self.session_for(fn, key, principal)
+            if admit is not None:
+                admit()
+            record = self.create_session(fn, key, storage_id=mint_session_id())
+            record.principal = principal
+            return record
         if not is_session_id(key):
             raise bad_request(
                 "session ids are lowercase letters, digits and '-', at most 63 characters", "bad_session_id"

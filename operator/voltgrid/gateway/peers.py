@@ -104,6 +104,29 @@ class Peers:
                 total[instance_id] = total.get(instance_id, 0) + n
         return total
 
+    async def a2a_context(self, function: str, task_id: str) -> str | None:
+        """The context of A2A task ``task_id`` as another replica learned it (all asked at once)."""
+
+        async def one(peer: str) -> str | None:
+            try:
+                async with (
+                    asyncio.timeout(INTERNAL_TIMEOUT),
+                    self._http.get(
+                        f"{peer}{INTERNAL_PREFIX}/a2a/task",
+                        params={"function": function, "task": task_id},
+                        headers=self._headers,
+                    ) as resp,
+                ):
+                    body = await resp.json(content_type=None) if resp.status == 200 else {}
+                    context = body.get("context") if isinstance(body, dict) else None
+                    return context if isinstance(context, str) else None
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                logger.warning("asking %s for an A2A task failed: %s", peer, e)
+                return None
+
+        found = await asyncio.gather(*(one(p) for p in self._membership.peers()))
+        return next((context for context in found if context), None)
+
     async def touch(self, peer: str, function: str, key: str) -> bool:
         return await self._post(peer, "/touch", {"function": function, "key": key})
 

@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from voltgrid.api import constants
+from voltgrid.api.function import Affinity
 from voltgrid.backends.base import BackendError, ControlPlaneUnavailableError
-from voltgrid.gateway import tracing
+from voltgrid.gateway import a2a, tracing
 from voltgrid.gateway.affinity import session_key
 from voltgrid.gateway.core import Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, error_body, not_found
@@ -77,7 +78,12 @@ class Pipeline:
             return
         route(gw, request)
         authenticate(request)
-        affinity(request)
+        fn = request.function
+        if fn is not None and fn.affinity is Affinity.A2A:
+            if not await a2a_affinity(gw, request):
+                return
+        else:
+            affinity(request)
         key = request.key
         if (
             key is None
@@ -183,6 +189,29 @@ def authenticate(request: Request) -> None:
     fn = request.function
     if fn is not None and fn.verifier is not None:
         request.claims = fn.verifier.verify(request.headers.get("Authorization"))
+
+
+async def a2a_affinity(gw: Gateway, request: Request) -> bool:
+    """An A2A request's session key, read from its JSON-RPC body (:mod:`voltgrid.gateway.a2a`): its
+    context, or the context its task was seen in (here, else on another replica). False when the
+    request was answered here: a task no replica knows is A2A's "task not found" (-32001)."""
+    fn = request.function
+    assert fn is not None
+    if request.method != "POST":
+        return True  # the agent card and other reads: no conversation (request.a2a stays None)
+    routing = a2a.request_routing(await request.body.read_all(gw.settings.max_body_bytes))
+    request.a2a = routing
+    key = routing.context_id
+    if key is None and routing.task_id is not None:
+        key = gw.task_contexts(fn.key).context_of(routing.task_id)
+        if key is None and gw.peers is not None:
+            key = await gw.peers.a2a_context(fn.key, routing.task_id)
+        if key is None:
+            body = a2a.jsonrpc_error_body(None, a2a.TASK_NOT_FOUND, f"task {routing.task_id!r} not found")
+            request.conn.send_response(request, 200, _JSON, body)
+            return False
+    request.key = key
+    return True
 
 
 def affinity(request: Request) -> None:

@@ -59,6 +59,8 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 OnResponse = Callable[[UpstreamResponse], Awaitable[list[tuple[str, str]]]]
 #: Called with the ``data`` of the SSE ``endpoint`` event; returns the data to send instead.
 OnSseEndpoint = Callable[[str], Awaitable[str]]
+#: Called with each piece of a streamed answer before it goes to the client (it may not change it).
+OnChunk = Callable[[bytes], Awaitable[None]]
 
 
 class UpstreamConnectError(GatewayError):
@@ -183,6 +185,7 @@ async def relay(
     connect_timeout: float | None = None,
     on_response: OnResponse | None = None,
     on_sse_endpoint: OnSseEndpoint | None = None,
+    on_chunk: OnChunk | None = None,
 ) -> None:
     """Send ``request`` to ``target`` at ``path`` and stream the answer back to the client."""
     body = request.body
@@ -222,6 +225,7 @@ async def relay(
                 max_stream=max_stream,
                 on_response=on_response,
                 on_sse_endpoint=on_sse_endpoint,
+                on_chunk=on_chunk,
             )
         finally:
             conn.finish(response)
@@ -300,6 +304,7 @@ async def _answer(
     max_stream: float,
     on_response: OnResponse | None,
     on_sse_endpoint: OnSseEndpoint | None,
+    on_chunk: OnChunk | None,
 ) -> None:
     client = request.conn
     traffic.status = response.status
@@ -315,7 +320,7 @@ async def _answer(
         return
     client.on_lost = conn.abort  # a client that leaves ends the upstream's stream too
     try:
-        await _pump(request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None)
+        await _pump(request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None, on_chunk)
     finally:
         client.on_lost = None
 
@@ -326,6 +331,7 @@ async def _pump(
     traffic: Traffic,
     max_stream: float,
     on_sse_endpoint: OnSseEndpoint | None,
+    on_chunk: OnChunk | None,
 ) -> None:
     client = request.conn
     is_sse = response.is_sse
@@ -337,6 +343,8 @@ async def _pump(
                 client.write(prelude)
             while chunk := await response.read():
                 traffic.bytes_out += len(chunk)
+                if on_chunk is not None:
+                    await on_chunk(chunk)
                 client.write(chunk)
                 if client.writing_paused:
                     await client.drain()
