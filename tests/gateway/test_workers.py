@@ -51,6 +51,11 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
             proc.wait()
 
 
+def workers_of(pid: int) -> list[int]:
+    """The supervisor's child processes (its workers)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 async def get_json(url: str, **kwargs: object) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http, http.get(url, **kwargs) as r:  # type: ignore[arg-type]
         return r.status, await r.json(content_type=None)
@@ -72,7 +77,7 @@ async def test_a_session_keeps_its_instance_whichever_worker_answers(two_workers
     base, _ = two_workers
     await wait_ready(base)
     seen: dict[str, set[str]] = {}
-    for round_ in range(8):
+    for _ in range(8):
         for sid in ("s-one", "s-two", "s-three", "s-four"):
             status, body = await get_json(f"{base}/fn/default/echo/whoami", headers={"X-Voltgrid-Session": sid})
             assert status == 200, body
@@ -90,12 +95,12 @@ async def test_the_session_api_agrees_across_workers_and_a_killed_worker_comes_b
     for _ in range(6):  # new connections: both workers answer, the owner's record is the one
         status, body = await get_json(f"{api}/s-api", headers=ADMIN)
         assert status == 200 and body["sessionId"] == "s-api"
-    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    children = workers_of(proc.pid)
     assert len(children) == 2
     os.kill(children[0], signal.SIGKILL)
     async with asyncio.timeout(20):
         while True:  # the supervisor starts it again; meanwhile the other worker serves
-            now = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            now = workers_of(proc.pid)
             if len(now) == 2 and children[0] not in now:
                 break
             await asyncio.sleep(0.2)

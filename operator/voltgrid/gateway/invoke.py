@@ -122,29 +122,14 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
         return
     ending = False
 
-    async def learn_a2a(learned: a2a.Learned) -> None:
-        """Remember the answer's tasks; a new conversation's session becomes its context's."""
-        assert exchange.record is not None
-        if learned.tasks:
-            gw.task_contexts(fn.key).remember(learned)
-        context = learned.context_id
-        if exchange.minted and context and is_learned_key(context) and context != exchange.record.key:
-            exchange.record = await lifecycle.learn(exchange.record, context)
-
-    scanner = a2a.StreamScanner() if fn.affinity is Affinity.A2A else None
-
-    async def on_chunk(chunk: bytes) -> None:
-        assert scanner is not None
-        learned = scanner.feed(chunk)
-        if learned is not a2a.NOTHING:
-            await learn_a2a(learned)
+    learner = _A2ALearner(gw, fn, exchange) if fn.affinity is Affinity.A2A else None
 
     async def on_response(upstream: UpstreamResponse) -> list[tuple[str, str]]:
         nonlocal ending
         assert exchange.record is not None
-        if fn.affinity is Affinity.A2A:
+        if learner is not None:
             if upstream.body is not None:
-                await learn_a2a(a2a.learn_from_result(upstream.body))
+                await learner.learn(a2a.learn_from_result(upstream.body))
             return []
         if fn.affinity is Affinity.MCP:
             raw = upstream.header(_MCP_SESSION_HEADER)
@@ -178,13 +163,38 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             max_stream=settings.max_stream_duration,
             on_response=on_response,
             on_sse_endpoint=on_sse_endpoint if learn_sse else None,
-            on_chunk=on_chunk if scanner is not None else None,
+            on_chunk=learner.on_chunk if learner is not None else None,
         )
     finally:
         if gone is not None:
             await gone.stream_ended()
     if ending and exchange.record is not None:
         lifecycle.end_session(exchange.record, "deleted")
+
+
+class _A2ALearner:
+    """What an A2A answer teaches, applied as it passes: its tasks are remembered, and a new
+    conversation's session becomes its context's (the id the agent minted)."""
+
+    def __init__(self, gw: Gateway, fn: FunctionEntry, exchange: Exchange) -> None:
+        self._gw = gw
+        self._fn = fn
+        self._exchange = exchange
+        self._scanner = a2a.StreamScanner()
+
+    async def learn(self, learned: a2a.Learned) -> None:
+        exchange = self._exchange
+        assert exchange.record is not None and self._gw.lifecycle is not None
+        if learned.tasks:
+            self._gw.task_contexts(self._fn.key).remember(learned)
+        context = learned.context_id
+        if exchange.minted and context and is_learned_key(context) and context != exchange.record.key:
+            exchange.record = await self._gw.lifecycle.learn(exchange.record, context)
+
+    async def on_chunk(self, chunk: bytes) -> None:
+        learned = self._scanner.feed(chunk)
+        if learned is not a2a.NOTHING:
+            await self.learn(learned)
 
 
 class _ClientGone:

@@ -330,6 +330,7 @@ async def _pump(
     response: UpstreamResponse,
     traffic: Traffic,
     max_stream: float,
+    *,
     on_sse_endpoint: OnSseEndpoint | None,
     on_chunk: OnChunk | None,
 ) -> None:
