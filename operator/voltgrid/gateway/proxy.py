@@ -320,7 +320,14 @@ async def _answer(
         return
     client.on_lost = conn.abort  # a client that leaves ends the upstream's stream too
     try:
-        await _pump(request, response, traffic, max_stream, on_sse_endpoint if response.is_sse else None, on_chunk)
+        await _pump(
+            request,
+            response,
+            traffic,
+            max_stream,
+            on_sse_endpoint=on_sse_endpoint if response.is_sse else None,
+            on_chunk=on_chunk,
+        )
     finally:
         client.on_lost = None
 
