@@ -106,7 +106,10 @@ def wrk(
         cmd += ["-H", header]
     if script:
         cmd += ["-s", str(script)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"wrk exited {done.returncode} against {url}:\n{done.stdout}{done.stderr}")
+    out = done.stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")

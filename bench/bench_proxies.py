@@ -102,7 +102,7 @@ class Processes:
         self.tmp = tmp
         #: Each tool's path (nginx and haproxy live in /usr/sbin, which a non-root PATH may lack).
         self.tools = tools
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.started: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, argv: Sequence[str], port: int) -> subprocess.Popen[bytes] | None:
         """Starts ``argv`` and waits until it listens on ``port``; None when it exited first (its
@@ -110,24 +110,34 @@ class Processes:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.started.append(proc)
+        self.started[name] = proc
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                del self.started[name]  # nothing left to stop
                 return None
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
                 return proc
             time.sleep(0.05)
-        raise RuntimeError(f"{name} does not listen on {port} after {START_TIMEOUT_S} s: see {log}")
+        raise RuntimeError(f"{name} does not listen on {port} after {START_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
     def need(self, name: str, argv: Sequence[str], port: int) -> None:
         """Starts ``argv`` as :meth:`start`, failing with its output when it exits instead."""
         if self.start(name, argv, port) is None:
             raise RuntimeError(f"{name} exited at start:\n{(self.tmp / f'{name}.log').read_text()}")
 
+    def exited(self) -> str:
+        """Which processes exited while they should be serving, with their output's end: why a wrk run
+        failed, most of the time."""
+        return "\n".join(
+            f"{name} exited ({proc.returncode}): {(self.tmp / f'{name}.log').read_text()[-2000:]}"
+            for name, proc in self.started.items()
+            if proc.poll() is not None
+        )
+
     def stop_all(self) -> None:
-        for proc in reversed(self.started):  # proxies first, then the upstream
+        for proc in reversed(self.started.values()):  # proxies first, then the upstream
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -477,6 +487,8 @@ def main() -> None:
                 script=paced_script,
                 paced=True,
             )
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{procs.exited() or 'every process it started is still running'}") from e
         finally:
             procs.stop_all()
     print_tables(rows, paced, bodies)
