@@ -444,8 +444,8 @@ def main() -> None:
     one_worker_connections = (10, 64) if args.quick else ONE_WORKER_CONNECTIONS
     print(machine())
     print(
-        f"# wrk, the upstream nginx and the proxy share this machine's {os.cpu_count()} CPUs: the figures are "
-        "noisy and move between runs; compare only ratios within one run."
+        f"# wrk, the upstream nginx and the proxy share this machine's {os.cpu_count()} CPUs (and any other work: "
+        "see the load average): the figures are noisy, the p99s most; compare ratios within one run only."
     )
     print(f"# {duration} s per wrk run, best of {args.rounds} round(s); latencies in ms (wrk --latency)")
     with tempfile.TemporaryDirectory(prefix="bench-proxies-") as tmp_name:
