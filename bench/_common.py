@@ -1,5 +1,5 @@
 """What every benchmark script shares: percentiles that say how many samples stand behind them,
-loopback ports, the machine line printed above the figures, and the "skipped" exit.
+loopback ports, the machine line printed above the figures, the "skipped" exit, and one wrk run.
 
 A script that cannot run here (no cluster given, a tool missing) calls :func:`skip`: it prints one
 line saying what and why and exits with :data:`SKIPPED`, which ``bench/run_all.py`` (``make bench``)
@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import socket
+import subprocess
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final, NoReturn
 
 #: Exit status of a benchmark that did not run here (EX_UNAVAILABLE).
@@ -68,3 +72,59 @@ def wait_port(port: int, timeout: float = 20) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port}")
+
+
+#: wrk's latency units, in milliseconds.
+WRK_UNITS: Final = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one wrk run measured: requests per second, latency percentiles in ms, and the requests that
+    did not succeed (an answer other than 2xx/3xx, or a socket error: a figure with these is suspect)."""
+
+    rps: float
+    p50: float
+    p99: float
+    non_2xx: int
+    socket_errors: int
+
+
+def wrk(
+    url: str,
+    connections: int,
+    duration: int,
+    *,
+    threads: int = 1,
+    header: str | None = None,
+    script: Path | None = None,
+) -> WrkRun:
+    """Runs wrk (``--latency``, for the percentiles) against ``url``; ``header`` is ``Name: value``,
+    ``script`` a Lua file (e.g. one setting ``wrk.headers``)."""
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if header:
+        cmd += ["-H", header]
+    if script:
+        cmd += ["-s", str(script)]
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"wrk exited {done.returncode} against {url}:\n{done.stdout}{done.stderr}")
+    out = done.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
+    latency = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if m is None:
+            raise RuntimeError(f"no {pct}% latency in wrk's output:\n{out}")
+        latency[pct] = float(m.group(1)) * WRK_UNITS[m.group(2)]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return WrkRun(
+        rps=float(rps.group(1)),
+        p50=latency["50"],
+        p99=latency["99"],
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )

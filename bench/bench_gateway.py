@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,35 +30,13 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import free_port, machine, tail, wait_port
+from _common import WrkRun, free_port, machine, tail, wait_port, wrk
 
 HERE = Path(__file__).parent
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 HEADER = ("X-Voltgrid-Session", "bench-session-1")
 #: Untimed requests per target before any measurement: connections, pools, the session bound.
 WARMUP_REQUESTS = 200
 WARMUP_WRK_S = 2
-
-
-def wrk(url: str, connections: int, duration: int, header: str | None) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    if header:
-        cmd[1:1] = ["-H", header]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rps, out
-    lat = {}
-    for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
-        assert m, out
-        lat[pct] = float(m.group(1)) * UNITS[m.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "p50": lat["50"],
-        "p99": lat["99"],
-        "errors": float(errors.group(1)) if errors else 0.0,
-    }
 
 
 async def paired(direct: str, gateway: str, requests: int, concurrency: int) -> tuple[list[float], list[float]]:
@@ -95,20 +72,20 @@ async def paired(direct: str, gateway: str, requests: int, concurrency: int) -> 
 def throughput(targets: dict[str, str], duration: int, rounds: int) -> None:
     header = f"{HEADER[0]}: {HEADER[1]}"
     for url in targets.values():  # every side warmed the same way before timing
-        wrk(url, 10, WARMUP_WRK_S, header)
+        wrk(url, 10, WARMUP_WRK_S, header=header)
     print(f"{'target':<9}{'conc':>6}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}  (best of {rounds} rounds)")
     for connections in (10, 200):
-        best: dict[str, dict[str, float]] = {}
+        best: dict[str, WrkRun] = {}
         for _ in range(rounds):  # alternate the targets so a slow moment of the machine hits all of them
             for name, url in targets.items():
-                r = wrk(url, connections, duration, header if name == "gateway" else None)
-                if name not in best or r["rps"] > best[name]["rps"]:
+                r = wrk(url, connections, duration, header=header if name == "gateway" else None)
+                if name not in best or r.rps > best[name].rps:
                     best[name] = r
         for name, r in best.items():
-            print(f"{name:<9}{connections:>6}{r['rps']:>11,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>9.0f}")
+            print(f"{name:<9}{connections:>6}{r.rps:>11,.0f}{r.p50:>9.2f}{r.p99:>9.2f}{r.non_2xx:>9}")
         print(
-            f"  -> gateway/direct throughput {best['gateway']['rps'] / best['direct']['rps']:.2f}, "
-            f"gateway/bare-aiohttp-relay {best['gateway']['rps'] / best['bare']['rps']:.2f} (goal >= 5000 req/s)"
+            f"  -> gateway/direct throughput {best['gateway'].rps / best['direct'].rps:.2f}, "
+            f"gateway/bare-aiohttp-relay {best['gateway'].rps / best['bare'].rps:.2f} (goal >= 5000 req/s)"
         )
 
 

@@ -52,6 +52,7 @@ BENCHES: Final = (
         ["--requests", "2000", "--duration", "5", "--rounds", "2"],
         ["--requests", "20", "--concurrency", "2", "--no-throughput"],
     ),
+    Bench("bench_proxies.py", ["--duration", "5"], ["--quick"]),
     Bench(
         "bench_triggers.py", ["--n", "5000", "--latency-n", "300"], ["--n", "50", "--latency-n", "5", "--rounds", "1"]
     ),

@@ -4,7 +4,11 @@
 # binary, busybox-static and python3 for the Python image), the network tools the kubelet and
 # kube-proxy call, and the message brokers the trigger tests consume from (rabbitmq-server,
 # redis-server: tests/brokers.py starts private ones on loopback; the packages' own services, if
-# the package starts them, use other ports and are left alone). Only missing packages are installed; `apt-get update` runs once, when needed.
+# the package starts them, use other ports and are left alone), and what bench/bench_proxies.py
+# compares the gateway with and loads it by (nginx-light, haproxy, wrk: the benchmark starts private
+# ones on loopback from configurations in a temp dir; nginx's own service, if the package starts it,
+# listens on :80, which nothing here uses, and is left alone). Only missing packages are installed;
+# `apt-get update` runs once, when needed.
 # The Kubernetes binaries themselves come from build-k8s.sh (Go module), not from here. Services the
 # packages may start (etcd on :2379, containerd on /run/containerd) do not clash with the harness's
 # own ports, sockets and state dir, so they are left alone.
@@ -15,6 +19,7 @@ packages=(
   umoci skopeo gcc libc6-dev busybox-static python3.11 ca-certificates
   ipset conntrack iptables iproute2 socat util-linux mount curl openssl
   rabbitmq-server redis-server
+  nginx-light haproxy wrk
 )
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: needs root (apt-get)" >&2; exit 1; }
 
