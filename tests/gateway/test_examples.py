@@ -164,7 +164,7 @@ def test_loading_every_example_serves_the_functions_and_names_what_it_skips(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     functions = load_functions(sorted(EXAMPLES.glob("*.yaml")))
-    assert sorted(f.metadata.name or "" for f in functions) == ["a2a-agent", "echo", "notes", "sse-agent"]
+    assert sorted(f.metadata.name or "" for f in functions) == ["a2a-agent", "echo", "grpc-echo", "notes", "sse-agent"]
     assert "skipping Sandbox interpreter: the gateway serves Functions only" in caplog.text
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just a string\n")

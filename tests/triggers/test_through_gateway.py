@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from trighelpers import wait_until
 
 from bgtask import background

@@ -29,6 +29,7 @@ from voltgrid.gateway import internal, session_api
 from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, error_response
+from voltgrid.gateway.grpc import GrpcFront
 from voltgrid.gateway.http1 import ClientConnection, ConnectionGuard
 from voltgrid.gateway.pipeline import Pipeline
 from voltgrid.gateway.proxy import Target
@@ -120,6 +121,7 @@ class GatewayServer:
         self._servers: list[asyncio.Server] = []
         self._dir: Path | None = None
         self._connections: set[ClientConnection] = set()
+        self._grpc: GrpcFront | None = None
 
     async def start(self, host: str | None = None, port: int | None = None, *, reuse_port: bool = False) -> None:
         """Start the gateway and listen on ``host:port`` (the settings' by default)."""
@@ -132,8 +134,10 @@ class GatewayServer:
         guard = ConnectionGuard(self.settings)
         connections = self._connections
 
+        grpc = self._grpc = GrpcFront(self.gateway)
+
         def connection() -> ClientConnection:
-            conn = ClientConnection(guard, pipeline, on_close=connections.discard)
+            conn = ClientConnection(guard, pipeline, upgrade_h2=grpc.take_over, on_close=connections.discard)
             connections.add(conn)
             return conn
 
@@ -162,6 +166,9 @@ class GatewayServer:
             for conn in list(self._connections):
                 conn.abort()
             self._servers = []
+        if self._grpc is not None:
+            await self._grpc.close()
+            self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

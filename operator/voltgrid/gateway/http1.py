@@ -308,7 +308,8 @@ class ClientConnection(asyncio.Protocol):
         self._body: RequestBody | None = None
         self._queue: collections.deque[Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
-        self._first = True
+        #: The connection's first bytes while they may still be HTTP/2's preface (None: decided).
+        self._sniff: bytes | None = b"" if upgrade_h2 is not None else None
         self._head_since: float | None = None
         self._last_rx = 0.0
         self._check_handle: asyncio.TimerHandle | None = None
@@ -367,12 +368,13 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.upgrade_rest += data
             return
-        if self._first:
-            self._first = False
-            if self._upgrade_h2 is not None and data.startswith(H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
-                self._set_head_pending(None)
-                if self._check_handle is not None:
-                    self._check_handle.cancel()
+        if self._sniff is not None:  # the connection's first bytes: HTTP/2's preface, or HTTP/1.1
+            data = self._sniff + data
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                self._sniff = data  # too few bytes to tell yet
+                return
+            self._sniff = None
+            if self._upgrade_h2 is not None and data.startswith(H2_PREFACE):
                 self._upgrade_h2(self, data)
                 return
         if self._lingering:
@@ -501,6 +503,18 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = LINGER_BYTES
         self.resume_body()
         self._loop.call_later(LINGER_SECONDS, self._close)
+
+    def hand_over(self) -> asyncio.Transport | None:
+        """Give the connection to another protocol (HTTP/2): this one lets go of it and its timers."""
+        transport = self.transport
+        self.transport = None
+        self._set_head_pending(None)
+        if self._check_handle is not None:
+            self._check_handle.cancel()
+            self._check_handle = None
+        if self._on_close is not None:
+            self._on_close(self)
+        return transport
 
     @property
     def busy(self) -> bool:

@@ -1,0 +1,154 @@
+"""gRPC through the gateway: HTTP/2 (h2c) calls get the same steps as HTTP/1.1 requests.
+
+A client connection that opens with the HTTP/2 preface is handed from the HTTP/1.1 protocol to
+:class:`~voltgrid.gateway.h2relay.H2ServerProtocol`, and each gRPC call (one stream) goes through:
+the function (``x-voltgrid-function: <namespace>/<name>`` metadata, else the default function),
+its JWT policy (``authorization`` metadata; a refusal is UNAUTHENTICATED), its session key (the
+Function's affinity header as metadata, e.g. ``x-voltgrid-session``; Header affinity only, as
+cookies and MCP/A2A ids have no gRPC form), ownership (a call for a session another replica or
+worker owns is relayed to it, once), placement on the session's instance (cold start, budget and
+queue as for HTTP), and the relay over HTTP/2 to the instance (:func:`relay_grpc`: the four kinds of
+call, ``grpc-timeout`` passed on and enforced, cancellation passed through). Gateway failures are a
+gRPC status in trailers (one table: :func:`~voltgrid.gateway.h2relay.grpc_code_for`).
+
+Plain (non-gRPC) HTTP/2 requests are refused with 505: instances are reached over HTTP/1.1 for
+those, and the gateway does not translate one into the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+from multidict import CIMultiDict
+
+from voltgrid.api.function import Affinity
+from voltgrid.gateway.access import principal_of
+from voltgrid.gateway.core import Gateway
+from voltgrid.gateway.errors import GatewayError, bad_request, not_found
+from voltgrid.gateway.forward import CLIENT_HEADER, is_forwarded
+from voltgrid.gateway.functions import FunctionEntry
+from voltgrid.gateway.h2relay import H2Limits, H2ServerProtocol, H2Stream, H2Upstream, is_grpc, relay_grpc
+from voltgrid.gateway.http1 import ClientConnection
+from voltgrid.gateway.invoke import SESSION_ID_HEADER
+from voltgrid.gateway.peers import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
+from voltgrid.gateway.proxy import Traffic, target_of
+
+#: Metadata naming the function a call invokes (gRPC paths are ``/package.Service/Method``).
+FUNCTION_METADATA: Final = "x-voltgrid-function"
+#: Seconds HTTP/2 connections get to finish their calls when the gateway stops.
+SHUTDOWN_GRACE: Final = 5.0
+_INTERNAL: Final = frozenset({FORWARDED_HEADER.lower(), INTERNAL_TOKEN_HEADER.lower(), CLIENT_HEADER.lower()})
+
+
+class GrpcFront:
+    """The HTTP/2 side of one gateway process."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.pool = H2Upstream()
+        settings = gateway.settings
+        self.limits = H2Limits(max_body_bytes=settings.max_body_bytes, idle_timeout=settings.upstream_timeout)
+        self._connections: set[H2ServerProtocol] = set()
+
+    def take_over(self, conn: ClientConnection, initial: bytes) -> None:
+        """Serve HTTP/2 on a connection whose first bytes were the preface."""
+        transport = conn.hand_over()
+        if transport is not None:
+            protocol = H2ServerProtocol.take_over(transport, self.handle, initial, self.limits)
+            self._connections.add(protocol)
+            asyncio.ensure_future(protocol.wait_closed()).add_done_callback(
+                lambda _: self._connections.discard(protocol)
+            )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close(SHUTDOWN_GRACE) for c in list(self._connections)), return_exceptions=True)
+        await self.pool.close()
+
+    async def handle(self, stream: H2Stream) -> None:
+        if not is_grpc(stream):
+            raise GatewayError(505, "http2_grpc_only", "HTTP/2 is served for gRPC calls; use HTTP/1.1 for others")
+        gw = self.gateway
+        fn = self._function(stream)
+        claims = fn.verifier.verify(stream.header("authorization")) if fn.verifier is not None else None
+        key = stream.header(fn.header.lower()) if fn.affinity is Affinity.HEADER else None
+        if key is not None and (len(key) > 256 or not key.isprintable() or not key.isascii()):
+            raise bad_request("malformed session id", "bad_session_id")
+        token = gw.settings.internal_token
+        forwarded = is_forwarded(CIMultiDict(stream.headers), token)
+        headers = [(n, v) for n, v in stream.headers if n not in _INTERNAL]
+        if key and not forwarded and not gw.membership.is_owner(key):
+            owner = target_of(gw.membership.owner(key))
+            gw.metrics.forwarded.labels("ok").inc()
+            hop = [(FORWARDED_HEADER.lower(), token), (CLIENT_HEADER.lower(), stream.peer)]
+            await relay_grpc(
+                stream, self.pool, owner.host, owner.port or 80, stream.path, headers=headers, extra_headers=hop
+            )
+            return
+        principal = principal_of(claims) if claims is not None else None
+        await self._invoke(stream, fn, key, principal, headers)
+
+    def _function(self, stream: H2Stream) -> FunctionEntry:
+        gw = self.gateway
+        name = stream.header(FUNCTION_METADATA) or gw.settings.default_function
+        fn = gw.catalog.get(name) if name else None
+        if fn is None:
+            raise not_found(f"no function to invoke: set {FUNCTION_METADATA} metadata", "function_not_found")
+        return fn
+
+    async def _invoke(
+        self,
+        stream: H2Stream,
+        fn: FunctionEntry,
+        key: str | None,
+        principal: str | None,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        gw = self.gateway
+        manager = gw.manager
+        t0 = time.perf_counter()
+        traffic = Traffic()
+        traffic.status = 200
+        if fn.affinity is Affinity.NONE:
+            instance, _ = await manager.least_loaded(fn)
+            counted = manager.begin_request(instance)
+            try:
+                await self._relay(stream, instance.url, headers, [])
+            finally:
+                manager.end_request(counted)
+                gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, 0, 0)
+            return
+        client = (
+            principal
+            or (
+                stream.header(CLIENT_HEADER)
+                if is_forwarded(CIMultiDict(stream.headers), gw.settings.internal_token)
+                else None
+            )
+            or stream.peer
+        )
+
+        def admit() -> None:
+            gw.mint_limiter.take(fn.key, client)
+
+        if key is None:
+            admit()
+            record = await manager.new_session(fn, principal)
+        else:
+            record = manager.session_for(fn, key, principal, admit)
+        instance, _ = await manager.instance_for(fn, record)
+        manager.begin(record)
+        try:
+            await self._relay(stream, instance.url, headers, [(SESSION_ID_HEADER.lower(), record.storage_id)])
+        finally:
+            manager.end(record, traffic)
+            gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, 0, 0)
+
+    async def _relay(
+        self, stream: H2Stream, url: str, headers: list[tuple[str, str]], extra: list[tuple[str, str]]
+    ) -> None:
+        target = target_of(url)
+        await relay_grpc(
+            stream, self.pool, target.host, target.port or 80, stream.path, headers=headers, extra_headers=extra
+        )
