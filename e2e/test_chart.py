@@ -16,11 +16,16 @@ import shutil
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import httpx2
 import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.types.a2a_pb2 import AgentCard, AgentInterface, Message, Part, Role, SendMessageRequest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -376,6 +381,54 @@ async def test_mcp_sessions_across_two_gateway_pods(cluster: Any) -> None:
             await asyncio.sleep(1)
     finally:
         run(cluster, "kubectl", "delete", "namespace", MCP_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
+PROTOCOLS_NS = "vg-protocols"
+
+
+def a2a_card(url: str) -> AgentCard:
+    """The A2A agent's card as a client configures it: the JSON-RPC binding at ``url``."""
+    interface = AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
+    return AgentCard(name="counter", version="1.0", supported_interfaces=[interface])
+
+
+async def a2a_say(url: str, text: str, context: str = "") -> tuple[str, str]:
+    """One message with the official a2a-sdk client: (the agent's answer, its context id)."""
+    message = Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text=text)], context_id=context)
+    http = httpx.AsyncClient(timeout=240)  # a cold start under gVisor
+    client = await create_client(a2a_card(url), ClientConfig(streaming=False, httpx_client=http))
+    async with http, client:
+        events = [event async for event in client.send_message(SendMessageRequest(message=message))]
+    task = events[-1].task
+    return task.status.message.parts[0].text, task.context_id
+
+
+@pytest.mark.timeout(600)
+async def test_grpc_and_a2a_examples_across_two_gateway_pods(cluster: Any) -> None:
+    """The gRPC example with grpcio and the A2A example with the a2a-sdk client, each conversation
+    begun on one gateway pod and continued on the other: the same instance answers, and counts on."""
+    ok(run(cluster, "kubectl", "create", "namespace", PROTOCOLS_NS))
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", PROTOCOLS_NS, "voltgrid.dev/enabled=true"))
+        for example in ("examples/grpc-echo.yaml", "examples/a2a-agent.yaml"):
+            ok(run(cluster, "kubectl", "apply", "-n", PROTOCOLS_NS, "-f", example))
+        ready = ["--for=condition=Ready", "--timeout=120s"]
+        ok(run(cluster, "kubectl", "wait", "-n", PROTOCOLS_NS, "function/grpc-echo", "function/a2a-agent", *ready))
+        first, second = gateway_pod_ips(cluster)
+        md = (("x-voltgrid-function", f"{PROTOCOLS_NS}/grpc-echo"), ("x-voltgrid-session", "s-e2e"))
+        unary = "/voltgrid.example.Echo/Unary"
+        async with grpc.aio.insecure_channel(f"{first}:8080") as a, grpc.aio.insecure_channel(f"{second}:8080") as b:
+            opened = (await a.unary_unary(unary)(b"hi", metadata=md, timeout=240)).decode()
+            instance = opened.split(":")[0]
+            assert opened == f"{instance}:1:hi"
+            assert (await b.unary_unary(unary)(b"yo", metadata=md, timeout=60)).decode() == f"{instance}:2:yo"
+        base = f"fn/{PROTOCOLS_NS}/a2a-agent/"
+        said, context = await a2a_say(f"http://{first}:8080/{base}", "hello")
+        again, same = await a2a_say(f"http://{second}:8080/{base}", "again", context)
+        assert same == context and said.startswith("message 1 ") and again.startswith("message 2 "), (said, again)
+        assert said.rsplit(" ", 1)[1] == again.rsplit(" ", 1)[1]  # the same instance
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", PROTOCOLS_NS, "--ignore-not-found", "--wait=true", timeout=300)
 
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
