@@ -3,6 +3,7 @@
     python bench/_gateway_server.py upstream PORT
     python bench/_gateway_server.py gateway PORT UPSTREAM_URL [AFFINITY [WARM_POOL]] [--workers N]
     python bench/_gateway_server.py bare PORT UPSTREAM_URL
+    python bench/_gateway_server.py grpc-upstream PORT
 
 ``bare`` is the floor for any aiohttp-based proxy on the machine: one handler, one pooled client
 call, no routing, sessions, metrics or tracing.
@@ -10,12 +11,14 @@ call, no routing, sessions, metrics or tracing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
+import grpc
 import uvloop
 from aiohttp import web
 
@@ -61,6 +64,33 @@ def upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+GRPC_SERVICE = "voltgrid.bench.Echo"
+
+
+def grpc_upstream(port: int) -> None:
+    """A grpcio server: ``Unary`` echoes its message, ``Stream`` sends its message's count of 100-byte messages."""
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        for _ in range(int(request)):
+            yield b"x" * 100
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
 def bare(port: int, upstream_url: str) -> None:
     async def relay(request: web.Request) -> web.Response:
         async with request.app[CLIENT].get(upstream_url + request.path) as r:
@@ -99,7 +129,12 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int, workers
     )
     # Every request mints a session (no id sent): the per-client mint limit is off for the measurement.
     settings = GatewaySettings(
-        host="127.0.0.1", port=port, default_function="default/bench", session_mint_burst=0, workers=workers
+        host="127.0.0.1",
+        port=port,
+        default_function="default/bench",
+        session_mint_burst=0,
+        workers=workers,
+        internal_token=os.environ.get(f"{ENV_PREFIX}INTERNAL_TOKEN", ""),  # the supervisor's, shared
     )
     if index is not None:
         settings = settings.for_worker(int(index))
@@ -109,6 +144,8 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int, workers
 if __name__ == "__main__":
     if sys.argv[1] == "upstream":
         upstream(int(sys.argv[2]))
+    elif sys.argv[1] == "grpc-upstream":
+        grpc_upstream(int(sys.argv[2]))
     elif sys.argv[1] == "bare":
         bare(int(sys.argv[2]), sys.argv[3])
     else:

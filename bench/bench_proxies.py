@@ -34,6 +34,7 @@ difference of two distributions' tails, not of paired requests (bench_gateway.py
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -49,13 +50,16 @@ from shutil import which
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).parent))
+import grpc
+
 from _common import WrkRun, free_port, machine, skip, wrk
 
 HERE: Final = Path(__file__).parent
 TOOLS: Final = ("nginx", "haproxy", "wrk")
 INSTALL: Final = "apt-get install -y nginx-light haproxy wrk, or e2e/cluster/install-deps.sh"
 SESSION_HEADER: Final = "X-Voltgrid-Session"
-SESSION_ID: Final = "bench-session-1"
+SESSIONS: Final = 64
+SESSION_ID: Final = "bench-session"
 #: Path and size of each upstream body.
 BODIES: Final = {"/1k": 1024, "/64k": 64 * 1024}
 ONE_WORKER_CONNECTIONS: Final = (10, 64, 256)
@@ -412,13 +416,48 @@ def print_acceptance(
     print(f"gateway workers: 2 ≥ {TWO_WORKER_GOAL}x nginx with 2 workers: {workers}")
 
 
-def grpc_through_gateway() -> None:
-    """The gRPC part, to be filled in when the gateway's HTTP/2 path is merged: a grpcio server as
-    the upstream, the gateway in front (Header affinity, the session id in the call's metadata), and
-    a grpcio client loop timing unary calls and one server stream through the gateway and direct,
-    taking turns like the HTTP rows; printed as a table like theirs (calls/s, p50, p99, ratio to
-    direct). Until then it measures nothing and says so: no figure is printed for what did not run."""
-    print("\ngRPC: not measured yet — the gateway's HTTP/2 path is not merged")
+def grpc_through_gateway(procs: Processes, calls: int) -> list[str]:
+    """gRPC: a grpcio server as the upstream, the gateway in front (Header affinity: the session id in
+    the call's metadata), and a grpcio client timing ``calls`` unary calls (one at a time, then 50 in
+    flight) and one server stream of ``calls`` messages, direct and through the gateway."""
+    upstream_port, gateway_port = free_port(), free_port()
+    server = str(HERE / "_gateway_server.py")
+    procs.need("grpc-upstream", [sys.executable, server, "grpc-upstream", str(upstream_port)], upstream_port)
+    argv = [sys.executable, server, GATEWAY, str(gateway_port), f"http://127.0.0.1:{upstream_port}", "Header"]
+    procs.need("grpc-gateway", argv, gateway_port)
+    rows = [("direct", upstream_port), ("gateway, 1 worker", gateway_port)]
+    figures = {name: asyncio.run(_grpc_loop(port, calls)) for name, port in rows}
+    lines = [
+        "\n### gRPC (grpcio client, 100-byte messages)\n",
+        "| path | unary calls/s (1 in flight) | unary calls/s (50 in flight) | stream messages/s | x direct |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    direct = figures["direct"]
+    for name, (one, fifty, streamed) in figures.items():
+        ratio = f"{one / direct[0]:.2f} / {fifty / direct[1]:.2f} / {streamed / direct[2]:.2f}"
+        lines.append(f"| {name} | {one:,.0f} | {fifty:,.0f} | {streamed:,.0f} | {ratio} |")
+    return lines
+
+
+async def _grpc_loop(port: int, calls: int) -> tuple[float, float, float]:
+    metadata = (("x-voltgrid-session", "bench-grpc"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        unary = channel.unary_unary("/voltgrid.bench.Echo/Unary")
+        await unary(b"warm", metadata=metadata)
+        started = time.perf_counter()
+        for _ in range(calls):
+            await unary(b"x" * 100, metadata=metadata)
+        one = calls / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(calls // 50):
+            await asyncio.gather(*(unary(b"x" * 100, metadata=metadata) for _ in range(50)))
+        fifty = (calls // 50) * 50 / (time.perf_counter() - started)
+        started = time.perf_counter()
+        count = 0
+        async for _ in channel.unary_stream("/voltgrid.bench.Echo/Stream")(str(calls).encode(), metadata=metadata):
+            count += 1
+        streamed = count / (time.perf_counter() - started)
+    return one, fifty, streamed
 
 
 def tools() -> dict[str, str]:
@@ -452,7 +491,14 @@ def main() -> None:
         tmp = Path(tmp_name)
         tmp.chmod(0o755)  # nginx's workers run as another user when started by root: they read www/
         script = tmp / "session.lua"
-        script.write_text(f'wrk.headers["{SESSION_HEADER}"] = "{SESSION_ID}"\n')
+        # 64 sessions taken in turn: every proxy routes each to its place; with several gateway workers each
+        # owns some (one session would make one worker the owner of all traffic, the others its forwarders).
+        script.write_text(
+            f'local ids = {{}} for i = 1, {SESSIONS} do ids[i] = "{SESSION_ID}-" .. i end\n'
+            "local n = 0\n"
+            f'request = function() n = n + 1 wrk.headers["{SESSION_HEADER}"] = ids[n % {SESSIONS} + 1]'
+            " return wrk.format() end\n"
+        )
         paced_script = tmp / "session-paced.lua"
         paced_script.write_text(f"{script.read_text()}function delay() return {PACED_DELAY_MS} end\n")
         procs = Processes(tmp, paths)
@@ -487,13 +533,14 @@ def main() -> None:
                 script=paced_script,
                 paced=True,
             )
+            grpc_lines = grpc_through_gateway(procs, 200 if args.quick else 2000)
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n{procs.exited() or 'every process it started is still running'}") from e
         finally:
             procs.stop_all()
     print_tables(rows, paced, bodies)
     print_acceptance(rows, paced, bodies, gateway_two is not None)
-    grpc_through_gateway()
+    print("\n".join(grpc_lines))
 
 
 if __name__ == "__main__":
