@@ -16,7 +16,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voltgrid.gateway.settings import GatewaySettings
 
 BACKENDS = ("kubernetes", "local")
 
@@ -58,6 +61,17 @@ async def _kube_client() -> Any:
     return client.ApiClient()
 
 
+def _supervise(settings: GatewaySettings) -> int:
+    """Run this same command once per worker, and keep the workers running (voltgrid.gateway.workers)."""
+    from voltgrid.gateway.settings import ENV_PREFIX  # noqa: PLC0415
+    from voltgrid.gateway.workers import Supervisor  # noqa: PLC0415
+
+    command = [sys.executable, "-m", "voltgrid.cli.main", *sys.argv[1:]]
+    # Workers forward to each other: they share the internal token (generated if none was set).
+    shared = {f"{ENV_PREFIX}INTERNAL_TOKEN": settings.internal_token}
+    return Supervisor(command, settings.worker_count(), shared).run()
+
+
 def run(args: argparse.Namespace) -> int:
     import uvloop  # noqa: PLC0415
 
@@ -65,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from voltgrid.errors import VoltgridError  # noqa: PLC0415
     from voltgrid.gateway.app import run_gateway  # noqa: PLC0415
     from voltgrid.gateway.functions import load_functions  # noqa: PLC0415
-    from voltgrid.gateway.settings import ENV_PREFIX, GatewaySettings, load_settings  # noqa: PLC0415
+    from voltgrid.gateway.settings import GatewaySettings, load_settings  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -81,13 +95,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --backend local needs --functions FILE...", file=sys.stderr)
         return 2
     if settings.worker_count() > 1:
-        if settings.worker_index is None:  # the supervisor: runs this same command once per worker
-            from voltgrid.gateway.workers import Supervisor  # noqa: PLC0415
-
-            command = [sys.executable, "-m", "voltgrid.cli.main", *sys.argv[1:]]
-            # Workers forward to each other: they share the internal token (generated if none was set).
-            shared = {f"{ENV_PREFIX}INTERNAL_TOKEN": settings.internal_token}
-            return Supervisor(command, settings.worker_count(), shared).run()
+        if settings.worker_index is None:
+            return _supervise(settings)
         settings = settings.for_worker(settings.worker_index)
 
     async def main() -> None:
