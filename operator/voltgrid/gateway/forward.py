@@ -21,12 +21,11 @@ from voltgrid.gateway.proxy import (
     Traffic,
     Trust,
     UpstreamConnectError,
-    relay,
     target_of,
     trace_headers,
     upstream_headers,
 )
-from voltgrid.gateway.websocket import is_websocket, relay_websocket
+from voltgrid.gateway.websocket import relay_any
 
 #: The address of the client a forwarded request came from (trusted only with the internal token):
 #: the owner limits session minting per client (:mod:`voltgrid.gateway.ratelimit`).
@@ -82,30 +81,18 @@ async def forward(gw: Gateway, request: Request, key: str) -> bool:
         target = target_of(owner)
         traffic = Traffic()
         try:
-            if is_websocket(request):
-                await relay_websocket(
-                    gw.pool,
-                    request,
-                    target,
-                    request.raw_path,
-                    headers,
-                    traffic=traffic,
-                    header_timeout=settings.upstream_timeout,
-                    max_stream=settings.max_stream_duration,
-                )
-            else:
-                await relay(
-                    gw.pool,
-                    request,
-                    target,
-                    request.raw_path,
-                    headers,
-                    traffic=traffic,
-                    max_body=settings.max_body_bytes,
-                    header_timeout=settings.upstream_timeout + settings.cold_start_timeout,
-                    max_stream=settings.max_stream_duration,
-                    connect_timeout=settings.forward_connect_timeout,
-                )
+            await relay_any(
+                gw.pool,
+                request,
+                target,
+                request.raw_path,
+                headers,
+                traffic=traffic,
+                max_body=settings.max_body_bytes,
+                header_timeout=settings.upstream_timeout + settings.cold_start_timeout,  # the owner may cold start
+                max_stream=settings.max_stream_duration,
+                connect_timeout=settings.forward_connect_timeout,
+            )
         except UpstreamConnectError:
             gw.metrics.forwarded.labels("owner_unreachable").inc()
             gw.membership.suspect(owner)

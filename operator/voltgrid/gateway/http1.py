@@ -641,6 +641,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._guard.log.warning(self._loop.time(), "refused a request from %s: %s", self.peer, message)
+        self._answer_and_close(status, code, message)
+
+    def _answer_and_close(self, status: int, code: str, message: str) -> None:
+        """A JSON error answer (unless an answer already began), then the connection closes."""
         if self.transport is not None and not self.headers_sent:
             body = error_body(code, message)
             self.transport.write(
@@ -685,7 +689,7 @@ class ClientConnection(asyncio.Protocol):
             if now - self._head_since >= self._guard.header_timeout:
                 limit = self._guard.header_timeout
                 self._guard.log.warning(now, "closed a connection: no complete request head within %ss", limit)
-                self._refuse_quietly(408, "request_timeout", f"no complete request head within {limit}s")
+                self._answer_and_close(408, "request_timeout", f"no complete request head within {limit}s")
                 return
         elif body is not None and body.in_progress:
             if self._reading_paused:  # the gateway stopped reading: the client is not idle
@@ -699,16 +703,6 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self._schedule(now)
-
-    def _refuse_quietly(self, status: int, code: str, message: str) -> None:
-        if self.transport is not None and not self.headers_sent:
-            body = error_body(code, message)
-            self.transport.write(
-                status_line(status)
-                + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-                + body
-            )
-        self._close()
 
 
 class _HeadTooLarge(Exception):

@@ -27,9 +27,9 @@ from voltgrid.gateway.forward import client_address, client_trust
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.http1 import Request
 from voltgrid.gateway.lifecycle import Lifecycle
-from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, relay, target_of, trace_headers, upstream_headers
+from voltgrid.gateway.proxy import Traffic, UpstreamConnectError, target_of, trace_headers, upstream_headers
 from voltgrid.gateway.upstream import UpstreamResponse
-from voltgrid.gateway.websocket import is_websocket, relay_websocket
+from voltgrid.gateway.websocket import relay_any
 from voltgrid.registry.ids import is_learned_key
 from voltgrid.registry.records import SessionRecord
 
@@ -108,18 +108,6 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
     trace_headers(headers)
     target = target_of(instance.url)
     settings = gw.settings
-    if is_websocket(request):
-        await relay_websocket(
-            gw.pool,
-            request,
-            target,
-            request.tail,
-            headers,
-            traffic=exchange.traffic,
-            header_timeout=settings.upstream_timeout,
-            max_stream=settings.max_stream_duration,
-        )
-        return
     ending = False
 
     learner = _A2ALearner(gw, fn, exchange) if fn.affinity is Affinity.A2A else None
@@ -151,7 +139,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
     gone = _ClientGone(request, exchange, lifecycle) if learn_sse else None
     try:
-        await relay(
+        await relay_any(
             gw.pool,
             request,
             target,
@@ -247,29 +235,17 @@ async def _invoke_shared(gw: Gateway, request: Request, fn: FunctionEntry) -> No
         trace_headers(headers)
         target = target_of(instance.url)
         try:
-            if is_websocket(request):
-                await relay_websocket(
-                    gw.pool,
-                    request,
-                    target,
-                    request.tail,
-                    headers,
-                    traffic=traffic,
-                    header_timeout=settings.upstream_timeout,
-                    max_stream=settings.max_stream_duration,
-                )
-            else:
-                await relay(
-                    gw.pool,
-                    request,
-                    target,
-                    request.tail,
-                    headers,
-                    traffic=traffic,
-                    max_body=settings.max_body_bytes,
-                    header_timeout=settings.upstream_timeout,
-                    max_stream=settings.max_stream_duration,
-                )
+            await relay_any(
+                gw.pool,
+                request,
+                target,
+                request.tail,
+                headers,
+                traffic=traffic,
+                max_body=settings.max_body_bytes,
+                header_timeout=settings.upstream_timeout,
+                max_stream=settings.max_stream_duration,
+            )
             return
         except UpstreamConnectError:
             if attempt:

@@ -20,7 +20,17 @@ from typing import Final
 
 from voltgrid.gateway.errors import GatewayError, bad_request
 from voltgrid.gateway.http1 import Request
-from voltgrid.gateway.proxy import Target, Traffic, UpstreamConnectError, request_head, response_headers
+from voltgrid.gateway.proxy import (
+    OnChunk,
+    OnResponse,
+    OnSseEndpoint,
+    Target,
+    Traffic,
+    UpstreamConnectError,
+    relay,
+    request_head,
+    response_headers,
+)
 from voltgrid.gateway.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 logger = logging.getLogger(__name__)
@@ -58,6 +68,45 @@ def check_handshake(request: Request) -> None:
             " and a Sec-WebSocket-Key of 16 base64-encoded bytes",
             "bad_websocket_handshake",
         )
+
+
+async def relay_any(
+    pool: UpstreamPool,
+    request: Request,
+    target: Target,
+    path: str,
+    headers: list[tuple[str, str]],
+    *,
+    traffic: Traffic,
+    max_body: int,
+    header_timeout: float,
+    max_stream: float,
+    connect_timeout: float | None = None,
+    on_response: OnResponse | None = None,
+    on_sse_endpoint: OnSseEndpoint | None = None,
+    on_chunk: OnChunk | None = None,
+) -> None:
+    """A WebSocket upgrade spliced (:func:`relay_websocket`), any other request relayed (:func:`relay`)."""
+    if is_websocket(request):
+        await relay_websocket(
+            pool, request, target, path, headers, traffic=traffic, header_timeout=header_timeout, max_stream=max_stream
+        )
+        return
+    await relay(
+        pool,
+        request,
+        target,
+        path,
+        headers,
+        traffic=traffic,
+        max_body=max_body,
+        header_timeout=header_timeout,
+        max_stream=max_stream,
+        connect_timeout=connect_timeout,
+        on_response=on_response,
+        on_sse_endpoint=on_sse_endpoint,
+        on_chunk=on_chunk,
+    )
 
 
 async def relay_websocket(
