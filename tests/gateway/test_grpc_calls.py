@@ -104,3 +104,13 @@ async def test_the_grpc_example_through_two_replicas(replicas) -> None:
         await call.write(b"ping")
         assert await call.read() == instance.encode() + b":ping"
         await call.done_writing()
+
+
+async def test_a_call_whose_owner_replica_died_is_served_by_the_survivor(replicas) -> None:
+    a, b = await replicas([function("grpc", "grpc_echo.py", affinity="Header")], n=2)
+    session = next(f"s-{i}" for i in range(100) if a.gateway.membership.owner(f"s-{i}") == b.url)
+    await b.kill()
+    async with channel(a.url) as ca:
+        answer = (await unary(ca, "Unary", b"still", metadata=metadata(session), timeout=30)).decode()
+    assert answer.endswith(":1:still")  # woken here, on a new instance, after one failed connect
+    assert b.url not in a.gateway.membership.members  # suspected, as the HTTP hop does

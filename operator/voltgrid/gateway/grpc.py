@@ -29,7 +29,15 @@ from voltgrid.gateway.core import Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found
 from voltgrid.gateway.forward import CLIENT_HEADER, is_forwarded
 from voltgrid.gateway.functions import FunctionEntry
-from voltgrid.gateway.h2relay import H2Limits, H2ServerProtocol, H2Stream, H2Upstream, is_grpc, relay_grpc
+from voltgrid.gateway.h2relay import (
+    H2Limits,
+    H2ServerProtocol,
+    H2Stream,
+    H2Upstream,
+    H2UpstreamUnreachable,
+    is_grpc,
+    relay_grpc,
+)
 from voltgrid.gateway.http1 import ClientConnection
 from voltgrid.gateway.invoke import SESSION_ID_HEADER
 from voltgrid.gateway.peers import FORWARDED_HEADER, INTERNAL_TOKEN_HEADER
@@ -75,19 +83,35 @@ class GrpcFront:
         key = stream.header(fn.header.lower()) if fn.affinity is Affinity.HEADER else None
         if key is not None and (len(key) > 256 or not key.isprintable() or not key.isascii()):
             raise bad_request("malformed session id", "bad_session_id")
-        token = gw.settings.internal_token
-        forwarded = is_forwarded(CIMultiDict(stream.headers), token)
+        forwarded = is_forwarded(CIMultiDict(stream.headers), gw.settings.internal_token)
         headers = [(n, v) for n, v in stream.headers if n not in _INTERNAL]
-        if key and not forwarded and not gw.membership.is_owner(key):
-            owner = target_of(gw.membership.owner(key))
-            gw.metrics.forwarded.labels("ok").inc()
-            hop = [(FORWARDED_HEADER.lower(), token), (CLIENT_HEADER.lower(), stream.peer)]
-            await relay_grpc(
-                stream, self.pool, owner.host, owner.port or 80, stream.path, headers=headers, extra_headers=hop
-            )
+        if key and not forwarded and await self._forwarded(stream, key, headers):
             return
         principal = principal_of(claims) if claims is not None else None
         await self._invoke(stream, fn, key, principal, headers)
+
+    async def _forwarded(self, stream: H2Stream, key: str, headers: list[tuple[str, str]]) -> bool:
+        """Relay the call to the owner of ``key`` (one hop); False when it is to be served here (this
+        replica owns it, or every other owner is unreachable: each is suspected, as for HTTP)."""
+        gw = self.gateway
+        for _ in range(len(gw.membership.members)):
+            owner_url = gw.membership.owner(key)
+            if owner_url == gw.membership.self_id:
+                return False
+            owner = target_of(owner_url)
+            try:
+                await self.pool.connect(owner.host, owner.port or 80)
+            except H2UpstreamUnreachable:
+                gw.metrics.forwarded.labels("owner_unreachable").inc()
+                gw.membership.suspect(owner_url)
+                continue
+            gw.metrics.forwarded.labels("ok").inc()
+            hop = [(FORWARDED_HEADER.lower(), gw.settings.internal_token), (CLIENT_HEADER.lower(), stream.peer)]
+            await relay_grpc(
+                stream, self.pool, owner.host, owner.port or 80, stream.path, headers=headers, extra_headers=hop
+            )
+            return True
+        return False
 
     def _function(self, stream: H2Stream) -> FunctionEntry:
         gw = self.gateway
@@ -137,13 +161,23 @@ class GrpcFront:
             record = await manager.new_session(fn, principal)
         else:
             record = manager.session_for(fn, key, principal, admit)
-        instance, _ = await manager.instance_for(fn, record)
-        manager.begin(record)
-        try:
-            await self._relay(stream, instance.url, headers, [(SESSION_ID_HEADER.lower(), record.storage_id)])
-        finally:
-            manager.end(record, traffic)
-            gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, 0, 0)
+        for attempt in range(2):
+            instance, _ = await manager.instance_for(fn, record)
+            target = target_of(instance.url)
+            try:
+                await self.pool.connect(target.host, target.port or 80)
+            except H2UpstreamUnreachable:
+                if attempt:
+                    raise
+                manager.lost_instance(instance.id)  # the pod is gone: wake the session elsewhere, once
+                continue
+            manager.begin(record)
+            try:
+                await self._relay(stream, instance.url, headers, [(SESSION_ID_HEADER.lower(), record.storage_id)])
+            finally:
+                manager.end(record, traffic)
+                gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, 0, 0)
+            return
 
     async def _relay(
         self, stream: H2Stream, url: str, headers: list[tuple[str, str]], extra: list[tuple[str, str]]

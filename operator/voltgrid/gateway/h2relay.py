@@ -1063,6 +1063,11 @@ class H2Upstream:
         #: Connects in progress, shared by the requests that wait for the same upstream.
         self._connecting: dict[tuple[str, int], asyncio.Task[_UpstreamConnection]] = {}
 
+    async def connect(self, host: str, port: int) -> None:
+        """Open (or reuse) the connection to ``host:port`` now; :class:`H2UpstreamUnreachable` when it
+        cannot be opened, so a caller can place the call elsewhere before anything is sent."""
+        await self._connection(host, port)
+
     async def _connection(self, host: str, port: int) -> _UpstreamConnection:
         key = (host, port)
         connection = self._connections.get(key)
