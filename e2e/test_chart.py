@@ -30,6 +30,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
+from ports import free_port
 from voltgrid.cli.run import host_volume
 
 pytestmark = pytest.mark.e2e
@@ -429,6 +430,168 @@ async def test_grpc_and_a2a_examples_across_two_gateway_pods(cluster: Any) -> No
         assert said.rsplit(" ", 1)[1] == again.rsplit(" ", 1)[1]  # the same instance
     finally:
         run(cluster, "kubectl", "delete", "namespace", PROTOCOLS_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
+TRIGGERS_NS = "vg-triggers"
+#: Messages published to the queue trigger, and the session keys they carry in turn.
+QUEUE_MESSAGES = 10_000
+QUEUE_KEYS = 8
+#: The handler of the trigger test: appends "<instance> <event id> <subject>" to its session's file.
+RECORDER = """
+import http.server, os, socket
+INSTANCE = socket.gethostname()
+LOG = os.path.join(os.environ["VOLTGRID_STORAGE_DIR"], "events.log")
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        line = f"{INSTANCE} {self.headers.get('ce-id')} {self.headers.get('ce-subject', '-')}\\n"
+        with open(LOG, "a") as log:
+            log.write(line)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+"""
+
+
+def trigger_function(name: str, triggers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": TRIGGERS_NS},
+        "spec": {
+            "image": "voltgrid/voltgrid:0.1.0",
+            "command": ["python3", "-c", RECORDER],
+            "sessions": {"affinity": "Header", "header": "X-Voltgrid-Session", "idleTimeout": "10m"},
+            "storage": {"claimName": "sessions", "mountPath": "/data"},
+            "scaling": {"maxInstances": 20},
+            "triggers": triggers,
+        },
+    }
+
+
+def recorded(root: Path, function: str) -> dict[str, list[list[str]]]:
+    """Each session's recorded lines ([instance, event id, subject]) from the host side of its storage."""
+    out: dict[str, list[list[str]]] = {}
+    for log in (root / TRIGGERS_NS / function).glob("*/events.log"):
+        out[log.parent.name] = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    return out
+
+
+def dispatcher(cluster: Any, gateway: str, replica: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        str(ROOT / ".venv/bin/voltgrid"),
+        *("triggers", "--gateway", gateway, "--lease-namespace", TRIGGERS_NS),
+        *("--replica", replica, "--host", "127.0.0.1", "--port", str(port)),
+    ]
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env(cluster), stdout=out, stderr=subprocess.STDOUT)
+
+
+def trigger_functions() -> list[dict[str, Any]]:
+    """``orders`` (a Redis stream read through the Secret ``redis``, keyed sessions), ``ticker``
+    (@every 10s), ``yearly`` (a yearly cron)."""
+    queue = {
+        "name": "orders",
+        "type": "queue",
+        "queue": {"broker": "RedisStreams", "urlFrom": {"name": "redis", "key": "url"}, "queue": "orders"},
+        "session": {"source": "Key"},
+        "retry": {"maxRetries": 5, "minBackoff": "1s", "maxBackoff": "5s"},
+    }
+    tick = {"name": "tick", "type": "cron", "cron": {"schedule": "@every 10s"}}
+    tick["session"] = {"source": "Fixed", "name": "ticks"}
+    yearly = {"name": "yearly", "type": "cron", "cron": {"schedule": "0 0 1 1 *"}}
+    return [
+        trigger_function("orders", [queue]),
+        trigger_function("ticker", [tick]),
+        trigger_function("yearly", [yearly]),
+    ]
+
+
+async def publish(url: str) -> None:
+    import redis.asyncio as redis  # noqa: PLC0415 (only this test)
+
+    client = redis.Redis.from_url(url)
+    try:
+        for n in range(QUEUE_MESSAGES):
+            await client.xadd("orders", {"data": str(n), "key": f"k-{n % QUEUE_KEYS}"})
+    finally:
+        await client.aclose()
+
+
+def delivered(storage: Path) -> set[str]:
+    return {line[1] for lines in recorded(storage, "orders").values() for line in lines}
+
+
+async def deliver_across_a_crash(storage: Path, procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
+    """Wait for a third of the stream, SIGKILL the first dispatcher, wait for all of it."""
+    async with asyncio.timeout(600):
+        while len(delivered(storage)) < QUEUE_MESSAGES // 3:  # noqa: ASYNC110 (polling what is tested)
+            await asyncio.sleep(0.5)
+        procs[0].kill()  # its unacknowledged messages must not be lost
+        while len(delivered(storage)) < QUEUE_MESSAGES:
+            assert procs[1].poll() is None, (logs / "r1.log").read_text()[-3000:]
+            await asyncio.sleep(1)
+
+
+@pytest.mark.timeout(900)
+async def test_queue_and_cron_triggers_through_the_gateway_across_a_dispatcher_crash(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """Two dispatcher replicas (the `voltgrid triggers` command, against this cluster) deliver a Redis
+    stream of 10,000 messages through the chart's gateway into gVisor pods; one replica is SIGKILLed
+    mid-stream: nothing is lost, each session key stays on one instance, duplicates are counted. An
+    `@every 10s` cron fires each tick once with both replicas; a Function whose only trigger is a
+    yearly cron runs no pod; a malformed CloudEvent is refused with 400 naming the problem."""
+    from brokers import redis_available, redis_server  # noqa: PLC0415 (the tests' broker harness)
+
+    assert redis_available(), "redis-server is missing: e2e/cluster/install-deps.sh installs it"
+    ok(run(cluster, "kubectl", "create", "namespace", TRIGGERS_NS))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", TRIGGERS_NS, "voltgrid.dev/enabled=true"))
+        ok(run(cluster, "kubectl", "apply", "-n", TRIGGERS_NS, "-f", "examples/storage/sessions-claim.yaml"))
+        example_claim_volume(cluster, TRIGGERS_NS)
+        storage = Path(f"/tmp/voltgrid-e2e-sessions/voltgrid-example-sessions-{TRIGGERS_NS}")
+        with redis_server(tmp_path) as broker:
+            secret = ["secret", "generic", "redis", "-n", TRIGGERS_NS, f"--from-literal=url={broker.url}"]
+            ok(run(cluster, "kubectl", "create", *secret))
+            manifest = "\n---\n".join(json.dumps(f) for f in trigger_functions())
+            ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=manifest))
+            names = ["function/orders", "function/ticker", "function/yearly"]
+            ok(run(cluster, "kubectl", "wait", "-n", TRIGGERS_NS, *names, "--for=condition=Ready", "--timeout=120s"))
+            gateway = f"http://{gateway_pod_ips(cluster)[0]}:8080"
+            ports = [free_port(), free_port()]
+            procs = [dispatcher(cluster, gateway, f"r{i}", ports[i], tmp_path / f"r{i}.log") for i in range(2)]
+            await publish(broker.url)
+            await deliver_across_a_crash(storage, procs, tmp_path)
+        sessions = recorded(storage, "orders")
+        duplicates = sum(len(lines) for lines in sessions.values()) - len(delivered(storage))
+        print(f"queue: {QUEUE_MESSAGES} published, {len(delivered(storage))} delivered, {duplicates} duplicates")
+        assert len(sessions) == QUEUE_KEYS
+        assert all(len({line[0] for line in lines}) == 1 for lines in sessions.values())  # one instance per key
+        assert duplicates <= 2 * 32 * 2, duplicates  # only around the crash: at most what was in flight
+        tick_ids = [line[1] for line in recorded(storage, "ticker").get("ticks", [])]
+        assert len(tick_ids) >= 2 and len(tick_ids) == len(set(tick_ids)), tick_ids  # each tick once
+        selector = "voltgrid.dev/function=yearly"
+        assert not ok(run(cluster, "kubectl", "-n", TRIGGERS_NS, "get", "pods", "-l", selector, "-o", "name")).strip()
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(
+                f"http://127.0.0.1:{ports[1]}/events/{TRIGGERS_NS}",
+                content=b"{not json",
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
+        assert refused.status_code == 400 and refused.text, refused.text
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+        run(cluster, "kubectl", "delete", "namespace", TRIGGERS_NS, "--ignore-not-found", "--wait=true", timeout=300)
+        drop_example_claim(cluster, TRIGGERS_NS)
 
 
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
