@@ -48,6 +48,7 @@ FUNCTION_METADATA: Final = "x-voltgrid-function"
 #: Seconds HTTP/2 connections get to finish their calls when the gateway stops.
 SHUTDOWN_GRACE: Final = 5.0
 _INTERNAL: Final = frozenset({FORWARDED_HEADER.lower(), INTERNAL_TOKEN_HEADER.lower(), CLIENT_HEADER.lower()})
+_FORWARDED: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"})
 
 
 class GrpcFront:
@@ -85,6 +86,9 @@ class GrpcFront:
             raise bad_request("malformed session id", "bad_session_id")
         forwarded = is_forwarded(CIMultiDict(stream.headers), gw.settings.internal_token)
         headers = [(n, v) for n, v in stream.headers if n not in _INTERNAL]
+        if not forwarded:  # what a client says of where it came from is replaced, as for HTTP
+            headers = [(n, v) for n, v in headers if n not in _FORWARDED]
+            headers.append(("x-forwarded-for", stream.peer))
         if key and not forwarded and await self._forwarded(stream, key, headers):
             return
         principal = principal_of(claims) if claims is not None else None

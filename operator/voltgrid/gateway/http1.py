@@ -143,7 +143,19 @@ class ConnectionGuard:
 class RequestBody:
     """A request body as it arrives: ``read()`` the next piece (b"" at its end), or ``read_all``."""
 
-    __slots__ = ("_chunks", "_conn", "_error", "_queued", "_waiter", "eof", "exists", "length", "received", "whole")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_queued",
+        "_waiter",
+        "eof",
+        "exists",
+        "expect_continue",
+        "length",
+        "received",
+        "whole",
+    )
 
     def __init__(self, conn: ClientConnection, length: int | None, exists: bool) -> None:
         self._conn = conn
@@ -158,6 +170,9 @@ class RequestBody:
         #: The body once read whole: kept, so a request placed again (another replica, another
         #: instance after a failed connect) sends it again.
         self.whole: bytes | None = None
+        #: The client sent ``Expect: 100-continue``: it waits for ``100 Continue`` before the body,
+        #: which the first read sends (so a request refused before its body is never asked for it).
+        self.expect_continue = False
 
     def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -181,6 +196,9 @@ class RequestBody:
         return not self.eof and self._error is None
 
     async def read(self) -> bytes:
+        if self.expect_continue:
+            self.expect_continue = False
+            self._conn.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -305,6 +323,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._in_head = False
         self._body: RequestBody | None = None
         self._queue: collections.deque[Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
@@ -318,6 +337,7 @@ class ClientConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._closing = False
         self._lingering = 0
+        self._linger_handle: asyncio.TimerHandle | None = None
         self._chunked_out = False
         #: The request whose answer is being written (its headers sent).
         self.responding: Request | None = None
@@ -348,6 +368,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._set_head_pending(None)
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
         if self._check_handle is not None:
             self._check_handle.cancel()
             self._check_handle = None
@@ -365,8 +387,9 @@ class ClientConnection(asyncio.Protocol):
         if self.upgraded:
             if self.on_upgraded_data is not None:
                 self.on_upgraded_data(data)
-            else:
+            else:  # before the splice (or no splice): held, reading paused until then
                 self.upgrade_rest += data
+                self.pause_reading()
             return
         if self._sniff is not None:  # the connection's first bytes: HTTP/2's preface, or HTTP/1.1
             data = self._sniff + data
@@ -387,6 +410,7 @@ class ClientConnection(asyncio.Protocol):
             offset = int(e.args[0]) if e.args else len(data)
             self.upgraded = True
             self.upgrade_rest = data[offset:]
+            self.pause_reading()  # the client's next bytes wait for the splice (WebSocket) or the close
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _HeadTooLarge):
@@ -407,6 +431,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._in_head = True
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -421,6 +446,8 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge(414, "uri_too_long", f"the request line exceeds {self._guard.max_field} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a chunked body's trailer: not relayed (see proxy.py), not counted
+            return
         if len(name) + len(value) > self._guard.max_field:
             raise _HeadTooLarge(431, "header_too_large", f"a header exceeds {self._guard.max_field} bytes")
         self._headers.append((name, value))
@@ -429,6 +456,10 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._set_head_pending(None)
+        self._in_head = False
+        if self._closing:  # pipelined behind an answer that closes the connection: never run
+            self._body = None
+            return
         parser = self._parser
         try:
             headers = CIMultiDict([(n.decode("latin-1"), v.decode()) for n, v in self._headers])
@@ -438,10 +469,12 @@ class ClientConnection(asyncio.Protocol):
         length: int | None = None
         chunked = False
         if parser.get_method() not in _BODYLESS or "Content-Length" in headers or "Transfer-Encoding" in headers:
-            length_text = headers.get("Content-Length")
-            length = int(length_text) if length_text is not None and length_text.isdigit() else None
-            chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+            # Framed as llhttp frames it (it refuses both headers at once, or a TE not ending in chunked).
+            length_text = headers.get("Content-Length", "").strip()
+            length = int(length_text) if length_text.isascii() and length_text.isdigit() else None
+            chunked = bool(headers.getall("Transfer-Encoding", ()))
         body = RequestBody(self, length, exists=chunked or bool(length))
+        body.expect_continue = body.exists and headers.get("Expect", "").lower() == "100-continue"
         self._body = body
         request = Request(
             self,
@@ -472,7 +505,7 @@ class ClientConnection(asyncio.Protocol):
     # -- serving --------------------------------------------------------------------------------
     async def _serve(self) -> None:
         try:
-            while self._queue:
+            while self._queue and not self._closing:
                 request = self._queue.popleft()
                 self.headers_sent = False
                 self.responding = None
@@ -487,12 +520,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, request: Request) -> bool:
         """After an answer: True when the connection may serve the next request."""
+        if request.body.in_progress and not self.upgraded:
+            self._linger()
+            return False
         if self.upgraded or not request.keep_alive or self._closing:
             self._close()
             return False
-        if request.body.in_progress:
-            self._linger()
-            return False
+        self.headers_sent = False
+        self.responding = None
         if self._head_since is None and not self._queue:
             self._schedule(self._loop.time())
         return True
@@ -501,8 +536,9 @@ class ClientConnection(asyncio.Protocol):
         """Read and drop the rest of the body for a short while, then close (see module docstring)."""
         self._closing = True
         self._lingering = LINGER_BYTES
+        self._body = None  # what still arrives is dropped, never queued (nor paused on)
         self.resume_body()
-        self._loop.call_later(LINGER_SECONDS, self._close)
+        self._linger_handle = self._loop.call_later(LINGER_SECONDS, self._close)
 
     def hand_over(self) -> asyncio.Transport | None:
         """Give the connection to another protocol (HTTP/2): this one lets go of it and its timers."""
@@ -579,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
             request.keep_alive = False
-        if status != 101 and (not request.keep_alive or self._closing):
+        if status != 101 and (not request.keep_alive or self._closing or request.body.in_progress):
             request.keep_alive = False
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -644,7 +680,12 @@ class ClientConnection(asyncio.Protocol):
         self._answer_and_close(status, code, message)
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
-        """A JSON error answer (unless an answer already began), then the connection closes."""
+        """A JSON error answer, then the connection closes; with a request in flight nothing is
+        written (the client would take it for that request's answer): it closes after that answer."""
+        if self._task is not None:
+            self._closing = True
+            self.pause_reading()
+            return
         if self.transport is not None and not self.headers_sent:
             body = error_body(code, message)
             self.transport.write(

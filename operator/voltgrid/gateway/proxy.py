@@ -123,8 +123,7 @@ def upstream_headers(
     extra = list(extra)
     drop = set(HOP_BY_HOP)
     drop.update(name.lower() for name, _ in extra)
-    connection = request.headers.get("Connection")
-    if connection:
+    for connection in request.headers.getall("Connection", ()):
         drop.update(t.strip().lower() for t in connection.split(","))
     if trust is Trust.CLIENT:
         drop.update(_FORWARDED)
@@ -213,12 +212,16 @@ async def relay(
             )
         except UpstreamError as e:
             conn.finish(None)
+            request.conn.on_lost = None
             if e.sent_nothing and conn.reused and small and request.method in IDEMPOTENT and not attempt:
                 continue  # the pooled connection was closed by the upstream as it was taken
             raise GatewayError(502, "upstream_error", f"the instance failed: {e}") from None
+        if response.status == 101 or response.upgraded:  # not asked for: the request was no upgrade
+            conn.finish(response)
+            request.conn.on_lost = None
+            raise GatewayError(502, "upstream_error", "the instance switched protocols unasked")
         try:
             await _answer(
-                conn,
                 request,
                 response,
                 traffic=traffic,
@@ -229,6 +232,7 @@ async def relay(
             )
         finally:
             conn.finish(response)
+            request.conn.on_lost = None
         return
 
 
@@ -252,6 +256,9 @@ async def _exchange(
     """Send the request (``data``: its head, with the whole body unless ``streamed``) and await the
     answer's head (a streamed body is sent meanwhile)."""
     answer = conn.send(request.method, data, final=not streamed, timeout=header_timeout)
+    exchange = conn.exchanges
+    # A client that leaves ends this exchange, waits included (not a later one on the same connection).
+    request.conn.on_lost = lambda: conn.abort_exchange(exchange)
     upload = asyncio.ensure_future(_upload(conn, request, traffic, max_body)) if streamed else None
     try:
         return await answer
@@ -296,7 +303,6 @@ async def _upload(conn: UpstreamConnection, request: Request, traffic: Traffic, 
 
 
 async def _answer(
-    conn: UpstreamConnection,
     request: Request,
     response: UpstreamResponse,
     *,
@@ -318,18 +324,14 @@ async def _answer(
     client.start_response(request, response.status, headers, length)
     if request.method == "HEAD":
         return
-    client.on_lost = conn.abort  # a client that leaves ends the upstream's stream too
-    try:
-        await _pump(
-            request,
-            response,
-            traffic,
-            max_stream,
-            on_sse_endpoint=on_sse_endpoint if response.is_sse else None,
-            on_chunk=on_chunk,
-        )
-    finally:
-        client.on_lost = None
+    await _pump(
+        request,
+        response,
+        traffic,
+        max_stream,
+        on_sse_endpoint=on_sse_endpoint if response.is_sse else None,
+        on_chunk=on_chunk,
+    )
 
 
 async def _pump(

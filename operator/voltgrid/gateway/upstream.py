@@ -30,6 +30,9 @@ BUFFERED_RESPONSE: Final = 256 * 1024
 IDLE_TIMEOUT: Final = 4.0
 #: Idle connections kept per upstream; more are closed when they come back.
 MAX_IDLE_PER_UPSTREAM: Final = 256
+#: Most headers, and bytes of one header, an upstream's answer may have (llhttp sets no limit).
+MAX_RESPONSE_HEADERS: Final = 200
+MAX_RESPONSE_FIELD: Final = 64 * 1024
 #: Bytes of a streamed response held before the upstream's reading is paused.
 STREAM_HIGH_WATER: Final = 256 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -87,6 +90,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: In the pool, between exchanges: any byte from the upstream now closes the connection.
+        self._idle = False
+        #: Exchanges begun on this connection (which one a caller's callback is about).
+        self.exchanges = 0
+        self._in_head = False
         self._response: UpstreamResponse | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._buffered = False
@@ -120,6 +128,9 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.upgrade_rest += data
             return
+        if self._idle:  # an idle pooled connection the upstream writes to: not to be trusted again
+            self.close()
+            return
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
@@ -128,19 +139,38 @@ class UpstreamConnection(asyncio.Protocol):
             self.upgrade_rest = data[offset:]
             if self._response is not None:
                 self._response.upgraded = True
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, UpstreamError) else UpstreamError(f"bad response: {cause!r}"))
+            self.abort()
         except httptools.HttpParserError as e:
             self._fail(UpstreamError(f"the instance sent a malformed response: {e}"))
-            self.close()
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._pool.forget(self)
         if self.on_upgraded_lost is not None:
             self.on_upgraded_lost()
+        response = self._response
+        if response is not None and not self._complete and self._close_delimited(response):
+            self._complete = True  # an answer without length ends when the upstream closes: complete
+            self._wake()
         if not self._complete:
             self._fail(UpstreamError("the instance closed the connection", sent_nothing=not self._got_bytes))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(UpstreamError("the instance closed the connection"))
+
+    def _close_delimited(self, response: UpstreamResponse) -> bool:
+        """The answer's end is the connection's (no length, not chunked, a body allowed)."""
+        return (
+            not response.keep_alive
+            and not response.upgraded
+            and response.content_length is None
+            and response.header(b"transfer-encoding") is None
+            and not self._head_only
+            and response.status not in (204, 304)
+        )
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -151,10 +181,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain.set_result(None)
 
     # -- httptools callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._idle or self._complete:  # bytes after the answer, or with none asked for: not HTTP we trust
+            raise UpstreamError("the instance sent a response nobody asked for")
+        self._in_head = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a chunked answer's trailer: not relayed (as the request's), never kept
+            return
+        if len(self._headers) >= MAX_RESPONSE_HEADERS or len(name) + len(value) > MAX_RESPONSE_FIELD:
+            raise UpstreamError("the instance sent too many or too large response headers")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # 100 Continue and friends: the answer comes next
             self._headers = []
@@ -209,6 +249,10 @@ class UpstreamConnection(asyncio.Protocol):
         head, failed with a ``timeout`` UpstreamError (and the connection aborted) after ``timeout``."""
         assert self.transport is not None
         self._head = self._loop.create_future()
+        self.exchanges += 1
+        self._idle = False
+        self._headers = []
+        self._in_head = False
         if timeout is not None:
             self._timer = self._loop.call_later(timeout, self._head_timeout, self._head, timeout)
         self._response = None
@@ -283,8 +327,16 @@ class UpstreamConnection(asyncio.Protocol):
         """Back to the pool if the exchange ended cleanly on both sides (a buffered body is already
         in the response the caller holds)."""
         response = self._response
-        if response is not None and response.keep_alive and self.request_sent and self._failure is None:
+        if (
+            response is not None
+            and response.keep_alive
+            and not response.upgraded
+            and response.status != 101
+            and self.request_sent
+            and self._failure is None
+        ):
             self._response = None  # the exchange is over: finish() no longer applies to it
+            self._idle = True
             self._pool.put(self)
 
     def finish(self, response: UpstreamResponse | None) -> None:
@@ -292,19 +344,33 @@ class UpstreamConnection(asyncio.Protocol):
         connection went back to the pool already, it is closed — its answer was not read to its
         end, or it was a HEAD answer whose framing the parser cannot know, or an upgrade."""
         if response is None or self._response is response:
-            self.close()
+            self.abort()  # unread answer bytes or an upload in flight: nothing of it is worth flushing
+
+    def abort_exchange(self, exchange: int) -> None:
+        """Abort the connection if it still serves ``exchange`` (not once it went back to the pool)."""
+        if exchange == self.exchanges and not self._idle:
+            self.abort()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
-        self._pool.forget(self)
+        self._let_go()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Out of the pool; whoever waits on this connection (a drain, a body read) fails now, not
+        when a close that flushes first completes (it may never: a full socket buffer)."""
         self._pool.forget(self)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(UpstreamError("the connection to the instance was closed"))
+        if not self._complete and self._failure is None:
+            self._fail(UpstreamError("the connection to the instance was closed", sent_nothing=not self._got_bytes))
 
 
 class UpstreamPool:
@@ -316,11 +382,13 @@ class UpstreamPool:
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def connect(self, host: str, port: int | None, connect_timeout: float | None = None) -> UpstreamConnection:
-        """An idle connection to the upstream, or a new one (UpstreamError ``sent_nothing`` if it
-        cannot be opened: the caller may place the request elsewhere)."""
+    async def connect(
+        self, host: str, port: int | None, connect_timeout: float | None = None, *, fresh: bool = False
+    ) -> UpstreamConnection:
+        """An idle connection to the upstream (unless ``fresh``), or a new one (UpstreamError
+        ``sent_nothing`` if it cannot be opened: the caller may place the request elsewhere)."""
         key = f"{host}:{port}" if port is not None else host
-        idle = self._idle.get(key)
+        idle = None if fresh else self._idle.get(key)
         if idle:
             now = asyncio.get_running_loop().time()
             while idle:
@@ -364,7 +432,7 @@ class UpstreamPool:
         """Close the connections idle for :data:`IDLE_TIMEOUT` (one timer per pool, not per connection)."""
         self._sweeper = None
         now = asyncio.get_running_loop().time()
-        for idle in self._idle.values():
+        for idle in list(self._idle.values()):
             stale = [conn for conn in idle if now - conn.idle_since >= IDLE_TIMEOUT]
             for conn in stale:
                 conn.close()
@@ -373,8 +441,11 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
+        if idle is not None:
+            if conn in idle:
+                idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]  # pod addresses come and go: no empty list left per address
 
     def close(self) -> None:
         self._closed = True

@@ -121,7 +121,7 @@ async def relay_websocket(
     max_stream: float,
 ) -> None:
     try:
-        conn = await pool.connect(target.host, target.port)
+        conn = await pool.connect(target.host, target.port, fresh=True)  # a handshake never on a stale one
     except UpstreamError as e:
         raise UpstreamConnectError(f"cannot connect to the instance: {e}") from None
     handshake = [(n, v) for n in HANDSHAKE_HEADERS if (v := request.headers.get(n)) is not None]
@@ -188,6 +188,7 @@ async def _splice(request: Request, upstream: UpstreamConnection, traffic: Traff
         from_upstream(upstream.upgrade_rest)
     if client.upgrade_rest:
         from_client(client.upgrade_rest)
+    client.resume_reading()  # paused at the upgrade until now
     try:
         async with asyncio.timeout(max_stream):
             await done
