@@ -346,6 +346,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False
         self.on_upgraded_data: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[], None] | None = None
+        #: Told True when the transport's buffer is full and False once it drained (a splice's flow).
+        self.on_write_flow: Callable[[bool], None] | None = None
         self.upgrade_rest = b""
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -423,11 +425,15 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self.on_write_flow is not None:
+            self.on_write_flow(True)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self.on_write_flow is not None:
+            self.on_write_flow(False)
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -5,7 +5,8 @@ close codes pass through untouched, and the instance's handshake answer reaches 
 is). Frames from the client are followed just enough to refuse one without a mask (RFC 6455 section
 5.1): the client is sent close code 1002 and both sides are closed. The connection counts as one
 request in flight for its whole life, bounded by the maximum stream duration, after which the
-client is sent close code 1001 (going away). A slow side pauses reading on the other.
+client is sent close code 1001 (going away). A side whose buffer is full pauses reading on the other
+(the transports' own flow-control callbacks), so a client that stops reading holds the instance back.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
-from collections.abc import Callable
 from typing import Final
 
 from voltgrid.gateway.errors import GatewayError, bad_request
@@ -165,23 +164,22 @@ async def _splice(request: Request, upstream: UpstreamConnection, traffic: Traff
             return
         traffic.bytes_in += len(data)
         upstream.write(data)
-        _flow(upstream.transport, client.pause_reading, client.resume_reading)
 
     def from_upstream(data: bytes) -> None:
         traffic.bytes_out += len(data)
         client.write_raw(data)
-        _flow(client.transport, upstream_pause, upstream_resume)
 
-    def upstream_pause() -> None:
-        if upstream.transport is not None:
-            upstream.transport.pause_reading()
+    def upstream_flow(paused: bool) -> None:  # the instance's side is full: stop reading the client
+        (client.pause_reading if paused else client.resume_reading)()
 
-    def upstream_resume() -> None:
+    def client_flow(paused: bool) -> None:  # the client's side is full: stop reading the instance
         if upstream.transport is not None:
-            upstream.transport.resume_reading()
+            (upstream.transport.pause_reading if paused else upstream.transport.resume_reading)()
 
     client.on_lost = finish
     upstream.on_upgraded_lost = finish
+    upstream.on_write_flow = upstream_flow
+    client.on_write_flow = client_flow
     client.on_upgraded_data = from_client
     upstream.on_upgraded_data = from_upstream
     if upstream.upgrade_rest:
@@ -197,26 +195,10 @@ async def _splice(request: Request, upstream: UpstreamConnection, traffic: Traff
     finally:
         client.on_lost = None
         client.on_upgraded_data = None
+        client.on_write_flow = None
         upstream.on_upgraded_data = None
         upstream.on_upgraded_lost = None
-
-
-def _flow(sink: asyncio.Transport | None, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-    """Pause the source while the sink's buffer is over its high-water mark; resume once it drained."""
-    if sink is None:
-        return
-    if sink.get_write_buffer_size() > sink.get_write_buffer_limits()[1]:
-        pause()
-        loop = asyncio.get_running_loop()
-
-        def poll() -> None:
-            if sink.is_closing() or sink.get_write_buffer_size() <= sink.get_write_buffer_limits()[0]:
-                with contextlib.suppress(RuntimeError):
-                    resume()
-            else:
-                loop.call_later(0.005, poll)
-
-        loop.call_later(0.005, poll)
+        upstream.on_write_flow = None
 
 
 class MaskedFramesOnly:
