@@ -24,7 +24,7 @@ from aiohttp import web
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import Instance, function_key
-from voltgrid.gateway.app import run_gateway
+from voltgrid.gateway.app import GatewayServer, run_gateway
 from voltgrid.gateway.settings import ENV_PREFIX, GatewaySettings
 from voltgrid.gateway.workers import WORKER_ENV, Supervisor
 
@@ -138,7 +138,8 @@ def gateway(port: int, upstream_url: str, affinity: str, warm_pool: int, workers
     )
     if index is not None:
         settings = settings.for_worker(int(index))
-    uvloop.run(run_gateway(settings, StaticBackend(upstream_url), [fn], reuse_port=index is not None))
+    server = GatewayServer(settings, StaticBackend(upstream_url), [fn])
+    uvloop.run(run_gateway(server, reuse_port=index is not None))
 
 
 if __name__ == "__main__":

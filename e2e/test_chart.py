@@ -573,6 +573,7 @@ async def test_queue_and_cron_triggers_through_the_gateway_across_a_dispatcher_c
         print(f"queue: {QUEUE_MESSAGES} published, {len(delivered(storage))} delivered, {duplicates} duplicates")
         assert len(sessions) == QUEUE_KEYS
         assert all(len({line[0] for line in lines}) == 1 for lines in sessions.values())  # one instance per key
+        assert len({lines[0][0] for lines in sessions.values()}) == QUEUE_KEYS  # the burst scaled out: one each
         assert duplicates <= 2 * 32 * 2, duplicates  # only around the crash: at most what was in flight
         tick_ids = [line[1] for line in recorded(storage, "ticker").get("ticks", [])]
         assert len(tick_ids) >= 2 and len(tick_ids) == len(set(tick_ids)), tick_ids  # each tick once

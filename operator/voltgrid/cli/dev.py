@@ -48,7 +48,7 @@ def warning_banner(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from voltgrid.backends.local import NOT_ISOLATED_WARNING, LocalProcessBackend  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
     from voltgrid.errors import VoltgridError  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
-    from voltgrid.gateway.app import run_gateway  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
+    from voltgrid.gateway.app import GatewayServer, run_gateway  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
     from voltgrid.gateway.functions import load_functions  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
     from voltgrid.gateway.settings import load_settings  # noqa: PLC0415 (lazy: see voltgrid.cli.main)
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     async def main() -> None:
-        serving = asyncio.ensure_future(run_gateway(settings, backend, functions))
+        serving = asyncio.ensure_future(run_gateway(GatewayServer(settings, backend, functions)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, serving.cancel)
         try:

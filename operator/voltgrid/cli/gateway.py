@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from voltgrid.backends.local import NOT_ISOLATED_WARNING, LocalProcessBackend  # noqa: PLC0415
     from voltgrid.errors import VoltgridError  # noqa: PLC0415
-    from voltgrid.gateway.app import run_gateway  # noqa: PLC0415
+    from voltgrid.gateway.app import GatewayServer, run_gateway  # noqa: PLC0415
     from voltgrid.gateway.functions import load_functions  # noqa: PLC0415
     from voltgrid.gateway.settings import GatewaySettings, load_settings  # noqa: PLC0415
 
@@ -113,12 +113,14 @@ def run(args: argparse.Namespace) -> int:
             backend = LocalProcessBackend(args.state_dir.resolve(), args.storage_dir.resolve())
         serving = asyncio.ensure_future(
             run_gateway(
-                settings,
-                backend,
-                functions,
-                watcher_api=kube,
-                functions_api=kube,
-                functions_namespace=args.namespace,
+                GatewayServer(
+                    settings,
+                    backend,
+                    functions,
+                    watcher_api=kube,
+                    functions_api=kube,
+                    functions_namespace=args.namespace,
+                ),
                 reuse_port=settings.worker_index is not None,
             )
         )

@@ -178,28 +178,9 @@ class GatewayServer:
             self._dir = None
 
 
-async def run_gateway(
-    settings: GatewaySettings,
-    backend: InstanceBackend,
-    functions: Sequence[Function],
-    *,
-    membership: Membership | None = None,
-    watcher_api: KubeApi | None = None,
-    functions_api: KubeApi | None = None,
-    functions_namespace: str | None = None,
-    reuse_port: bool = False,
-    started: asyncio.Event | None = None,
-) -> None:
-    """Serve the gateway on ``settings.host:settings.port`` until cancelled."""
-    server = GatewayServer(
-        settings,
-        backend,
-        functions,
-        membership=membership,
-        watcher_api=watcher_api,
-        functions_api=functions_api,
-        functions_namespace=functions_namespace,
-    )
+async def run_gateway(server: GatewayServer, *, reuse_port: bool = False, started: asyncio.Event | None = None) -> None:
+    """Serve ``server`` on its settings' host and port until cancelled."""
+    settings = server.settings
     await server.start(reuse_port=reuse_port)
     try:
         logger.info("voltgrid gateway listening on %s:%s as %s", settings.host, settings.port, settings.self_url)
