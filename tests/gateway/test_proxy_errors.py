@@ -60,10 +60,9 @@ async def test_a_connect_that_times_out_sent_nothing() -> None:
                 s.connect(listener.getsockname())
             fillers.append(s)
         pool = UpstreamPool()
-        try:
+        with pytest.raises(UpstreamError) as caught:
             await pool.connect("127.0.0.1", listener.getsockname()[1], 0.3)
-        except UpstreamError as e:
-            assert e.sent_nothing
+        assert caught.value.sent_nothing and caught.value.timeout
         pool.close()
     finally:
         for s in fillers:

@@ -167,7 +167,7 @@ class GatewayServer:
                 conn.abort()
             self._servers = []
         if self._grpc is not None:
-            await self._grpc.close()
+            await self._grpc.close(SHUTDOWN_GRACE)
             self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()

@@ -25,6 +25,7 @@ from voltgrid.gateway.proxy import (
     trace_headers,
     upstream_headers,
 )
+from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.gateway.websocket import relay_any
 
 #: The address of the client a forwarded request came from (trusted only with the internal token):
@@ -52,17 +53,16 @@ def client_trust(gw: Gateway, request: Request) -> Trust:
     return Trust.PROXY if any(peer in net for net in networks) else Trust.CLIENT
 
 
-def client_address(gw: Gateway, request: Request) -> str:
-    """The client's address: the one a forwarding replica vouches for, else the last address of the
-    trusted proxy's header, else the connection's."""
-    settings = gw.settings
-    if is_forwarded(request.headers, settings.internal_token):
-        return request.headers.get(CLIENT_HEADER) or request.peer
+def client_address(settings: GatewaySettings, headers: Mapping[str, str], peer: str) -> str:
+    """The client's address (HTTP headers or gRPC metadata, and the connection's peer): the one a
+    forwarding replica vouches for, else the last address of the trusted proxy's header, else the peer."""
+    if is_forwarded(headers, settings.internal_token):
+        return headers.get(CLIENT_HEADER) or peer
     if settings.client_address_header is not None:
-        last = request.headers.get(settings.client_address_header, "").rsplit(",", 1)[-1].strip()
+        last = headers.get(settings.client_address_header, "").rsplit(",", 1)[-1].strip()
         if last:
             return last
-    return request.peer
+    return peer
 
 
 async def forward(gw: Gateway, request: Request, key: str) -> bool:
@@ -75,7 +75,10 @@ async def forward(gw: Gateway, request: Request, key: str) -> bool:
             return False
         # The owner relays these X-Forwarded-* as they are (Trust.REPLICA): set here, as the client's,
         # and vouches for the client's address (the mint limit's key) in CLIENT_HEADER.
-        extra = [(FORWARDED_HEADER, settings.internal_token), (CLIENT_HEADER, client_address(gw, request))]
+        extra = [
+            (FORWARDED_HEADER, settings.internal_token),
+            (CLIENT_HEADER, client_address(settings, request.headers, request.peer)),
+        ]
         headers = upstream_headers(request, extra, client_trust(gw, request))
         trace_headers(headers)
         target = target_of(owner)

@@ -27,7 +27,7 @@ from voltgrid.api.function import Affinity
 from voltgrid.gateway.access import principal_of
 from voltgrid.gateway.core import Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found
-from voltgrid.gateway.forward import CLIENT_HEADER, is_forwarded
+from voltgrid.gateway.forward import CLIENT_HEADER, client_address, is_forwarded
 from voltgrid.gateway.functions import FunctionEntry
 from voltgrid.gateway.h2relay import (
     H2Limits,
@@ -45,8 +45,6 @@ from voltgrid.gateway.proxy import Traffic, target_of
 
 #: Metadata naming the function a call invokes (gRPC paths are ``/package.Service/Method``).
 FUNCTION_METADATA: Final = "x-voltgrid-function"
-#: Seconds HTTP/2 connections get to finish their calls when the gateway stops.
-SHUTDOWN_GRACE: Final = 5.0
 _INTERNAL: Final = frozenset({FORWARDED_HEADER.lower(), INTERNAL_TOKEN_HEADER.lower(), CLIENT_HEADER.lower()})
 _FORWARDED: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"})
 
@@ -71,8 +69,9 @@ class GrpcFront:
                 lambda _: self._connections.discard(protocol)
             )
 
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close(SHUTDOWN_GRACE) for c in list(self._connections)), return_exceptions=True)
+    async def close(self, grace: float) -> None:
+        """GOAWAY on every HTTP/2 connection; calls in flight get ``grace`` seconds to finish."""
+        await asyncio.gather(*(c.close(grace) for c in list(self._connections)), return_exceptions=True)
         await self.pool.close()
 
     async def handle(self, stream: H2Stream) -> None:
@@ -84,7 +83,8 @@ class GrpcFront:
         key = stream.header(fn.header.lower()) if fn.affinity is Affinity.HEADER else None
         if key is not None and (len(key) > 256 or not key.isprintable() or not key.isascii()):
             raise bad_request("malformed session id", "bad_session_id")
-        forwarded = is_forwarded(CIMultiDict(stream.headers), gw.settings.internal_token)
+        metadata = CIMultiDict(stream.headers)
+        forwarded = is_forwarded(metadata, gw.settings.internal_token)
         headers = [(n, v) for n, v in stream.headers if n not in _INTERNAL]
         if not forwarded:  # what a client says of where it came from is replaced, as for HTTP
             headers = [(n, v) for n, v in headers if n not in _FORWARDED]
@@ -92,7 +92,8 @@ class GrpcFront:
         if key and not forwarded and await self._forwarded(stream, key, headers):
             return
         principal = principal_of(claims) if claims is not None else None
-        await self._invoke(stream, fn, key, principal, headers)
+        client = principal or client_address(gw.settings, metadata, stream.peer)
+        await self._invoke(stream, fn, key, principal=principal, client=client, headers=headers)
 
     async def _forwarded(self, stream: H2Stream, key: str, headers: list[tuple[str, str]]) -> bool:
         """Relay the call to the owner of ``key`` (one hop); False when it is to be served here (this
@@ -130,9 +131,12 @@ class GrpcFront:
         stream: H2Stream,
         fn: FunctionEntry,
         key: str | None,
+        *,
         principal: str | None,
+        client: str,
         headers: list[tuple[str, str]],
     ) -> None:
+        """Place the call on its session's instance (``client``: the key of the mint limit)."""
         gw = self.gateway
         manager = gw.manager
         t0 = time.perf_counter()
@@ -147,15 +151,6 @@ class GrpcFront:
                 manager.end_request(counted)
                 gw.metrics.request_done(fn.key, traffic.status, time.perf_counter() - t0, 0, 0)
             return
-        client = (
-            principal
-            or (
-                stream.header(CLIENT_HEADER)
-                if is_forwarded(CIMultiDict(stream.headers), gw.settings.internal_token)
-                else None
-            )
-            or stream.peer
-        )
 
         def admit() -> None:
             gw.mint_limiter.take(fn.key, client)

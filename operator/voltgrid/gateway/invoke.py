@@ -66,7 +66,7 @@ async def invoke(gw: Gateway, request: Request) -> None:
         return
     claims = request.claims
     principal = principal_of(claims) if claims is not None else None
-    client = principal or client_address(gw, request)
+    client = principal or client_address(gw.settings, request.headers, request.peer)
 
     def admit() -> None:
         gw.mint_limiter.take(fn.key, client)
