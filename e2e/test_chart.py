@@ -26,6 +26,8 @@ import httpx2
 import pytest
 from a2a.client import ClientConfig, create_client
 from a2a.types.a2a_pb2 import AgentCard, AgentInterface, Message, Part, Role, SendMessageRequest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -649,6 +651,10 @@ def test_rendered_manifest_applies_serves_and_reapplies_without_changes(cluster:
     token = run(cluster, "kubectl", "-n", MANIFEST_NS, "create", "secret", "generic", "voltgrid-gateway-internal",
                 "--from-literal=token=e2e-" + os.urandom(16).hex())  # fmt: skip
     assert token.returncode == 0 or "AlreadyExists" in token.stderr, token.stderr
+    key = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    claims = run(cluster, "kubectl", "-n", MANIFEST_NS, "create", "secret", "generic", "voltgrid-sandbox-claims",
+                 f"--from-literal=claim-key.pem={key}")  # fmt: skip
+    assert claims.returncode == 0 or "AlreadyExists" in claims.stderr, claims.stderr
     try:
         ok(run(cluster, "kubectl", "apply", "-f", manifest, timeout=180))
         all_ready(cluster, MANIFEST_NS)

@@ -153,7 +153,7 @@ INVALID = [
             "apiVersion": "voltgrid.dev/v1alpha1",
             "kind": "SandboxTemplate",
             "metadata": {"name": "ttl-over-max"},
-            "spec": {"image": "x", "poolSecretName": "s", "ttl": "2h", "maxTtl": "1h"},
+            "spec": {"image": "x", "ttl": "2h", "maxTtl": "1h"},
         },
         "ttl must not exceed maxTtl",
     ),
@@ -185,7 +185,7 @@ def test_sandboxtemplate_scales_through_its_scale_subresource(crds: Any) -> None
         "apiVersion": "voltgrid.dev/v1alpha1",
         "kind": "SandboxTemplate",
         "metadata": {"name": "pool"},
-        "spec": {"image": "localhost/voltgrid/sandbox-python", "poolSecretName": "pool-secret"},
+        "spec": {"image": "localhost/voltgrid/sandbox-python"},
     }
     assert apply(crds, doc).returncode == 0
     out = kubectl(crds, "scale", "-n", NAMESPACE, "sandboxtemplate/pool", "--replicas=7")

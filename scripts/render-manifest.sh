@@ -10,15 +10,18 @@ helm=$(bash "$root/e2e/cluster/build-helm.sh" | tail -n1)
 source "$root/scripts/manifest-values.env"
 render() {
   echo "# GENERATED from charts/voltgrid by scripts/render-manifest.sh. Do not edit."
-  echo "# Install: see docs/operations.md (\"kubectl apply\"). The gateway's internal-token Secret is not"
-  echo "# in this file (a random value cannot be stable here); create it first:"
+  echo "# Install: see docs/operations.md (\"kubectl apply\"). The gateway's internal-token and sandbox"
+  echo "# claim-key Secrets are not in this file (a random value cannot be stable here); create them first:"
   echo "#   kubectl create namespace $MANIFEST_NAMESPACE"
   echo "#   kubectl -n $MANIFEST_NAMESPACE create secret generic $MANIFEST_TOKEN_SECRET --from-literal=token=\$(openssl rand -hex 32)"
+  echo "#   openssl genpkey -algorithm ed25519 -out claim-key.pem"
+  echo "#   kubectl -n $MANIFEST_NAMESPACE create secret generic $MANIFEST_CLAIMS_SECRET --from-file=claim-key.pem"
   echo "#   kubectl apply --server-side -f deploy/voltgrid.yaml"
   "$helm" template "$MANIFEST_RELEASE" "$root/charts/voltgrid" \
     --namespace "$MANIFEST_NAMESPACE" --kube-version "$MANIFEST_KUBE_VERSION" --include-crds \
     --set namespace.create=true \
-    --set gateway.internalToken.existingSecret="$MANIFEST_TOKEN_SECRET"
+    --set gateway.internalToken.existingSecret="$MANIFEST_TOKEN_SECRET" \
+    --set sandboxClaims.existingSecret="$MANIFEST_CLAIMS_SECRET"
 }
 if [ "${1:-}" = "--stdout" ]; then render; exit 0; fi
 mkdir -p "$root/deploy"

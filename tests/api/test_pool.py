@@ -24,7 +24,7 @@ def pods(text: str) -> list[PoolPod]:
 
 
 def spec(**kw: int) -> SandboxTemplateSpec:
-    return SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s", **kw})
+    return SandboxTemplateSpec.model_validate({"image": "img", **kw})
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,12 @@ def test_plan(sizing: tuple[int, int, int, int], observed: str, create: int, del
     """``sizing``: (replicas, maxWarming, the bucket's allowance, claims waiting)."""
     replicas, max_warming, allowance, waiting = sizing
     p = plan(
-        spec(replicas=replicas, maxWarming=max_warming), pods(observed), "new", allowance=allowance, waiting=waiting
+        spec(replicas=replicas, maxWarming=max_warming),
+        pods(observed),
+        "new",
+        allowance=allowance,
+        now=0.0,
+        waiting=waiting,
     )
     assert (p.create, p.delete) == (create, delete)
 
@@ -71,7 +76,7 @@ def test_a_rollout_never_drops_ready_below_replicas() -> None:
     s = spec(replicas=3, maxWarming=1)
     live = pods("R:old R:old R:old")
     for step in range(10):
-        p = plan(s, live, "new", allowance=10)
+        p = plan(s, live, "new", allowance=10, now=0.0)
         assert sum(x.state is PodState.READY for x in live) >= 3
         live = [x for x in live if x.name not in p.delete]
         live = [PoolPod(x.name, x.template_hash, PodState.READY, x.created) for x in live]  # warming -> ready
@@ -107,8 +112,8 @@ def test_a_claim_takes_the_oldest_ready_pod_of_the_current_revision(observed: st
     ],
 )
 def test_template_hash_changes_only_with_what_a_pod_is_made_of(change: dict[str, object], rolls_out: bool) -> None:
-    base = SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s"})
-    changed = SandboxTemplateSpec.model_validate({"image": "img", "poolSecretName": "s", **change})
+    base = SandboxTemplateSpec.model_validate({"image": "img"})
+    changed = SandboxTemplateSpec.model_validate({"image": "img", **change})
     assert (template_hash(base) != template_hash(changed)) is rolls_out
     assert len(template_hash(base)) == 10
 

@@ -1,4 +1,4 @@
-"""The pool pod from the ONE pod builder: the agent waiting for a claim, its secret from a Secret."""
+"""The pool pod from the ONE pod builder: the agent waiting for a claim the gateway signs for its id."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from voltgrid.api import podspec
-from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
+from voltgrid.api.pool import LABEL_SANDBOX_ID, LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
 from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.backends.kubernetes import INSTANCE_SELECTOR
 from voltgrid.errors import SpecError
@@ -17,13 +17,15 @@ def template(**spec: Any) -> SandboxTemplate:
     return SandboxTemplate.model_validate(
         {
             "metadata": {"name": "py", "namespace": "team", "uid": "u-1"},
-            "spec": {"image": "img", "poolSecretName": "s", **spec},
+            "spec": {"image": "img", **spec},
         }
     )
 
 
 def build(t: SandboxTemplate, runtime: str | None = "gvisor") -> dict[str, Any]:
-    return podspec.build_pool_pod(t, suffix="x1y2", template_hash="abc123", runtime_class_name=runtime)
+    return podspec.build_pool_pod(
+        t, suffix="x1y2", template_hash="abc123", runtime_class_name=runtime, sandbox_id="sb-1", claim_key="pub"
+    )
 
 
 def test_pool_pod_is_labelled_owned_and_isolated() -> None:
@@ -35,6 +37,7 @@ def test_pool_pod_is_labelled_owned_and_isolated() -> None:
         "voltgrid.dev/role": "pool",
         LABEL_TEMPLATE: "py",
         LABEL_TEMPLATE_HASH: "abc123",
+        LABEL_SANDBOX_ID: "sb-1",
     }
     assert meta["ownerReferences"][0]["kind"] == "SandboxTemplate" and meta["ownerReferences"][0]["uid"] == "u-1"
     assert spec["runtimeClassName"] == "gvisor" and spec["restartPolicy"] == "Never"
@@ -45,14 +48,21 @@ def test_pool_pod_is_labelled_owned_and_isolated() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
-def test_pool_secret_comes_from_a_secret_never_a_literal() -> None:
-    env = build(template(env=[{"name": "VOLTGRID_SANDBOX_PORT", "value": "1"}, {"name": "A", "value": "b"}]))
+def test_the_pod_gets_its_id_and_the_public_claim_key_and_no_secret() -> None:
+    env = build(
+        template(
+            env=[
+                {"name": "VOLTGRID_SANDBOX_ID", "value": "mine"},
+                {"name": "VOLTGRID_SANDBOX_PORT", "value": "1"},
+                {"name": "A", "value": "b"},
+            ]
+        )
+    )
     entries = env["spec"]["containers"][0]["env"]
     by_name = {e["name"]: e for e in entries}
-    assert by_name["VOLTGRID_SANDBOX_POOL_SECRET"] == {
-        "name": "VOLTGRID_SANDBOX_POOL_SECRET",
-        "valueFrom": {"secretKeyRef": {"name": "s", "key": podspec.POOL_SECRET_KEY}},
-    }
+    assert by_name["VOLTGRID_SANDBOX_ID"]["value"] == "sb-1"  # a template's env cannot pick the id
+    assert by_name["VOLTGRID_SANDBOX_CLAIM_KEY"]["value"] == "pub"
+    assert not [e for e in entries if "valueFrom" in e or "TOKEN" in e["name"]]
     assert by_name["VOLTGRID_SANDBOX_PORT"]["value"] == "49999"  # the agent's port is the template's, not env's
     assert by_name["A"]["value"] == "b" and [e["name"] for e in entries].count("VOLTGRID_SANDBOX_PORT") == 1
 
@@ -63,7 +73,7 @@ def test_pool_pod_runtime_class(runtime: str | None, has_class: bool) -> None:
 
 
 def test_pool_pod_needs_an_owner_identity() -> None:
-    t = SandboxTemplate.model_validate({"metadata": {"name": "py"}, "spec": {"image": "img", "poolSecretName": "s"}})
+    t = SandboxTemplate.model_validate({"metadata": {"name": "py"}, "spec": {"image": "img"}})
     with pytest.raises(SpecError, match="uid"):
         build(t)
 

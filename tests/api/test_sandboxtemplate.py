@@ -12,9 +12,7 @@ from voltgrid.api import SandboxTemplate, crdgen
 
 
 def test_template_defaults_are_secure_and_the_pool_empty() -> None:
-    t = SandboxTemplate.model_validate(
-        {"spec": {"image": "localhost/voltgrid/sandbox-python", "poolSecretName": "py-pool"}}
-    )
+    t = SandboxTemplate.model_validate({"spec": {"image": "localhost/voltgrid/sandbox-python"}})
     assert t.spec.replicas == 0 and t.spec.agent_port == 49999
     assert t.spec.isolation.allow_unsandboxed is False
     assert t.spec.network.egress == [] and t.spec.network.allow_dns is False
@@ -24,17 +22,15 @@ def test_template_defaults_are_secure_and_the_pool_empty() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"poolSecretName": "s"}, "image"),
-        ({"image": "x"}, "poolSecretName"),
-        ({"image": "x", "poolSecretName": "Not_A_Name"}, "poolSecretName"),
-        ({"image": "x", "poolSecretName": "s", "replicas": -1}, "replicas"),
-        ({"image": "x", "poolSecretName": "s", "replicas": 10_001}, "replicas"),
-        ({"image": "x", "poolSecretName": "s", "maxWarming": 0}, "maxWarming"),
-        ({"image": "x", "poolSecretName": "s", "refillPerMinute": 0}, "refillPerMinute"),
-        ({"image": "x", "poolSecretName": "s", "ttl": "forever"}, "ttl"),
-        ({"image": "x", "poolSecretName": "s", "network": {"egress": [{"cidr": "10.0.0.0/99"}]}}, "CIDR"),
-        ({"image": "x", "poolSecretName": "s", "agentPort": 0}, "agentPort"),
-        ({"image": "x", "poolSecretName": "s", "unknown": 1}, "unknown"),
+        ({}, "image"),
+        ({"image": "x", "replicas": -1}, "replicas"),
+        ({"image": "x", "replicas": 10_001}, "replicas"),
+        ({"image": "x", "maxWarming": 0}, "maxWarming"),
+        ({"image": "x", "refillPerMinute": 0}, "refillPerMinute"),
+        ({"image": "x", "ttl": "forever"}, "ttl"),
+        ({"image": "x", "network": {"egress": [{"cidr": "10.0.0.0/99"}]}}, "CIDR"),
+        ({"image": "x", "agentPort": 0}, "agentPort"),
+        ({"image": "x", "unknown": 1}, "unknown"),
     ],
 )
 def test_template_rejects(spec: dict[str, Any], message: str) -> None:

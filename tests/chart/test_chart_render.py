@@ -3,11 +3,14 @@ and keeps the invariants the product promises (non-root, GitOps-clean, least pri
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from chart_render import NAMESPACE, Render
+
+from voltgrid.sandbox_claims import load_signing_key
 
 #: Kinds served by CRDs (ours, kopf's, cert-manager's, the Prometheus Operator's): no built-in schema.
 CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "Issuer", "Certificate", "ServiceMonitor"}
@@ -51,7 +54,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no-storage", {"storage": {"enabled": False}, "janitor": {"enabled": False}}, []),
     ("no-webhook", {"webhook": {"enabled": False}, "storage": {"enabled": False}, "janitor": {"enabled": False}}, []),
     ("tracing", {"tracing": {"enabled": True, "otlpEndpoint": "http://otel:4317"}}, []),
-    ("token-secret", {"gateway": {"internalToken": {"existingSecret": "mine"}}}, []),
+    (
+        "token-secret",
+        {"gateway": {"internalToken": {"existingSecret": "mine"}}, "sandboxClaims": {"existingSecret": "keys"}},
+        [],
+    ),
     ("api-token", {"gateway": {"apiToken": {"existingSecret": "operators"}}}, []),
     ("namespace", {"namespace": {"create": True}}, []),
     ("triggers", {"triggers": {"enabled": True, "secretNamespaces": ["shop", "bank"]}}, []),
@@ -292,3 +299,27 @@ def test_case_specifics(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rendered
     check_control_plane(name, docs)
     check_options(name, docs)
+
+
+@pytest.mark.parametrize("existing", ["", "keys"])
+def test_gateway_and_operator_mount_the_sandbox_claim_key_and_an_upgrade_keeps_it(
+    render: Render, existing: str
+) -> None:
+    """The gateway signs claims with the key, the operator derives its public half: both mount it, neither
+    reads Secrets. Generated unless named (then no Secret is rendered)."""
+    docs = render({"sandboxClaims": {"existingSecret": existing}} if existing else {}, [])
+    secret = existing or "voltgrid-sandbox-claims"
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    for name, prefix in (("voltgrid-gateway", "GATEWAY"), ("voltgrid-operator", "OPERATOR")):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert {"name": "sandbox-claims", "secret": {"secretName": secret, "defaultMode": 0o440}} in pod["volumes"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        key_file = env[f"VOLTGRID_{prefix}_SANDBOX_CLAIM_KEY_FILE"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "sandbox-claims")
+        assert key_file.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+    generated = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "voltgrid-sandbox-claims"]
+    if existing:
+        assert generated == []
+    else:
+        pem = base64.b64decode(generated[0]["data"]["claim-key.pem"])
+        load_signing_key(pem)  # an Ed25519 key the gateway can load

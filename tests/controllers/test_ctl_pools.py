@@ -6,11 +6,35 @@ import asyncio
 from typing import Any
 
 import kmock
+import kopf
 import pytest
-from ctlfakes import EPOCH, NETPOLS, NS, PODS, SECRETS, TEMPLATES, add_node, add_runtime_class, names, stored
+from ctlfakes import (
+    EPOCH,
+    NETPOLS,
+    NS,
+    PODS,
+    SECRETS,
+    TEMPLATES,
+    add_node,
+    add_runtime_class,
+    names,
+    stored,
+    virtual_now,
+)
 
-from voltgrid.api.pool import LABEL_CLAIMED, LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
+from conftest import CLAIM_KEY_PEM
+from voltgrid.api.pool import (
+    ANNOTATION_EXPIRES,
+    ANNOTATION_WAITING,
+    LABEL_CLAIMED,
+    LABEL_SANDBOX_ID,
+    LABEL_TEMPLATE,
+    LABEL_TEMPLATE_HASH,
+)
 from voltgrid.controllers.core import Controllers
+from voltgrid.controllers.main import build_controllers
+from voltgrid.controllers.settings import OperatorSettings
+from voltgrid.sandbox_claims import load_signing_key, public_key_text
 
 GV = {"voltgrid.dev/gvisor": "true"}
 
@@ -20,7 +44,7 @@ def template(name: str = "py", generation: int = 1, **spec: Any) -> dict[str, An
         "apiVersion": "voltgrid.dev/v1alpha1",
         "kind": "SandboxTemplate",
         "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation},
-        "spec": {"image": "sandbox-python:1", "poolSecretName": "py-pool", **spec},
+        "spec": {"image": "sandbox-python:1", **spec},
     }
 
 
@@ -57,7 +81,7 @@ async def gvisor(api: kmock.KubernetesEmulator, ctl: Controllers) -> None:
     await ctl.resync()
 
 
-async def test_pool_fills_under_gvisor_with_its_secret_and_counts(
+async def test_pool_fills_under_gvisor_with_ids_and_the_claim_key_and_counts(
     api: kmock.KubernetesEmulator, ctl: Controllers, gvisor: None
 ) -> None:
     await apply(api, ctl, replicas=2)
@@ -72,8 +96,11 @@ async def test_pool_fills_under_gvisor_with_its_secret_and_counts(
     policy = stored(api, NETPOLS, policy_name)["spec"]
     assert policy["podSelector"]["matchLabels"] == {LABEL_TEMPLATE: "py", LABEL_TEMPLATE_HASH: revision}
     assert policy["policyTypes"] == ["Egress"] and policy["egress"] == []  # egress denied: nothing allowed
-    secret_ref = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}["VOLTGRID_SANDBOX_POOL_SECRET"]
-    assert secret_ref["valueFrom"]["secretKeyRef"]["name"] == "py-pool"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    claim_key = load_signing_key(CLAIM_KEY_PEM)  # the pod verifies claims with its public half, nothing more
+    assert env["VOLTGRID_SANDBOX_CLAIM_KEY"] == public_key_text(claim_key)
+    ids = {stored(api, PODS, p)["metadata"]["labels"][LABEL_SANDBOX_ID] for p in pods}
+    assert env["VOLTGRID_SANDBOX_ID"] in ids and len(ids) == 2 and all(i.startswith("sb-") for i in ids)
     st = status(api)
     assert (st["replicas"], st["ready"], st["warming"], st["claimed"], st["updated"]) == (2, 0, 2, 0, 2)
     assert st["selector"] == f"{LABEL_TEMPLATE}=py,{LABEL_CLAIMED} notin (true)"
@@ -161,3 +188,47 @@ async def test_refill_is_paced_by_refill_per_minute(
     finally:
         scheduler.cancel()
         await asyncio.gather(scheduler, return_exceptions=True)
+
+
+async def test_claims_waiting_on_a_dry_pool_grow_it_beyond_replicas(
+    api: kmock.KubernetesEmulator, ctl: Controllers, gvisor: None
+) -> None:
+    await apply(api, ctl, replicas=1)
+    assert len(names(api, PODS)) == 1
+    body = template(generation=2, replicas=1)
+    body["metadata"]["annotations"] = {ANNOTATION_WAITING: "2"}  # the gateway's note: two claims wait
+    api.objects[TEMPLATES, NS, "py"] = body
+    await ctl.pools.on_event(stored(api, TEMPLATES, "py"), None)
+    assert len(names(api, PODS)) == 3
+
+
+@pytest.mark.parametrize(("expired_for", "burnt"), [(120.0, True), (30.0, False)])
+async def test_a_claimed_sandbox_past_its_expiry_and_grace_is_burnt(
+    api: kmock.KubernetesEmulator, ctl: Controllers, gvisor: None, expired_for: float, burnt: bool
+) -> None:
+    """The gateway burns sandboxes on time; the pool burns one a gateway missed, 60 s late."""
+    await apply(api, ctl, replicas=1)
+    [pod] = names(api, PODS)
+    now = ctl.ctx.clock().timestamp()
+    claim = {"labels": {LABEL_CLAIMED: "true"}, "annotations": {ANNOTATION_EXPIRES: f"{now - expired_for:.3f}"}}
+    api.objects[PODS, NS, pod].patch({"metadata": claim})
+    await ctl.on_pod(stored(api, PODS, pod), "MODIFIED")
+    assert (pod not in names(api, PODS)) is burnt
+    if not burnt:
+        assert ctl.ctx.scheduler.due_at(("pool", NS, "py")) is not None  # back when the grace is over
+
+
+async def test_without_the_claim_key_a_template_is_not_ready(api: kmock.KubernetesEmulator) -> None:
+    add_node(api, **GV)
+    add_runtime_class(api, "gvisor", "runsc", **GV)
+    controllers = build_controllers(OperatorSettings(namespaces=(NS,)), clock=virtual_now)
+    controllers.ctx.client.login(kopf.ConnectionInfo(server=str(api.url)))
+    try:
+        await controllers.resync()
+        await apply(api, controllers, replicas=2)
+        assert names(api, PODS) == []
+        [cond] = status(api)["conditions"]
+        assert (cond["status"], cond["reason"]) == ("False", "NoClaimKey")
+        assert "sandbox_claim_key_file" in cond["message"]
+    finally:
+        await controllers.ctx.client.close()

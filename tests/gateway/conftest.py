@@ -16,6 +16,7 @@ from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.backends.local import LocalProcessBackend
 from voltgrid.gateway.app import GatewayServer
+from voltgrid.gateway.sandboxes import PoolPods
 from voltgrid.gateway.settings import GatewaySettings
 
 StartReplicas = Callable[..., Any]
@@ -28,7 +29,11 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
     backends: list[LocalProcessBackend] = []
 
     async def start(
-        functions: list[Function], n: int = 1, backend: InstanceBackend | None = None, **overrides: Any
+        functions: list[Function],
+        n: int = 1,
+        backend: InstanceBackend | None = None,
+        pool_pods: PoolPods | None = None,
+        **overrides: Any,
     ) -> list[Replica]:
         ports = [free_port() for _ in range(n)]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -43,7 +48,7 @@ async def replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
             settings = GatewaySettings(
                 port=port, replica_url=url, peers=urls if n > 1 else [], internal_token=TOKEN, **options
             )
-            server = GatewayServer(settings, b, functions)
+            server = GatewayServer(settings, b, functions, pool_pods=pool_pods)
             await server.start("127.0.0.1", port)
             replica = Replica(url, server.gateway, server, b)
             started.append(replica)

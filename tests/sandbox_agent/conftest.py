@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,31 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ports import free_port
 from voltgrid.sandbox_agent.agent import AgentSettings
 from voltgrid.sandbox_agent.server import build_app
+from voltgrid.sandbox_claims import public_key_text, sign_claim, token_digest
 
 TOKEN = "sandbox-test-token-0123456789"
-POOL_SECRET = "pool-secret-of-the-template-0123"
+#: The gateway's claim key in these tests, and the id a warm test sandbox was started with.
+CLAIM_KEY = Ed25519PrivateKey.generate()
+CLAIM_PUBLIC = public_key_text(CLAIM_KEY)
+SANDBOX_ID = "sb-test-0123456789abcdef"
+
+
+def signed_claim(
+    token: str, env: dict[str, str] | None = None, sandbox_id: str = SANDBOX_ID, at: float | None = None
+) -> dict[str, str]:
+    """The body of ``POST /claim`` as the gateway sends it."""
+    issued = time.time() if at is None else at
+    return {"claim": sign_claim(CLAIM_KEY, sandbox_id, token_digest(token), env or {}, issued)}
+
+
+def warm_settings(**overrides: Any) -> dict[str, Any]:
+    """``start_agent`` options of a warm pool sandbox: no token, the claim key and its id."""
+    return {"token": "", "claim_key": CLAIM_PUBLIC, "sandbox_id": SANDBOX_ID, **overrides}
 
 
 @dataclass
@@ -53,7 +72,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
         workspace = tmp_path / "ws"
         workspace.mkdir(exist_ok=True)
         settings = AgentSettings(workspace=str(workspace), **{"token": TOKEN, **overrides})
-        environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_POOL_SECRET": POOL_SECRET}
+        environ = {**os.environ, "VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_CLAIM_KEY": CLAIM_PUBLIC}
         runner = web.AppRunner(build_app(settings, environ), shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
         port = free_port()

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from conftest import TOKEN, Agent, text_of
+from conftest import CLAIM_PUBLIC, SANDBOX_ID, TOKEN, Agent, text_of
 from voltgrid.sandbox_agent.__main__ import settings_from
 from voltgrid.sandbox_agent.agent import AgentSettings, child_env
 
@@ -54,16 +54,26 @@ def test_settings_refuse_a_short_token_and_read_a_token_file(tmp_path: object) -
     with pytest.raises(ValueError, match="at least 16"):
         AgentSettings(token="short", workspace="/tmp")
     with pytest.raises(ValueError, match="exactly one"):
-        AgentSettings(token=TOKEN, pool_secret=TOKEN, workspace="/tmp")
+        AgentSettings(token=TOKEN, claim_key=CLAIM_PUBLIC, sandbox_id=SANDBOX_ID, workspace="/tmp")
+    with pytest.raises(ValueError, match="sandbox's id"):
+        AgentSettings(claim_key=CLAIM_PUBLIC, workspace="/tmp")
+    with pytest.raises(ValueError, match="Ed25519 public key"):
+        AgentSettings(claim_key="not a key", sandbox_id=SANDBOX_ID, workspace="/tmp")
     env = {"VOLTGRID_SANDBOX_TOKEN_FILE": "/dev/null", "VOLTGRID_SANDBOX_PORT": "1234"}
     with pytest.raises(ValueError, match="exactly one"):
         settings_from([], env)
-    pool, _, _ = settings_from(["--prewarm", "python,bash"], {"VOLTGRID_SANDBOX_POOL_SECRET": TOKEN})
-    assert (pool.pool_secret, pool.token, pool.prewarm) == (TOKEN, "", ("python", "bash"))
+    warm_env = {"VOLTGRID_SANDBOX_CLAIM_KEY": CLAIM_PUBLIC, "VOLTGRID_SANDBOX_ID": SANDBOX_ID}
+    pool, _, _ = settings_from(["--prewarm", "python,bash"], warm_env)
+    assert (pool.claim_key, pool.sandbox_id, pool.token, pool.prewarm) == (
+        CLAIM_PUBLIC,
+        SANDBOX_ID,
+        "",
+        ("python", "bash"),
+    )
     settings, host, port = settings_from(["--port", "4321"], {"VOLTGRID_SANDBOX_TOKEN": TOKEN, **env})
     assert (settings.token, host, port) == (TOKEN, "0.0.0.0", 4321)
     secret_env = {"VOLTGRID_SANDBOX_TOKEN": TOKEN, "VOLTGRID_SANDBOX_TOKEN_FILE": "f", "HOME": "/h"}
-    assert child_env({**secret_env, "VOLTGRID_SANDBOX_POOL_SECRET": "s"}) == {"HOME": "/h"}
+    assert child_env({**secret_env, "VOLTGRID_SANDBOX_CLAIM_KEY": "k"}) == {"HOME": "/h"}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import POOL_SECRET, Agent, StartAgent, text_of
+from conftest import Agent, StartAgent, signed_claim, text_of, warm_settings
 from voltgrid.sandbox_agent.repl import JavaScriptContext
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
@@ -67,10 +67,9 @@ async def test_interrupt_stops_a_running_script(agent: Agent) -> None:
 
 
 async def test_claim_env_reaches_a_prewarmed_node(start_agent: StartAgent) -> None:
-    agent: Agent = await start_agent(token="", pool_secret=POOL_SECRET, prewarm=("javascript",))
-    agent.client.headers["Authorization"] = f"Bearer {POOL_SECRET}"
+    agent: Agent = await start_agent(**warm_settings(prewarm=("javascript",)))
     claimant = "claimant-token-abcdefghijklmnop"
-    assert (await agent.client.post("/claim", json={"token": claimant, "env": {"KEY": "v1"}})).status_code == 200
+    assert (await agent.client.post("/claim", json=signed_claim(claimant, {"KEY": "v1"}))).status_code == 200
     agent.client.headers["Authorization"] = f"Bearer {claimant}"
     events = await js(agent, "process.env.KEY")
     assert events[0]["data"] == {"text/plain": "'v1'"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import POOL_SECRET
+from conftest import CLAIM_PUBLIC, SANDBOX_ID, signed_claim
 from ports import free_port
 
 CLAIMANT = "claimant-token-abcdefghijklmnop"
@@ -20,7 +20,12 @@ CLAIMANT = "claimant-token-abcdefghijklmnop"
 
 async def test_agent_process_serves_after_prewarm_and_stops_its_kernels_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "VOLTGRID_SANDBOX_POOL_SECRET": POOL_SECRET, "VOLTGRID_SANDBOX_PREWARM": "python"}
+    env = {
+        **os.environ,
+        "VOLTGRID_SANDBOX_CLAIM_KEY": CLAIM_PUBLIC,
+        "VOLTGRID_SANDBOX_ID": SANDBOX_ID,
+        "VOLTGRID_SANDBOX_PREWARM": "python",
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voltgrid.sandbox_agent", "--host", "127.0.0.1", "--port", str(port),
         "--workspace", str(tmp_path), env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -33,9 +38,7 @@ async def test_agent_process_serves_after_prewarm_and_stops_its_kernels_on_sigte
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
-            claim = await client.post(
-                "/claim", json={"token": CLAIMANT}, headers={"Authorization": f"Bearer {POOL_SECRET}"}
-            )
+            claim = await client.post("/claim", json=signed_claim(CLAIMANT))
             assert claim.status_code == 200
             started = time.monotonic()
             headers = {"Authorization": f"Bearer {CLAIMANT}"}

@@ -134,3 +134,22 @@ annotations:
   cert-manager.io/inject-ca-from: {{ printf "%s/%s-webhook" .Release.Namespace (include "voltgrid.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the sandbox claim key (templates/sandbox-claims.yaml), its mount and setting. */}}
+{{- define "voltgrid.claimKeySecret" -}}
+{{- default (printf "%s-sandbox-claims" (include "voltgrid.fullname" .)) .Values.sandboxClaims.existingSecret -}}
+{{- end }}
+{{- define "voltgrid.claimKeyVolume" -}}
+- name: sandbox-claims
+  secret:
+    secretName: {{ include "voltgrid.claimKeySecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- define "voltgrid.claimKeyMount" -}}
+- name: sandbox-claims
+  mountPath: /var/run/voltgrid/sandbox-claims
+  readOnly: true
+{{- end }}
+{{- define "voltgrid.claimKeyPath" -}}
+/var/run/voltgrid/sandbox-claims/claim-key.pem
+{{- end }}

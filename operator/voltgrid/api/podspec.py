@@ -29,7 +29,7 @@ from voltgrid.api import constants
 from voltgrid.api import gpu as gpu_map
 from voltgrid.api.common import EnvVar, Resources
 from voltgrid.api.function import Function
-from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
+from voltgrid.api.pool import LABEL_SANDBOX_ID, LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
 from voltgrid.api.sandbox import Sandbox
 from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.api.session import Session
@@ -306,32 +306,33 @@ def build_sandbox_pod(
     return pod
 
 
-#: Key of the pool secret in the Secret a SandboxTemplate's pods read it from.
-POOL_SECRET_KEY: Final = "pool-secret"
-
-
 def build_pool_pod(
-    template: SandboxTemplate, *, suffix: str, template_hash: str, runtime_class_name: str | None
+    template: SandboxTemplate,
+    *,
+    suffix: str,
+    template_hash: str,
+    runtime_class_name: str | None,
+    sandbox_id: str,
+    claim_key: str,
 ) -> Manifest:
     """A warm sandbox of ``template``'s pool: the agent, prewarmed, waiting for its one claim.
 
-    The agent reads the pool's secret from the template's Secret (never a literal in the pod spec,
-    which anyone who can list pods would read); a claim replaces it with the claimant's token inside
-    the agent.
+    The agent gets the gateway's public claim key and the id pre-minted for it (also a label, for the
+    gateway to find it): it accepts one claim the gateway signed for that id. Both are public, so a
+    literal in the pod spec is fine; the claimant's token reaches the agent only inside the claim.
     ``suffix`` tells the pool's pods apart (the caller draws it); ``template_hash`` is its revision.
     """
     meta = template.metadata
     if not meta.name or not meta.namespace or not meta.uid:
         raise SpecError("the SandboxTemplate needs metadata.name, namespace and uid to own its pods")
     spec = template.spec
-    extra = {"VOLTGRID_SANDBOX_PORT": str(spec.agent_port), "VOLTGRID_SANDBOX_PREWARM": "python"}
+    extra = {
+        "VOLTGRID_SANDBOX_PORT": str(spec.agent_port),
+        "VOLTGRID_SANDBOX_PREWARM": "python",
+        "VOLTGRID_SANDBOX_ID": sandbox_id,
+        "VOLTGRID_SANDBOX_CLAIM_KEY": claim_key,
+    }
     env = _env(spec.env, extra)
-    env.append(
-        {
-            "name": "VOLTGRID_SANDBOX_POOL_SECRET",
-            "valueFrom": {"secretKeyRef": {"name": spec.pool_secret_name, "key": POOL_SECRET_KEY}},
-        }
-    )
     container = _container(spec.image, spec.command, None, env, port=spec.agent_port, resources=spec.resources)
     container["readinessProbe"] = {
         "httpGet": {"path": "/health", "port": spec.agent_port},
@@ -357,6 +358,7 @@ def build_pool_pod(
                 constants.LABEL_ROLE: str(Role.POOL),
                 LABEL_TEMPLATE: meta.name,
                 LABEL_TEMPLATE_HASH: template_hash,
+                LABEL_SANDBOX_ID: sandbox_id,
             },
             "ownerReferences": [owner_reference("SandboxTemplate", meta.name, meta.uid)],
         },

@@ -6,8 +6,9 @@ function of the observed pods, the template and the clock — no I/O — and is 
 
 The rules:
 
-- **Burn after use.** A claimed pod never goes back to the pool and the pool never deletes it: its
-  claim's TTL or its deletion ends it. A dead pod (failed, or gone from under its claim) is deleted.
+- **Burn after use.** A claimed pod never goes back to the pool: its claim's TTL or its deletion ends
+  it (the gateway deletes it on time; the pool deletes it :data:`EXPIRY_GRACE` seconds past its
+  expiry, for a gateway that was down). A dead pod (failed, or gone from under its claim) is deleted.
 - **Desired warm pods** = ``spec.replicas`` plus claims waiting for a pod (creation on demand when
   the pool ran dry), counted in pods of the *current* revision only.
 - **Bounded refill.** At most ``maxWarming`` pods of the pool start at once, and at most
@@ -37,6 +38,22 @@ LABEL_TEMPLATE: Final = f"{constants.LABEL_PREFIX}sandbox-template"
 LABEL_TEMPLATE_HASH: Final = f"{constants.LABEL_PREFIX}template-hash"
 #: Pod label: ``"true"`` once the pod was handed to a claimant (burnt after use, never handed again).
 LABEL_CLAIMED: Final = f"{constants.LABEL_PREFIX}claimed"
+#: Pod label: the sandbox id pre-minted for a warm pod, which the gateway's signed claim must name.
+LABEL_SANDBOX_ID: Final = f"{constants.LABEL_PREFIX}sandbox-id"
+#: Pod annotations the gateway writes (after the claim, off the hot path) so that any replica and the
+#: operator know a claimed sandbox: when it expires (unix seconds), the SHA-256 of its token, the
+#: claimant (JWT principal, if any) and the claim's metadata (JSON).
+ANNOTATION_EXPIRES: Final = f"{constants.LABEL_PREFIX}sandbox-expires"
+ANNOTATION_TOKEN_SHA256: Final = f"{constants.LABEL_PREFIX}sandbox-token-sha256"
+ANNOTATION_PRINCIPAL: Final = f"{constants.LABEL_PREFIX}sandbox-principal"
+ANNOTATION_METADATA: Final = f"{constants.LABEL_PREFIX}sandbox-metadata"
+ANNOTATION_CLAIMED_AT: Final = f"{constants.LABEL_PREFIX}sandbox-claimed-at"
+#: SandboxTemplate annotation the gateway sets while claims wait for a warm pod (the pool ran dry):
+#: how many; the pool creates that many beyond ``replicas`` (creation on demand), paced as any refill.
+ANNOTATION_WAITING: Final = f"{constants.LABEL_PREFIX}claims-waiting"
+#: Seconds past its expiry after which the operator burns a claimed sandbox the gateway did not
+#: (the gateway deletes it on time; this is the safety net for a gateway that was down).
+EXPIRY_GRACE: Final = 60.0
 #: Fields that size or pace the pool or bound claims: changing them changes no pod, so no rollout.
 POOL_ONLY_FIELDS: Final = frozenset({"replicas", "maxWarming", "refillPerMinute", "ttl", "maxTtl"})
 HASH_CHARS: Final = 10
@@ -58,6 +75,8 @@ class PoolPod:
     state: PodState
     created: float
     """Creation time (seconds); the oldest outdated pods go first."""
+    expires: float | None = None
+    """A claimed pod's expiry (unix seconds), once the gateway recorded it."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,25 @@ def template_hash(spec: SandboxTemplateSpec) -> str:
     """The revision of the pods a template builds: a hash of every field but the pool's sizing."""
     wire = {k: v for k, v in spec.to_wire().items() if k not in POOL_ONLY_FIELDS}
     return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:HASH_CHARS]
+
+
+def expiry_of(annotations: dict[str, str] | None) -> float | None:
+    """A claimed pod's expiry (unix seconds) from its annotation; None when unset or junk."""
+    raw = (annotations or {}).get(ANNOTATION_EXPIRES)
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def waiting_claims(annotations: dict[str, str] | None) -> int:
+    """The claims waiting for a pod, from the template's annotation (junk counts as none)."""
+    raw = (annotations or {}).get(ANNOTATION_WAITING, "0")
+    return min(int(raw), MAX_WAITING) if raw.isdigit() else 0
+
+
+#: More waiting claims than this are not turned into pods at once (the refill rate paces them anyway).
+MAX_WAITING: Final = 1000
 
 
 @dataclass
@@ -119,13 +157,24 @@ def counts(pods: Iterable[PoolPod], current_hash: str) -> Counts:
     )
 
 
+def expired(pod: PoolPod, now: float) -> bool:
+    """A claimed pod past its expiry and the grace: burnt by the pool, the gateway having missed it."""
+    return pod.state is PodState.CLAIMED and pod.expires is not None and now > pod.expires + EXPIRY_GRACE
+
+
 def plan(
-    spec: SandboxTemplateSpec, pods: Iterable[PoolPod], current_hash: str, *, allowance: int, waiting: int = 0
+    spec: SandboxTemplateSpec,
+    pods: Iterable[PoolPod],
+    current_hash: str,
+    *,
+    allowance: int,
+    now: float,
+    waiting: int = 0,
 ) -> Plan:
     """What to create and delete now. ``allowance``: creations the refill bucket allows this moment;
     ``waiting``: claims with no ready pod to take (the pool ran dry)."""
     pods = list(pods)
-    delete: list[str] = [p.name for p in pods if p.state is PodState.DEAD]
+    delete: list[str] = [p.name for p in pods if p.state is PodState.DEAD or expired(p, now)]
     current = [p for p in pods if p.template_hash == current_hash]
     outdated = [p for p in pods if p.template_hash != current_hash]
     # Rollout: outdated warming pods serve nobody; outdated ready ones go as new ones become ready.

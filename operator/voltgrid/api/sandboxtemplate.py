@@ -6,8 +6,11 @@ to keep warm (``replicas``, so that ``kubectl scale``, an HPA or KEDA can size t
 (:mod:`voltgrid.sandbox_agent`) waiting for its token; a claim hands one out and the pool refills,
 at most ``maxWarming`` pods starting at once and ``refillPerMinute`` new ones a minute, so a burst of
 claims cannot stampede the apiserver and the nodes. Sandboxes are burnt after use: a claimed pod is
-never returned to the pool. A template change rolls out to warm pods only (the template hash label
-tells the revisions apart); claimed sandboxes keep the revision they were claimed from.
+never returned to the pool. Only the gateway can claim one: each warm sandbox carries the gateway's
+public claim key and a pre-minted id, and accepts one claim signed for that id
+(:mod:`voltgrid.sandbox_claims`), so no Secret of the template's owner is involved. A template
+change rolls out to warm pods only (the template hash label tells the revisions apart); claimed
+sandboxes keep the revision they were claimed from.
 
 The security posture is the ``Sandbox``'s: a sandboxed runtime of the isolation policy, egress
 denied unless allow-listed.
@@ -27,7 +30,6 @@ from voltgrid.api.common import (
     EnvVar,
     Isolation,
     Model,
-    ObjectName,
     Resources,
     cel,
 )
@@ -43,12 +45,6 @@ MAX_POOL_SIZE: Final = 10_000
 class SandboxTemplateSpec(Model):
     image: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
         description="An image that runs the sandbox agent (e.g. localhost/voltgrid/sandbox-python)."
-    )
-    pool_secret_name: ObjectName = Field(
-        description=(
-            "A Secret in the namespace whose key 'pool-secret' (at least 16 characters) the pool's agents accept"
-            " for their one claim. Created by the template's owner: the operator holds no permission on Secrets."
-        )
     )
     command: list[str] | None = Field(
         default=None, description="Overrides the image's entrypoint; it must serve the agent on agentPort."

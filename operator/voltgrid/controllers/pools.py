@@ -5,9 +5,12 @@ Thin over :mod:`voltgrid.api.pool` (what to create and delete, decided from the 
 event of one of its pods it plans, deletes and creates, and writes the counts the ``/scale``
 subresource and ``kubectl get sandboxtemplates`` show. Creation is paced by a per-template refill
 bucket; when the bucket holds the pool back, a deadline on the ONE scheduler comes back when the
-next creation is allowed. The pool's secret (good for one claim per pod, see
-:mod:`voltgrid.sandbox_agent.agent`) lives in the Secret the template names, made by its owner: the
-operator holds no permission on Secrets (the chart's RBAC guard keeps it so), and never reads it.
+next creation is allowed; a claimed pod's expiry (plus a grace) brings it back to burn the pod if
+the gateway has not. Each pool pod gets a pre-minted sandbox id and the gateway's *public* claim key
+(:mod:`voltgrid.sandbox_claims`), derived from the key file the chart mounts into gateway and
+operator alike (Helm cannot derive a public key itself); the operator signs nothing and holds no
+permission on Secrets (the chart's RBAC guard keeps it so). Without the key file a template is not
+Ready (``NoClaimKey``): its sandboxes could never be claimed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import logging
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -32,6 +36,8 @@ from voltgrid.controllers.builders.runtime import select_runtime
 from voltgrid.controllers.builders.status import READY
 from voltgrid.controllers.kube import core_path, group_path, voltgrid_path
 from voltgrid.controllers.state import Context, Key, spec_only
+from voltgrid.registry.ids import mint_sandbox_id
+from voltgrid.sandbox_claims import load_signing_key, public_key_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ def pool_pod(pod: PodInfo) -> pool.PoolPod:
     else:
         state = pool.PodState.WARMING
     created = pod.created.timestamp() if pod.created else 0.0
-    return pool.PoolPod(pod.name, pod.template_hash, state, created)
+    return pool.PoolPod(pod.name, pod.template_hash, state, created, pod.pool_expires)
 
 
 def selector(template: str) -> str:
@@ -71,6 +77,10 @@ class PoolController:
         #: kopf runs the handlers of different pods at once: one reconcile per template at a time,
         #: or two would plan from the same index and create the missing pods twice.
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: Claims waiting for a pod per template (the gateway's annotation on the template).
+        self.waiting: dict[Key, int] = {}
+        key_file = ctx.settings.sandbox_claim_key_file
+        self.claim_key = public_key_text(load_signing_key(Path(key_file).read_bytes())) if key_file else None
         ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pool.PodState])
 
     def state_counts(self) -> Counter[str]:
@@ -84,6 +94,7 @@ class PoolController:
             self.templates.pop(key, None)
             self.buckets.pop(key, None)
             self.locks.pop(key, None)
+            self.waiting.pop(key, None)
             self.ctx.scheduler.cancel((DEADLINE_KIND, *key))
             return
         try:
@@ -92,6 +103,7 @@ class PoolController:
             logger.warning("SandboxTemplate %s/%s is invalid: %s", *key, exc)
             return
         self.templates[key] = (template, dict(body.get("status") or {}))
+        self.waiting[key] = pool.waiting_claims(meta.get("annotations"))
         await self.reconcile(key)
 
     async def on_pod(self, pod: PodInfo) -> None:
@@ -119,16 +131,30 @@ class PoolController:
         choice = select_runtime(spec.isolation, rt.classes, rt.nodes.values(), spec.resources.gpu)
         pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
         conditions = current.get("conditions")
-        if not choice.runnable:
-            cond = status_builder.condition(
-                conditions, READY, False, choice.reason, choice.message, generation=gen, now=now
+        if self.claim_key is None or not choice.runnable:
+            reason, message = (
+                (
+                    "NoClaimKey",
+                    "the operator has no sandbox claim key (setting sandbox_claim_key_file), so no"
+                    " pool sandbox could be claimed; the chart mounts one",
+                )
+                if self.claim_key is None
+                else (choice.reason, choice.message)
             )
+            cond = status_builder.condition(conditions, READY, False, reason, message, generation=gen, now=now)
             await self._write(key, current, self._counts(name, pods, revision, gen, cond))
             return
         bucket = self.buckets.get(key)
         if bucket is None or bucket.per_minute != spec.refill_per_minute:
             bucket = self.buckets[key] = pool.RefillBucket.full(spec.refill_per_minute, now.timestamp())
-        plan = pool.plan(spec, pods, revision, allowance=bucket.available(now.timestamp()))
+        plan = pool.plan(
+            spec,
+            pods,
+            revision,
+            allowance=bucket.available(now.timestamp()),
+            now=now.timestamp(),
+            waiting=self.waiting.get(key, 0),
+        )
         for victim in plan.delete:
             await self.ctx.client.delete(core_path("pods", ns, victim))
             self.ctx.pods.remove(ns, victim)
@@ -143,6 +169,8 @@ class PoolController:
                     suffix=secrets.token_hex(4),
                     template_hash=revision,
                     runtime_class_name=choice.runtime_class_name,
+                    sandbox_id=mint_sandbox_id(),
+                    claim_key=self.claim_key,
                 )
                 created = await children.create(self.ctx.client, "Pod", core_path("pods", ns), manifest)
                 self.ctx.pods.upsert(PodInfo.from_pod(created or manifest))
@@ -152,10 +180,16 @@ class PoolController:
             cond = status_builder.condition(conditions, READY, False, exc.reason, str(exc), generation=gen, now=now)
         pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
         await self._write(key, current, self._counts(name, pods, revision, gen, cond))
-        short = spec.replicas - pool.counts(pods, revision).updated
+        short = spec.replicas + self.waiting.get(key, 0) - pool.counts(pods, revision).updated
+        wake: datetime | None = None
         if short > 0 and bucket.available(now.timestamp()) < 1:  # held back by the refill rate
-            wait = timedelta(seconds=60.0 / spec.refill_per_minute)
-            self.ctx.scheduler.schedule((DEADLINE_KIND, ns, name), now + wait)
+            wake = now + timedelta(seconds=60.0 / spec.refill_per_minute)
+        expiries = [p.expires + pool.EXPIRY_GRACE for p in pods if p.state is pool.PodState.CLAIMED and p.expires]
+        if expiries:  # back to burn a claimed sandbox the gateway did not
+            burn = datetime.fromtimestamp(min(expiries), UTC) + timedelta(seconds=1)
+            wake = burn if wake is None else min(wake, burn)
+        if wake is not None:
+            self.ctx.scheduler.schedule((DEADLINE_KIND, ns, name), wake)
 
     def _counts(self, name: str, pods: list[pool.PoolPod], revision: str, gen: int | None, cond: Json) -> Json:
         counts = pool.counts(pods, revision)

@@ -43,7 +43,7 @@ def principal_of(claims: dict[str, Any]) -> str:
     return f"{claims.get('iss', '')}|{claims.get('sub', '')}"
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -52,7 +52,7 @@ def _bearer(authorization: str | None) -> str | None:
 
 def is_operator(authorization: str | None, tokens: list[str]) -> bool:
     """Whether the header carries one of the gateway's API tokens (constant-time comparison)."""
-    token = _bearer(authorization)
+    token = bearer(authorization)
     if token is None:
         return False
     presented = token.encode()

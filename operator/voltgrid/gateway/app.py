@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -25,14 +26,16 @@ from aiohttp.typedefs import Handler
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
-from voltgrid.gateway import internal, session_api
+from voltgrid.gateway import internal, sandbox_api, session_api
 from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, error_response
 from voltgrid.gateway.grpc import GrpcFront
 from voltgrid.gateway.http1 import ClientConnection, ConnectionGuard
 from voltgrid.gateway.pipeline import Pipeline
+from voltgrid.gateway.pool_watch import KubePoolPods, PoolWatcher
 from voltgrid.gateway.proxy import Target
+from voltgrid.gateway.sandboxes import PoolPods
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
@@ -68,6 +71,7 @@ def build_admin_app(
     app[GATEWAY] = gateway
     internal.add_routes(app)
     session_api.add_routes(app)
+    sandbox_api.add_routes(app)
 
     async def on_startup(_: web.Application) -> None:
         await gateway.start(watcher_api)
@@ -80,13 +84,16 @@ def build_admin_app(
     if functions_api is not None:
         watcher = FunctionWatcher(functions_api, gateway.catalog, functions_namespace)
         gateway.catalog_synced = watcher.synced
-        app.cleanup_ctx.append(_function_watch(watcher))
+        app.cleanup_ctx.append(_watch(watcher.run, "voltgrid-functions"))
+        if gateway.sandboxes is not None:
+            pools = PoolWatcher(functions_api, gateway.sandboxes, functions_namespace)
+            app.cleanup_ctx.append(_watch(pools.run, "voltgrid-pools"))
     return app
 
 
-def _function_watch(watcher: FunctionWatcher) -> Callable[[web.Application], AsyncIterator[None]]:
+def _watch(run: Callable[[], Any], name: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(watcher.run(), name="voltgrid-functions")
+        task = asyncio.get_running_loop().create_task(run(), name=name)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -108,9 +115,12 @@ class GatewayServer:
         watcher_api: KubeApi | None = None,
         functions_api: KubeApi | None = None,
         functions_namespace: str | None = None,
+        pool_pods: PoolPods | None = None,
     ) -> None:
         self.settings = settings
-        self.gateway = Gateway(settings, backend, list(functions), membership)
+        if pool_pods is None and functions_api is not None:
+            pool_pods = KubePoolPods(functions_api)  # in a cluster the pools are the operator's pods
+        self.gateway = Gateway(settings, backend, list(functions), membership, pool_pods)
         self.admin_app = build_admin_app(
             self.gateway,
             watcher_api=watcher_api,

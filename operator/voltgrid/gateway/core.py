@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
 from voltgrid.api.function import Function
+from voltgrid.api.settings import SettingsError
 from voltgrid.backends.base import InstanceBackend
 from voltgrid.gateway.a2a import TaskContexts
 from voltgrid.gateway.auth import JwtVerifier
@@ -27,10 +29,12 @@ from voltgrid.gateway.manager import SessionManager
 from voltgrid.gateway.metrics import GatewayMetrics
 from voltgrid.gateway.peers import Peers
 from voltgrid.gateway.ratelimit import MintLimiter
+from voltgrid.gateway.sandboxes import PoolPods, SandboxPools
 from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.gateway.upstream import UpstreamPool
 from voltgrid.registry.kubeapi import KubeApi
 from voltgrid.registry.ownership import Membership
+from voltgrid.sandbox_claims import ClaimError, load_signing_key
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class Gateway:
         backend: InstanceBackend,
         functions: list[Function],
         membership: Membership | None = None,
+        pool_pods: PoolPods | None = None,
     ) -> None:
         self.settings = settings
         # Placement waits out control-plane outages (bounded by the cold-start timeout): see controlplane.
@@ -73,6 +78,18 @@ class Gateway:
         #: Set once the Function catalog has been listed from the cluster (None: no cluster catalog);
         #: until then the replica is not ready (see ``/_voltgrid/readyz``).
         self.catalog_synced: asyncio.Event | None = None
+        #: Warm sandboxes of SandboxTemplate pools (None: no pool source, so no Sandbox API).
+        self.sandboxes = (
+            SandboxPools(
+                self.membership,
+                pool_pods,
+                _claim_key(settings.sandbox_claim_key_file),
+                claim_timeout=settings.sandbox_claim_timeout,
+                metrics=self.metrics,
+            )
+            if pool_pods is not None
+            else None
+        )
         self._jobs: list[asyncio.Task[Any]] = []
         self._membership_changed = asyncio.Event()
 
@@ -118,6 +135,8 @@ class Gateway:
             self._jobs.append(loop.create_task(watcher.run(), name="voltgrid-endpointslices"))
         for fn in self.catalog:
             self.manager.warm.refill(fn)
+        if self.sandboxes is not None:
+            self.sandboxes.start()
 
     async def _resync_loop(self) -> None:
         assert self.lifecycle is not None
@@ -140,10 +159,22 @@ class Gateway:
         if self.lifecycle is not None:
             await self.lifecycle.stop()
         await self.manager.close()
+        if self.sandboxes is not None:
+            await self.sandboxes.stop()
         if self.settings.manage_warm_pool:
             await self.manager.warm.drain()
         if self.http is not None:
             await self.http.close()
+
+
+def _claim_key(path: str | None) -> Any:
+    """The sandbox claim signing key, or None (the Sandbox API then answers 503 naming the setting)."""
+    if path is None:
+        return None
+    try:
+        return load_signing_key(Path(path).read_bytes())
+    except (OSError, ValueError, ClaimError) as exc:
+        raise SettingsError(f"sandbox_claim_key_file {path!r}: {exc}") from None
 
 
 GATEWAY: Final = web.AppKey("voltgrid.gateway", Gateway)

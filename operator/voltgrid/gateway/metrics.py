@@ -110,6 +110,23 @@ class GatewayMetrics:
         self.forwarded = Counter(
             "voltgrid_forwarded", "Requests forwarded to the owning replica", ["result"], registry=r
         )
+        self.sandbox_claims = Counter(
+            "voltgrid_sandbox_claims", "Sandbox claims answered here", ["template", "result"], registry=r
+        )
+        self.sandbox_claim_seconds = Histogram(
+            "voltgrid_sandbox_claim_seconds",
+            "Time to answer a sandbox claim (waiting for a dry pool included)",
+            ["template"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sandbox_pool = Gauge(
+            "voltgrid_sandbox_pool_pods",
+            "Ready unclaimed pods of a pool as this replica sees them",
+            ["template"],
+            registry=r,
+        )
+        self.sandboxes = Gauge("voltgrid_sandboxes", "Claimed sandboxes this replica knows", registry=r)
 
     def request_done(self, function: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         """Count one finished request (label children are cached: this runs per request)."""

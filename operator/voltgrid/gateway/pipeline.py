@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 INVOKE_PREFIX: Final = constants.INVOKE_PATH_PREFIX
 #: Paths served by the admin application (aiohttp): the Session API, internal calls, health, metrics.
 ADMIN_PREFIX: Final = "/_voltgrid/"
+#: The Sandbox API's calls to a sandbox's agent (files may exceed ``max_body_bytes``).
+SANDBOX_PREFIX: Final = "/_voltgrid/v1/sandboxes/"
 _DOT_SEGMENT: Final = re.compile(r"(^|/)(\.|%2e){1,2}(/|$|\?)", re.IGNORECASE)
 _FORBIDDEN_IN_PATH: Final = ("%00", "\x00", "%2f", "%5c", "\\")
 _JSON: Final = [(b"content-type", b"application/json")]
@@ -104,7 +106,7 @@ class Pipeline:
             request.raw_path,
             headers,
             traffic=Traffic(),
-            max_body=settings.max_body_bytes,
+            max_body=body_limit(self.gateway, request.path),
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
         )
@@ -145,9 +147,15 @@ def answer_error(request: Request, status: int, code: str, message: str, headers
     conn.send_response(request, status, _JSON + extra, error_body(code, message))
 
 
+def body_limit(gw: Gateway, path: str) -> int:
+    """The largest body a request may stream: a sandbox's file uploads have their own limit."""
+    settings = gw.settings
+    return settings.sandbox_max_upload_bytes if path.startswith(SANDBOX_PREFIX) else settings.max_body_bytes
+
+
 def check_limits(gw: Gateway, request: Request) -> None:
     length = request.body.length
-    limit = gw.settings.max_body_bytes
+    limit = body_limit(gw, request.path)
     if length is not None and length > limit:
         raise GatewayError(413, "body_too_large", f"request body exceeds {limit} bytes")
     if is_websocket(request):

@@ -32,6 +32,8 @@ DEFAULT_MAX_FIELD_BYTES: Final = 8190
 DEFAULT_MAX_HEADERS: Final = 100
 DEFAULT_FORWARD_CONNECT_TIMEOUT: Final = 2.0
 DEFAULT_RETRY_AFTER: Final = 1
+DEFAULT_SANDBOX_CLAIM_TIMEOUT: Final = 30.0
+DEFAULT_SANDBOX_MAX_UPLOAD_BYTES: Final = 4 * 1024 * 1024 * 1024
 DEFAULT_RESYNC_INTERVAL: Final = 60.0
 #: Well under the operator's reap grace (300 s), so a pod in use is never mistaken for an idle one.
 DEFAULT_CHECKPOINT_INTERVAL: Final = 60.0
@@ -165,6 +167,14 @@ class GatewaySettings(LayeredSettings):
     """Header whose LAST address names the client, set by the proxy in front of the gateway (e.g.
     ``X-Forwarded-For`` from an ingress that appends to it); only when clients cannot reach the gateway around
     that proxy. Unset: the connection's peer address."""
+    sandbox_claim_key_file: str | None = None
+    """Ed25519 private key (PEM, PKCS#8) the gateway signs sandbox claims with (the chart mounts a generated
+    one); the operator starts warm sandboxes with its public half. Unset: the Sandbox API answers 503."""
+    sandbox_max_upload_bytes: int = DEFAULT_SANDBOX_MAX_UPLOAD_BYTES
+    """Largest body streamed to a sandbox's agent (a file upload); the sandbox's own disk limits bound it too."""
+    sandbox_claim_timeout: float = DEFAULT_SANDBOX_CLAIM_TIMEOUT
+    """How long a sandbox claim waits for a warm pod when its template's pool is dry (the pool is grown for
+    it meanwhile); then 503 with Retry-After."""
     _proxy_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = pydantic.PrivateAttr(default_factory=list)
 
     @pydantic.field_validator("jwt", mode="before")

@@ -1,4 +1,4 @@
-"""Session ids: minted as DNS labels (they become pod labels and storage sub-paths) and validated."""
+"""Session and sandbox ids: minted as DNS labels (they become pod labels and storage sub-paths) and validated."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ _LEARNED_KEY_RE: Final = re.compile(r"^[\x21-\x7e]+$")
 def mint_session_id() -> str:
     """A fresh random session id such as ``s-3f9a0c...`` (a valid DNS label)."""
     return "s-" + secrets.token_hex(MINTED_ID_BYTES)
+
+
+def mint_sandbox_id() -> str:
+    """A fresh random sandbox id such as ``sb-3f9a0c...`` (a DNS label: it is a pod label)."""
+    return "sb-" + secrets.token_hex(MINTED_ID_BYTES)
 
 
 def is_session_id(value: str) -> bool:

@@ -1,8 +1,9 @@
 """``python -m voltgrid.sandbox_agent``: serve the agent API in a sandbox.
 
-The token comes from ``VOLTGRID_SANDBOX_TOKEN`` or the file ``VOLTGRID_SANDBOX_TOKEN_FILE`` names, or,
-for a warm pool's sandbox, the pool secret from ``VOLTGRID_SANDBOX_POOL_SECRET`` (or ``…_FILE``) —
-never a flag, which any process could read from ``ps``. Flags take precedence over the other
+The token comes from ``VOLTGRID_SANDBOX_TOKEN`` or the file ``VOLTGRID_SANDBOX_TOKEN_FILE`` names —
+never a flag, which any process could read from ``ps``. A warm pool's sandbox has no token yet:
+it gets the gateway's public claim key (``VOLTGRID_SANDBOX_CLAIM_KEY``) and its pre-minted id
+(``VOLTGRID_SANDBOX_ID``) and waits for one signed claim. Flags take precedence over the other
 ``VOLTGRID_SANDBOX_*`` variables.
 """
 
@@ -18,7 +19,7 @@ from typing import Final
 
 from aiohttp import web
 
-from voltgrid.sandbox_agent.agent import POOL_SECRET_ENV, TOKEN_ENV, AgentSettings
+from voltgrid.sandbox_agent.agent import CLAIM_KEY_ENV, SANDBOX_ID_ENV, TOKEN_ENV, AgentSettings
 from voltgrid.sandbox_agent.server import build_app
 
 DEFAULT_PORT: Final = 49999
@@ -37,10 +38,13 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Agen
         help="comma-separated languages whose default context starts before serving (e.g. python)",
     )
     args = parser.parse_args(argv)
-    secrets = {name: _secret(name, environ) for name in (TOKEN_ENV, POOL_SECRET_ENV)}
     prewarm = tuple(lang for lang in args.prewarm.split(",") if lang)
     settings = AgentSettings(
-        workspace=args.workspace, token=secrets[TOKEN_ENV], pool_secret=secrets[POOL_SECRET_ENV], prewarm=prewarm
+        workspace=args.workspace,
+        token=_secret(TOKEN_ENV, environ),
+        claim_key=environ.get(CLAIM_KEY_ENV, ""),
+        sandbox_id=environ.get(SANDBOX_ID_ENV, ""),
+        prewarm=prewarm,
     )
     return settings, args.host, args.port
 

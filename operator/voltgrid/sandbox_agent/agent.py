@@ -1,30 +1,34 @@
 """The state of one sandbox's agent: settings, token, contexts and commands.
 
 A sandbox starts in one of two ways. Created for one user (a ``Sandbox`` object, ``voltgrid dev``),
-it gets its token at start. Started warm in a template's pool, it gets the pool's secret instead and
-waits, its default kernel already running (``prewarm``), for the one ``POST /claim`` that gives it
-its claimant's token and env; the secret is spent by that claim. Until then every other call is
-refused, and afterwards only the claimant's token opens it.
+it gets its token at start. Started warm in a template's pool, it gets the gateway's public claim
+key and its pre-minted sandbox id instead and waits, its default kernel already running
+(``prewarm``), for the one ``POST /claim`` whose claim the gateway signed for this id (see
+:mod:`voltgrid.sandbox_claims`): it gives the sandbox its claimant's token (as a digest) and env.
+Until then every other call is refused, afterwards only the claimant's token opens it, and no
+second claim is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from voltgrid.sandbox_agent.commands import Commands
 from voltgrid.sandbox_agent.contexts import Context, new_context
-from voltgrid.sandbox_agent.errors import bad_request, conflict, not_found
+from voltgrid.sandbox_agent.errors import bad_request, conflict, not_found, unauthorized
 from voltgrid.sandbox_agent.workspace import Workspace, split
+from voltgrid.sandbox_claims import ClaimError, load_verify_key, token_digest, token_matches, verify_claim
 
 TOKEN_ENV: Final = "VOLTGRID_SANDBOX_TOKEN"
-POOL_SECRET_ENV: Final = "VOLTGRID_SANDBOX_POOL_SECRET"
+CLAIM_KEY_ENV: Final = "VOLTGRID_SANDBOX_CLAIM_KEY"
+SANDBOX_ID_ENV: Final = "VOLTGRID_SANDBOX_ID"
 MIN_TOKEN_CHARS: Final = 16
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -37,8 +41,11 @@ class AgentSettings:
     """The directory the files API serves and contexts start in (``/workspace`` in the images)."""
     token: str = ""
     """The per-sandbox bearer token, when the sandbox is claimed from its start (a ``Sandbox`` object)."""
-    pool_secret: str = ""
-    """Instead of ``token``: a warm pool's secret, good for one ``POST /claim`` that sets the token."""
+    claim_key: str = ""
+    """Instead of ``token``: the gateway's public claim key (base64url Ed25519), for a warm pool's
+    sandbox that waits for one signed ``POST /claim``."""
+    sandbox_id: str = ""
+    """With ``claim_key``: the id pre-minted for this sandbox, which a claim must name."""
     prewarm: tuple[str, ...] = ()
     """Languages whose default context starts before the agent serves, so a claim's first execution
     does not wait for a kernel."""
@@ -52,15 +59,22 @@ class AgentSettings:
     """Each context is a process (a kernel ~50 MiB); the sandbox's limits bound the rest."""
 
     def __post_init__(self) -> None:
-        if bool(self.token) == bool(self.pool_secret):
-            raise ValueError("set exactly one of the sandbox token and the pool secret")
-        if len(self.token or self.pool_secret) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the sandbox token or pool secret must have at least {MIN_TOKEN_CHARS} characters")
+        if bool(self.token) == bool(self.claim_key):
+            raise ValueError("set exactly one of the sandbox token and the claim key")
+        if self.token and len(self.token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the sandbox token must have at least {MIN_TOKEN_CHARS} characters")
+        if self.claim_key:
+            if not self.sandbox_id:
+                raise ValueError(f"a claim key needs the sandbox's id ({SANDBOX_ID_ENV})")
+            try:
+                load_verify_key(self.claim_key)
+            except ClaimError as exc:
+                raise ValueError(str(exc)) from None
 
 
 def child_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of executed code: the agent's own, without the token or the pool secret."""
-    return {k: v for k, v in environ.items() if not k.startswith((TOKEN_ENV, POOL_SECRET_ENV))}
+    """The environment of executed code: the agent's own, without the token or the claim key."""
+    return {k: v for k, v in environ.items() if not k.startswith((TOKEN_ENV, CLAIM_KEY_ENV))}
 
 
 @dataclass
@@ -85,8 +99,9 @@ class Agent:
         self.defaults: dict[str, str] = {}
         self._defaults_lock = asyncio.Lock()
         self.commands = Commands()
-        self.token = settings.token
-        self._pool_secret = settings.pool_secret
+        #: SHA-256 of the token that opens the sandbox ("" until claimed).
+        self.token_sha256 = token_digest(settings.token) if settings.token else ""
+        self._claim_key = load_verify_key(settings.claim_key) if settings.claim_key else None
 
     def directory(self, rel: str) -> str:
         """The absolute path of a workspace directory named by a caller (no ``..``, no symlinks)."""
@@ -123,35 +138,38 @@ class Agent:
         self.defaults = {k: v for k, v in self.defaults.items() if v != context_id}
         await slot.context.stop()
 
+    @property
+    def claimed(self) -> bool:
+        return bool(self.token_sha256)
+
     def authorised(self, given: str) -> bool:
         """Whether ``given`` is this sandbox's token (constant time; nothing matches before a claim)."""
-        expected = self.token or secrets.token_hex(32)
-        return hmac.compare_digest(given.encode(), expected.encode())
-
-    def is_pool_secret(self, given: str) -> bool:
-        expected = self._pool_secret or secrets.token_hex(32)
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return token_matches(given, self.token_sha256 or secrets.token_hex(32))
 
     async def prewarm(self) -> None:
         for language in self.settings.prewarm:
             await self.default(language)
 
-    async def claim(self, token: str, env: Mapping[str, str]) -> None:
+    async def claim(self, signed: str) -> None:
         """Hand the sandbox to its claimant: its token, and its env in every context, started or not.
 
-        One-shot: the pool secret is spent, so whoever knew it (the pool) cannot claim or call again.
+        One-shot: a second claim, even one the gateway signed, is refused (burn after use).
         """
-        if self.token:
+        if self._claim_key is None:
+            raise unauthorized("this sandbox was started with its token; it takes no claim")
+        if self.claimed:
             raise conflict("this sandbox is already claimed")
-        if len(token) < MIN_TOKEN_CHARS:
-            raise bad_request(f"'token' must have at least {MIN_TOKEN_CHARS} characters")
-        if any(not _ENV_NAME.fullmatch(k) or k.startswith(TOKEN_ENV) for k in env):
+        try:
+            claim = verify_claim(self._claim_key, signed, self.settings.sandbox_id, time.time())
+        except ClaimError as exc:
+            raise unauthorized(str(exc)) from None
+        env = claim.env
+        if any(not isinstance(v, str) or not _ENV_NAME.fullmatch(k) or k.startswith(TOKEN_ENV) for k, v in env.items()):
             raise bad_request(f"env names must match {_ENV_NAME.pattern} and not start with {TOKEN_ENV}")
-        self._pool_secret = ""
+        self.token_sha256 = claim.token_sha256  # taken before the first await: two racing claims, one wins
         self.env.update(env)
         for slot in self.contexts.values():
             await slot.context.set_env(env)
-        self.token = token
 
     async def close(self) -> None:
         for context_id in list(self.contexts):

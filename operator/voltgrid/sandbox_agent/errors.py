@@ -34,3 +34,7 @@ def forbidden_path(message: str) -> AgentError:
 
 def conflict(message: str) -> AgentError:
     return AgentError(409, "conflict", message)
+
+
+def unauthorized(message: str) -> AgentError:
+    return AgentError(401, "unauthorized", message)

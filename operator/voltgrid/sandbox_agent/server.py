@@ -4,7 +4,7 @@ Routes (JSON in, JSON or NDJSON out; errors ``{"error": {"code", "message"}}``):
 
 ==========================================  ===================================================
 ``GET /health``                             liveness for the kubelet; the only call without a token
-``POST /claim``                             ``{token, env?}`` with the pool secret: once, when claimed
+``POST /claim``                             ``{claim}`` signed by the gateway: once, when claimed
 ``POST /execute``                           ``{code, language?, contextId?, timeout?}`` → NDJSON events
 ``POST /contexts`` / ``GET /contexts``      create ``{language, cwd?}`` / list
 ``POST /contexts/{id}/restart|interrupt``   restart the kernel / interrupt what it runs
@@ -69,13 +69,11 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/health":
-        return await handler(request)
+    if request.path == "/health" or (request.path == "/claim" and request.method == "POST"):
+        return await handler(request)  # a claim is its own credential: the gateway's signature
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     agent = request.app[AGENT]
     given = given.strip() if scheme.lower() == "bearer" else ""
-    if request.path == "/claim" and request.method == "POST" and agent.is_pool_secret(given):
-        return await handler(request)
     if not agent.authorised(given):
         raise AgentError(401, "unauthorized", "a valid 'Authorization: Bearer <sandbox token>' header is required")
     return await handler(request)
@@ -124,18 +122,14 @@ async def _stream(request: web.Request, events: AsyncGenerator[Event, None]) -> 
 
 async def health(request: web.Request) -> web.Response:
     """Served once the prewarmed contexts run (the app starts serving after them): readiness too."""
-    return web.json_response({"status": "ok", "claimed": bool(request.app[AGENT].token)})
+    return web.json_response({"status": "ok", "claimed": request.app[AGENT].claimed})
 
 
 async def claim(request: web.Request) -> web.Response:
-    body = await _json(request)
-    token = _field(body, "token", str)
-    if token is None:
-        raise bad_request("'token' is required")
-    env = _field(body, "env", dict, {})
-    if not all(isinstance(v, str) for v in env.values()):
-        raise bad_request("'env' must map names to strings")
-    await request.app[AGENT].claim(token, env)
+    signed = _field(await _json(request), "claim", str)
+    if signed is None:
+        raise bad_request("'claim' is required")
+    await request.app[AGENT].claim(signed)
     return web.json_response({"claimed": True})
 
 

@@ -53,6 +53,8 @@ class PodInfo:
     template_hash: str = ""
     pool_claimed: bool = False
     """A pool pod handed to a claimant (``voltgrid.dev/claimed``): never returned, never reused."""
+    pool_expires: float | None = None
+    """A claimed pool pod's expiry (unix seconds), as the gateway recorded it."""
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
@@ -88,6 +90,7 @@ class PodInfo:
             template=labels.get(pool.LABEL_TEMPLATE),
             template_hash=str(labels.get(pool.LABEL_TEMPLATE_HASH, "")),
             pool_claimed=labels.get(pool.LABEL_CLAIMED) == "true",
+            pool_expires=pool.expiry_of(ann),
         )
 
     @property
