@@ -59,6 +59,7 @@ BENCHES: Final = (
     Bench("bench_sandbox_agent.py", ["--n", "200", "--mib", "1024"], ["--n", "3", "--mib", "2"]),
     Bench("bench_pod_start.py", ["--n", "10"], ["--n", "1"], needs_cluster=True),
     Bench("bench_functions_scale.py", ["-n", "2000"], ["-n", "10"], needs_cluster=True),
+    Bench("bench_sandbox_claims.py", ["--pool", "12"], ["--pool", "1", "--fresh", "1"], needs_cluster=True),
 )
 
 

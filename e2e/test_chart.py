@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -432,6 +433,146 @@ async def test_grpc_and_a2a_examples_across_two_gateway_pods(cluster: Any) -> No
         assert said.rsplit(" ", 1)[1] == again.rsplit(" ", 1)[1]  # the same instance
     finally:
         run(cluster, "kubectl", "delete", "namespace", PROTOCOLS_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
+SANDBOX_NS = "vg-sandboxes"
+SANDBOXES = "/_voltgrid/v1/sandboxes"
+
+
+def gateway_call(
+    url: str, method: str = "GET", body: Any = None, token: str = API_TOKEN, timeout: float = 120
+) -> tuple[int, Any]:
+    """One call to the gateway's API: (status, JSON or NDJSON events or text)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            status, text = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read().decode()
+    if "\n{" in text.strip():
+        return status, [json.loads(line) for line in text.splitlines() if line]
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def pool_template(name: str, replicas: int) -> dict[str, Any]:
+    writable = [{"name": n, "value": v} for n, v in (("HOME", "/tmp"), ("JUPYTER_RUNTIME_DIR", "/tmp/jupyter"))]
+    return {
+        "apiVersion": "voltgrid.dev/v1alpha1",
+        "kind": "SandboxTemplate",
+        "metadata": {"name": name, "namespace": SANDBOX_NS},
+        "spec": {
+            "image": f"{IMAGE['image.repository']}:{IMAGE['image.tag']}",
+            "command": ["python3", "-m", "voltgrid.sandbox_agent", "--workspace", "/tmp"],
+            "env": writable,
+            "resources": {"cpu": "200m", "memory": "512Mi"},  # requests too: three at once on a 2-CPU node
+            "replicas": replicas,
+            "ttl": "10m",
+            "maxTtl": "1h",
+        },
+    }
+
+
+def pool_pods(cluster: Any, claimed: bool) -> list[dict[str, Any]]:
+    selector = f"voltgrid.dev/sandbox-template=py,voltgrid.dev/claimed{'=' if claimed else '!='}true"
+    listed = json.loads(ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "pods", "-l", selector, "-o", "json")))
+    return [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def wait_until(what: str, check: Any, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+@pytest.mark.timeout(900)
+def test_sandbox_claims_from_a_warm_pool_through_two_gateway_pods_under_gvisor(cluster: Any) -> None:
+    """The Sandbox API as a user reaches it: kubectl apply a SandboxTemplate, claim through one gateway
+    pod, run code through the other; the sandbox cannot reach the gateway or another sandbox; deleted
+    and expired sandboxes are burnt; a wrong token opens nothing."""
+    ok(run(cluster, "kubectl", "create", "namespace", SANDBOX_NS))
+    try:
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pool_template("py", 2))))
+        wait_until("two warm sandboxes", lambda: len([p for p in pool_pods(cluster, False) if all(
+            c["status"] == "True" for c in p["status"].get("conditions", []) if c["type"] == "Ready"
+        ) and p["status"].get("podIP")]) >= 2, 300)  # fmt: skip
+        first, second = (f"http://{ip}:8080" for ip in gateway_pod_ips(cluster))
+        claim = {"template": "py", "namespace": SANDBOX_NS, "env": {"GREETING": "hi"}, "metadata": {"run": "e2e"}}
+        started = time.monotonic()
+        status, sandbox = gateway_call(first + SANDBOXES, "POST", claim)
+        claim_s = time.monotonic() - started
+        assert status == 201, sandbox
+        token, url = sandbox["token"], sandbox["url"]
+        status, events = gateway_call(
+            second + url + "/execute", "POST", {"code": "import os\nprint(os.environ['GREETING'])\n6*7"}, token
+        )
+        assert status == 200 and events[0] == {"type": "stdout", "text": "hi\n"}, events
+        assert events[1]["data"]["text/plain"] == "42"
+        print(f"claim through the gateway: {claim_s * 1000:.0f} ms; first result {time.monotonic() - started:.2f} s")
+        for wrong in ("", "wrong-token-0123456789", API_TOKEN):  # none, a guess, the operator's: all 401
+            assert gateway_call(second + url + "/execute", "POST", {"code": "1"}, wrong)[0] == 401
+        [pod] = [
+            p
+            for p in pool_pods(cluster, True)
+            if p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] == sandbox["sandboxId"]
+        ]
+        assert pod["spec"]["runtimeClassName"] == "gvisor"
+        assert token not in json.dumps(pod)  # only the token's digest is written down
+        # A second sandbox; neither can reach the other's agent nor the gateway's internal API.
+        status, other = gateway_call(second + SANDBOXES, "POST", {"template": "py", "namespace": SANDBOX_NS})
+        assert status == 201, other
+        [other_pod] = [
+            p
+            for p in pool_pods(cluster, True)
+            if p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] == other["sandboxId"]
+        ]
+        gateway_ip = first.split("//")[1].split(":")[0]
+        probe = (
+            "import socket\n"
+            "def reach(host, port):\n"
+            "    try:\n"
+            "        socket.create_connection((host, port), timeout=3).close()\n"
+            "        return 'open'\n"
+            "    except OSError as e:\n"
+            "        return type(e).__name__\n"
+            f"print(reach({other_pod['status']['podIP']!r}, 49999), reach({gateway_ip!r}, 8080))"
+        )
+        status, events = gateway_call(first + url + "/execute", "POST", {"code": probe}, token)
+        assert status == 200 and "open" not in events[0]["text"], events
+        # Burn after use: DELETE removes the pod; the token then opens nothing on either gateway pod.
+        status, deleted = gateway_call(first + other["url"], "DELETE", token=other["token"])
+        assert status == 200 and deleted["deleted"] is True
+        wait_until("the deleted sandbox's pod gone", lambda: other["sandboxId"] not in {
+            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True)
+        }, 60)  # fmt: skip
+        for gw in (first, second):
+            assert gateway_call(gw + other["url"] + "/execute", "POST", {"code": "1"}, other["token"])[0] == 404
+        # A short claim expires and is burnt by the gateway that owns it.
+        status, short = gateway_call(
+            second + SANDBOXES, "POST", {"template": "py", "namespace": SANDBOX_NS, "ttl": "5s"}
+        )
+        assert status == 201, short
+        wait_until("the expired sandbox's pod gone", lambda: short["sandboxId"] not in {
+            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True)
+        }, 60)  # fmt: skip
+        status, listed = gateway_call(second + SANDBOXES)
+        assert status == 200 and {i["sandboxId"] for i in listed["items"]} >= {sandbox["sandboxId"]}
+        assert short["sandboxId"] not in {i["sandboxId"] for i in listed["items"]}
+        template = json.loads(
+            ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "py", "-o", "json"))
+        )
+        wait_until("the pool refilled", lambda: json.loads(ok(run(
+            cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "py", "-o", "json"
+        )))["status"].get("ready") == 2, 300)  # fmt: skip
+        assert template["status"]["claimed"] >= 1
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", SANDBOX_NS, "--ignore-not-found", "--wait=true", timeout=300)
 
 
 TRIGGERS_NS = "vg-triggers"

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from e2ehelpers import wait_for
 from voltgrid.controllers.core import PEERING_CHECK_S
+from voltgrid.sandbox_claims import sign_claim, token_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -323,10 +326,16 @@ def _agent(ip: str, path: str, token: str, body: dict[str, Any] | None = None) -
         return err.code, err.read().decode()
 
 
-def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(env: Env, voltgrid_image: str) -> None:
-    """UNRUN by its author (written without cluster access): the pool controller and the agent together."""
-    secret = f"pool-secret-{uuid.uuid4().hex}"
-    env.kubectl("create", "secret", "generic", "py-pool", f"--from-literal=pool-secret={secret}")
+def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(
+    env: Env, voltgrid_image: str, tmp_path: Path
+) -> None:
+    """The pool controller and the agent together: warm pods under gVisor that accept one claim signed
+    with the key the operator was given (the gateway's, in a release), and nothing else."""
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "claim-key.pem"
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    env.kill_operator(signal.SIGTERM)
+    env.start_operator(VOLTGRID_OPERATOR_SANDBOX_CLAIM_KEY_FILE=str(key_file))
     writable = [{"name": n, "value": v} for n, v in (("HOME", "/tmp"), ("JUPYTER_RUNTIME_DIR", "/tmp/jupyter"))]
     env.apply(
         {
@@ -335,7 +344,6 @@ def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(
             "metadata": {"name": "py"},
             "spec": {
                 "image": voltgrid_image,
-                "poolSecretName": "py-pool",
                 "command": ["python3", "-m", "voltgrid.sandbox_agent", "--workspace", "/tmp"],
                 "env": writable,
                 "resources": {"cpu": "500m", "memory": "512Mi"},
@@ -352,10 +360,19 @@ def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(
     pods = env.get("pods", selector="voltgrid.dev/sandbox-template=py")["items"]
     assert len(pods) == 2 and all(p["spec"]["runtimeClassName"] == "gvisor" for p in pods)
     ip = pods[0]["status"]["podIP"]
+    sandbox_id = pods[0]["metadata"]["labels"]["voltgrid.dev/sandbox-id"]
+    other_id = pods[1]["metadata"]["labels"]["voltgrid.dev/sandbox-id"]
     token = f"claimant-{uuid.uuid4().hex}"
-    assert _agent(ip, "/contexts", secret)[0] == 401  # the pool secret opens nothing but the claim
-    assert _agent(ip, "/claim", secret, {"token": token, "env": {"GREETING": "hi"}})[0] == 200
-    assert _agent(ip, "/claim", secret, {"token": "x" * 32})[0] == 401  # spent
+
+    def claim(for_id: str, signer: Ed25519PrivateKey = key, tok: str = token) -> int:
+        signed = sign_claim(signer, for_id, token_digest(tok), {"GREETING": "hi"}, time.time())
+        return _agent(ip, "/claim", "", {"claim": signed})[0]
+
+    assert _agent(ip, "/contexts", token)[0] == 401  # nothing opens before the claim
+    assert claim(sandbox_id, signer=Ed25519PrivateKey.generate()) == 401  # not the gateway's key
+    assert claim(other_id) == 401  # signed for the other pod
+    assert claim(sandbox_id) == 200
+    assert claim(sandbox_id, tok="x" * 32) == 409  # one claim only
     code, text = _agent(ip, "/execute", token, {"code": "import os\nprint(os.environ['GREETING'])\n6*7"})
     events = [json.loads(line) for line in text.splitlines()]
     assert code == 200 and events[0] == {"type": "stdout", "text": "hi\n"}, text

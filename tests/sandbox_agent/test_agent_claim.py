@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -49,28 +50,28 @@ async def test_a_sandbox_takes_one_claim_only(warm: Agent) -> None:
         assert (await owner.get("/contexts")).status_code == 200
 
 
-def _forged(**kw: object) -> dict[str, str]:
+def _forged() -> dict[str, str]:
     return {"claim": sign_claim(Ed25519PrivateKey.generate(), SANDBOX_ID, token_digest(CLAIMANT), {}, time.time())}
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "needle"),
-    [
-        ({}, 400, "'claim' is required"),
-        ({"claim": "not-a-claim"}, 401, "payload.signature"),
-        ({"claim": "a.b"}, 401, "base64url"),
-        (_forged(), 401, "signature does not verify"),
-        (signed_claim(CLAIMANT, sandbox_id="sb-another-pod-000000000"), 401, "is for sandbox"),
-        (signed_claim(CLAIMANT, at=time.time() - 3600), 401, "good for"),
-        (signed_claim(CLAIMANT, {"BAD NAME": "x"}), 400, "env names"),
-        (signed_claim(CLAIMANT, {"VOLTGRID_SANDBOX_TOKEN": "x"}), 400, "env names"),
+    ("make", "status", "needle"),
+    [  # made when the test runs: a claim signed at collection would be stale by then
+        (dict, 400, "'claim' is required"),
+        (lambda: {"claim": "not-a-claim"}, 401, "payload.signature"),
+        (lambda: {"claim": "a.b"}, 401, "base64url"),
+        (_forged, 401, "signature does not verify"),
+        (lambda: signed_claim(CLAIMANT, sandbox_id="sb-another-pod-000000000"), 401, "is for sandbox"),
+        (lambda: signed_claim(CLAIMANT, at=time.time() - 3600), 401, "good for"),
+        (lambda: signed_claim(CLAIMANT, {"BAD NAME": "x"}), 400, "env names"),
+        (lambda: signed_claim(CLAIMANT, {"VOLTGRID_SANDBOX_TOKEN": "x"}), 400, "env names"),
     ],
     ids=["empty", "not-a-claim", "not-base64", "forged", "other-pod", "stale", "bad-env", "token-env"],
 )
 async def test_a_bad_claim_is_refused_and_leaves_the_sandbox_unclaimed(
-    warm: Agent, body: dict[str, object], status: int, needle: str
+    warm: Agent, make: Callable[[], dict[str, object]], status: int, needle: str
 ) -> None:
-    r = await warm.client.post("/claim", json=body)
+    r = await warm.client.post("/claim", json=make())
     assert r.status_code == status and needle in r.json()["error"]["message"], r.text
     assert (await warm.client.post("/claim", json=signed_claim(CLAIMANT))).status_code == 200
 
