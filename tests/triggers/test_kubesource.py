@@ -20,7 +20,7 @@ from voltgrid.api.triggers import SecretKeyRef
 from voltgrid.registry.kubeapi import KubeApi, StaticCredentials
 from voltgrid.triggers import main as triggers_main
 from voltgrid.triggers.kubesource import PATH, KubeSource
-from voltgrid.triggers.runner import SecretLookup, plan
+from voltgrid.triggers.runner import Missing, SecretLookup, plan
 
 QUEUE = {"broker": "RedisStreams", "urlFrom": {"name": "redis"}, "queue": "o"}
 #: Seconds (of the loop's virtual time) a test waits for the source's next yield.
@@ -128,7 +128,11 @@ async def test_functions_and_their_secrets(
     served.fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": FUNCTIONS}]
     _, get = await until(follow(), ["bank/ledger", "shop/agent"])
     assert get("shop", SecretKeyRef(name="redis")) == "redis://127.0.0.1:6379/0"
-    assert get("bank", SecretKeyRef(name="redis")) is None  # another namespace's Secret is never used
+    # another namespace's Secret is never used; a miss names the missing part
+    assert get("bank", SecretKeyRef(name="redis")) == Missing("SecretMissing", "Secret bank/redis does not exist")
+    assert get("shop", SecretKeyRef(name="redis", key="nope")) == Missing(
+        "SecretKeyMissing", "Secret shop/redis has no key 'nope' (or its value is not text)"
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert any("shop/broken skipped" in m and "port" in m for m in messages)
     assert any("Secret bank/redis cannot be read (404)" in m for m in messages)

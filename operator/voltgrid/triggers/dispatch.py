@@ -19,6 +19,7 @@ from voltgrid.api.function import SessionPolicy
 from voltgrid.api.triggers import SessionFrom
 from voltgrid.triggers.events import Delivery, Message, delivery, message_event, session_key
 from voltgrid.triggers.metrics import TriggerMetrics
+from voltgrid.triggers.report import DEAD_LETTERED, WARNING, Reporter
 from voltgrid.triggers.retry import Backoff, Verdict
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ class Dispatcher:
         http: aiohttp.ClientSession,
         metrics: TriggerMetrics | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        reporter: Reporter | None = None,
     ) -> None:
         self._http = http
         self.metrics = metrics or TriggerMetrics()
+        #: Trigger states and Events: the consumers report through it too.
+        self.reporter = reporter or Reporter()
         self._timeout = aiohttp.ClientTimeout(total=attempt_timeout)
 
     async def post(self, d: Delivery) -> tuple[int | None, str]:
@@ -81,11 +85,18 @@ class Dispatcher:
                 verdict = target.backoff.verdict(attempt, status)
                 if verdict is Verdict.ACK:
                     m.delivered.labels(target.name).inc()
+                    self.reporter.delivered(target.name)
                     return Outcome(verdict, attempt, "")
                 m.failed.labels(target.name).inc()
                 if verdict is Verdict.DEAD_LETTER:
                     m.dead_lettered.labels(target.name).inc()
                     log.warning("trigger %s: giving up after %d attempts: %s", target.name, attempt, error)
+                    self.reporter.event(
+                        target.name,
+                        WARNING,
+                        DEAD_LETTERED,
+                        f"an event was dead-lettered after {attempt} attempts: {error}",
+                    )
                     return Outcome(verdict, attempt, error)
                 m.retried.labels(target.name).inc()
                 await asyncio.sleep(target.backoff.delay(attempt))

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from voltgrid.triggers.dispatch import ATTEMPTS_HEADER, ERROR_HEADER, Dispatcher, Outcome, Target, message_delivery
 from voltgrid.triggers.events import Message
 from voltgrid.triggers.lanes import Lanes
+from voltgrid.triggers.report import CONSUMING
 from voltgrid.triggers.retry import Verdict
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class RabbitConsumer:
             await channel.set_qos(prefetch_count=self.prefetch)
             await channel.declare_queue(self.dead_letter, durable=True)
             queue = await channel.declare_queue(self.queue, passive=True)
+            self.dispatcher.reporter.state(self.target.name, True, CONSUMING, f"consuming RabbitMQ queue {self.queue}")
             async with queue.iterator() as messages:
                 async for incoming in messages:
                     task = asyncio.create_task(self._handle(channel, incoming))
