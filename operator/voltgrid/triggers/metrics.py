@@ -26,7 +26,8 @@ class TriggerMetrics:
         self.in_flight = Gauge("voltgrid_trigger_in_flight", "Events being delivered now", labels, registry=r)
         self.lag = Gauge(
             "voltgrid_trigger_lag",
-            "Entries no replica has read yet (a Redis Streams consumer group's lag)",
+            "Messages no replica has received yet: a Redis Streams consumer group's lag, a RabbitMQ queue's"
+            " ready messages",
             labels,
             registry=r,
         )
