@@ -258,14 +258,11 @@ def dead_letter_of(queue: Queue) -> str:
 
 
 class TriggerStatus(Model):
-    """One trigger as the dispatcher last saw it, in ``status.triggers`` (written only by the dispatcher).
+    """One trigger as the trigger dispatcher last saw it; reason names the problem when it is not ready."""
 
-    The fields of a condition (``status``, ``reason``, ``message``, ``lastTransitionTime``) so tools
-    that read conditions read these alike; ``reason`` names the problem (SecretMissing,
-    BrokerUnreachable, InvalidSchedule...). ``lastDelivered`` is coarse (it moves at most once a
-    minute): it says the trigger works, it is not a per-event record.
-    """
-
+    # A condition's fields (status, reason, message, lastTransitionTime), so tools that read
+    # conditions read these alike. lastDelivered is coarse (it moves at most once a minute): it says
+    # the trigger works, it is not a per-event record.
     name: TriggerName
     type: TriggerType
     status: ConditionStatus

@@ -88,6 +88,7 @@ def target_of(gateway: str, fn: Function, trigger: Trigger) -> Target:
         fn.spec.sessions,
         trigger.session,
         Backoff.of(trigger.retry),
+        trigger.sink,
     )
 
 
