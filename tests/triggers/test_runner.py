@@ -113,6 +113,17 @@ async def test_the_process_consumes_fires_serves_the_ingress_and_stops_on_sigter
         await writer.wait_closed()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert "ce-1" in delivered(sink)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        health = json.loads((await reader.read()).split(b"\r\n\r\n", 1)[1])
+        writer.close()
+        await writer.wait_closed()
+        states = {name: s["reason"] for name, s in health["states"].items()}
+        assert states == {
+            "shop/agent/orders": "Consuming",
+            "shop/agent/tick": "Scheduled",
+            "shop/agent/audit": "Routed",
+        }
     finally:
         await client.aclose()
         proc.send_signal(signal.SIGTERM)

@@ -52,6 +52,8 @@ FILE_RELOAD_INTERVAL: Final = 2.0
 #: Seconds without a Function change before a safety relist (changes arrive by WATCH; this also
 #: picks up a rotated Secret, which is not watched).
 DEFAULT_RESYNC: Final = 300.0
+#: Seconds the last write of states and Events may take as the replica stops (its grace is 30s).
+FINAL_FLUSH_S: Final = 5.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -157,7 +159,8 @@ async def serve(
             await runner.close()
             reporting.cancel()
             await asyncio.gather(reporting, return_exceptions=True)
-            await reporter.flush()  # the last states and Events, as the replica goes
+            with contextlib.suppress(TimeoutError):  # the last states and Events, within the grace period
+                await asyncio.wait_for(reporter.flush(), FINAL_FLUSH_S)
             await site_runner.cleanup()
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
+import aiohttp
 from pydantic import ValidationError
 
 from voltgrid.api import constants
@@ -158,9 +159,11 @@ def rejected_states(body: Mapping[str, Any], error: ValidationError) -> dict[str
         except ValidationError as e:
             first = e.errors()[0]
             cron = any(str(part) == "cron" for err in e.errors() for part in err["loc"])
-            out[str(raw["name"])] = State(False, INVALID_SCHEDULE if cron else INVALID_TRIGGER, str(first["msg"]))
+            why = str(first["msg"]).removeprefix("Value error, ")
+            out[str(raw["name"])] = State(False, INVALID_SCHEDULE if cron else INVALID_TRIGGER, why)
             continue
-        out[str(raw["name"])] = State(False, FUNCTION_INVALID, f"the Function is invalid: {error.errors()[0]['msg']}")
+        why = str(error.errors()[0]["msg"]).removeprefix("Value error, ")
+        out[str(raw["name"])] = State(False, FUNCTION_INVALID, f"the Function is invalid: {why}")
     return out
 
 
@@ -304,7 +307,10 @@ class Reporter:
         """Flush every ``interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self.interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug here must not end reporting for the replica's lifetime
+                log.exception("writing the trigger reports failed; trying again in %ss", self.interval)
 
     async def flush(self) -> None:
         """Write the status entries that changed and the Events that are new or were repeated."""
@@ -331,7 +337,7 @@ class Reporter:
             if e.status != 404:  # gone: nothing to report on
                 log.warning("cannot write the trigger status of %s/%s: %s", key[0], key[1], e)
                 return
-        except (OSError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("cannot write the trigger status of %s/%s: %s", key[0], key[1], e)
             return
         described.current = wanted  # until the watch brings the object back
@@ -356,7 +362,7 @@ class Reporter:
             created = await self._api.request("POST", collection, body=self._event_body(key, described, agg))
             agg.name = str((created.get("metadata") or {}).get("name") or "") or None
             agg.written = agg.count
-        except (KubeApiError, OSError, TimeoutError) as e:
+        except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("cannot post Event %s on %s/%s: %s", agg.reason, key[0], key[1], e)
 
     @staticmethod
