@@ -9,7 +9,9 @@ A Function may answer an event with a CloudEvent (binary or structured mode): wh
 names a ``sink``, that reply is POSTed there in binary mode, retried with the trigger's backoff. The
 event counts as delivered either way (the Function did answer 2xx): a sink that stays down drops
 the reply, counted in ``voltgrid_trigger_replies_dropped`` and an Event, rather than redelivering
-the event to a Function that already handled it.
+the event to a Function that already handled it. The broker's ack waits for the forward (or the
+drop), so a replica killed meanwhile has the event redelivered and the reply sent then: the reply
+is at least once too, and a slow sink slows the trigger instead of piling replies up in memory.
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ class Dispatcher:
             self._drop(target, f"the Function's reply is not a valid CloudEvent: {e}")
             return
         if event is not None:
-            await self.forward(target, sink, event)
+            await self._forward(target, sink, event)
 
-    async def forward(self, target: Target, sink: str, event: BaseCloudEvent) -> bool:
+    async def _forward(self, target: Target, sink: str, event: BaseCloudEvent) -> None:
         """POST ``event`` to ``sink`` in binary mode until 2xx or the trigger's retries run out."""
         m = self.metrics
         message = to_binary_event(event)
@@ -147,13 +149,13 @@ class Dispatcher:
             verdict = target.backoff.verdict(attempt, answer.status)
             if verdict is Verdict.ACK:
                 m.replies_forwarded.labels(target.name).inc()
-                return True
+                return
             m.replies_failed.labels(target.name).inc()
             if verdict is Verdict.DEAD_LETTER:
                 self._drop(
                     target, f"reply {event.get_id()} not accepted by {sink} after {attempt} attempts: {answer.error}"
                 )
-                return False
+                return
             await asyncio.sleep(target.backoff.delay(attempt))
 
     def _drop(self, target: Target, why: str) -> None:
