@@ -738,6 +738,62 @@ async def test_queue_and_cron_triggers_through_the_gateway_across_a_dispatcher_c
         drop_example_claim(cluster, TRIGGERS_NS)
 
 
+def trigger_states(cluster: Any, name: str) -> dict[str, str]:
+    out = ok(run(cluster, "kubectl", "get", "-n", TRIGGERS_NS, f"function/{name}", "-o", "json"))
+    return {e["name"]: e["reason"] for e in (json.loads(out).get("status") or {}).get("triggers") or []}
+
+
+def event_reasons(cluster: Any, name: str) -> set[str]:
+    selector = f"involvedObject.kind=Function,involvedObject.name={name}"
+    out = ok(run(cluster, "kubectl", "get", "events", "-n", TRIGGERS_NS, "--field-selector", selector, "-o", "json"))
+    return {e["reason"] for e in json.loads(out)["items"] if e.get("reportingComponent") == "voltgrid-triggers"}
+
+
+def settled(cluster: Any, expected: dict[str, str]) -> bool:
+    return trigger_states(cluster, "mixed") == expected and "SecretMissing" in event_reasons(cluster, "mixed")
+
+
+@pytest.mark.timeout(300)
+async def test_trigger_states_reach_the_function_status_and_events(cluster: Any, tmp_path: Path) -> None:
+    """A dispatcher against this cluster writes status.triggers (a missing Secret, an invalid schedule, a
+    working cron, each named) and Events on the Function; the operator sums them up in TriggersReady
+    without dropping them, and the dispatcher's writes leave the operator's conditions in place."""
+    ok(run(cluster, "kubectl", "create", "namespace", TRIGGERS_NS))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", TRIGGERS_NS, "voltgrid.dev/enabled=true"))
+        queue = {
+            "name": "orders",
+            "type": "queue",
+            "queue": {"broker": "RabbitMQ", "urlFrom": {"name": "absent"}, "queue": "orders"},
+        }
+        tick = {"name": "tick", "type": "cron", "cron": {"schedule": "@every 1h"}}
+        bad = {"name": "nightly", "type": "cron", "cron": {"schedule": "0 25 * * *"}}  # the CRD cannot check it
+        manifest = "\n---\n".join(
+            json.dumps(f) for f in (trigger_function("mixed", [queue, tick]), trigger_function("invalid", [bad]))
+        )
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=manifest))
+        gateway = f"http://{gateway_pod_ips(cluster)[0]}:8080"
+        proc = dispatcher(cluster, gateway, "r0", free_port(), tmp_path / "r0.log")
+        expected = {"orders": "SecretMissing", "tick": "Scheduled"}
+        async with asyncio.timeout(90):  # a flush every 10s, then the operator's reconcile
+            while not settled(cluster, expected):  # noqa: ASYNC110 (polling what is tested)
+                await asyncio.sleep(1)
+            while trigger_states(cluster, "invalid") != {"nightly": "InvalidSchedule"}:  # noqa: ASYNC110 (as above)
+                await asyncio.sleep(1)
+        ok(run(cluster, "kubectl", "wait", "-n", TRIGGERS_NS, "function/mixed", "--for=condition=TriggersReady=false"))
+        body = json.loads(ok(run(cluster, "kubectl", "get", "-n", TRIGGERS_NS, "function/mixed", "-o", "json")))
+        conditions = {c["type"]: c for c in body["status"]["conditions"]}
+        assert conditions["TriggersReady"]["reason"] == "SecretMissing", conditions
+        assert "Ready" in conditions  # the dispatcher's write kept the operator's key
+        assert trigger_states(cluster, "mixed") == expected  # and the operator's write kept the dispatcher's
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        run(cluster, "kubectl", "delete", "namespace", TRIGGERS_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
 def test_helm_uninstall_leaves_only_documented_leftovers(cluster: Any, helm: str) -> None:
     run(cluster, "kubectl", "-n", HELM_NS, "delete", "secret", "session-api", "--ignore-not-found")  # the test's own

@@ -291,8 +291,11 @@ def check_triggers(docs: list[dict[str, Any]]) -> None:
         b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "voltgrid-triggers"
     }
     assert bindings == {NAMESPACE, "shop", "bank"}
-    (rule,) = one(docs, "ClusterRole", "voltgrid-triggers")["rules"]
-    assert rule == {"apiGroups": ["voltgrid.dev"], "resources": ["functions"], "verbs": ["list", "watch"]}
+    assert one(docs, "ClusterRole", "voltgrid-triggers")["rules"] == [
+        {"apiGroups": ["voltgrid.dev"], "resources": ["functions"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["voltgrid.dev"], "resources": ["functions/status"], "verbs": ["patch"]},  # status.triggers
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},  # aggregated Events
+    ]
 
 
 def test_case_specifics(rendered: tuple[str, list[dict[str, Any]]]) -> None:

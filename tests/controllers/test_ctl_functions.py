@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import kmock
 import kopf
 from ctlfakes import (
@@ -178,3 +180,58 @@ async def test_a_write_racing_a_spec_change_expects_no_echo(api: kmock.Kubernete
     await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), "MODIFIED")
     assert len(api[kmock.method.PATCH]) == patches + 1  # generation 2 is reconciled
     assert stored(api, FUNCTIONS, "echo")["status"]["observedGeneration"] == 2
+
+
+def condition_of(api: kmock.KubernetesEmulator, type_: str, name: str = "echo") -> dict[str, str]:
+    status = stored(api, FUNCTIONS, name)["status"]
+    cond = next(c for c in status["conditions"] if c["type"] == type_)
+    return {"status": cond["status"], "reason": cond["reason"], "message": cond["message"]}
+
+
+async def test_triggers_ready_sums_up_the_dispatchers_entries_and_never_drops_them(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
+    """The dispatcher writes status.triggers, the operator the conditions: the operator's write keeps
+    the dispatcher's key, and its TriggersReady names the first problem (or a trigger no one reported)."""
+    add_node(api)
+    cron = {"name": "tick", "type": "cron", "cron": {"schedule": "@every 10s"}}
+    orders = {
+        "name": "orders",
+        "type": "queue",
+        "queue": {"broker": "RabbitMQ", "urlFrom": {"name": "mq"}, "queue": "o"},
+    }
+    body = function(isolation={"allowUnsandboxed": True}, triggers=[cron, orders])
+    missing = {"name": "orders", "type": "queue", "status": "False", "reason": "SecretMissing", "message": "no mq"}
+    body["status"] = {"triggers": [missing]}  # only orders reported so far, not ready
+    api.objects[FUNCTIONS, NS, "echo"] = body
+    await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), None)
+    assert condition_of(api, "TriggersReady") == {
+        "status": "False",
+        "reason": "TriggerPending",
+        "message": "tick: no trigger dispatcher has reported it yet; orders: no mq",
+    }
+    assert stored(api, FUNCTIONS, "echo")["status"]["triggers"] == [missing]  # the operator's patch kept it
+    assert condition_of(api, "Ready")["status"] == "True"
+    ok = [
+        {"name": "tick", "type": "cron", "status": "True", "reason": "Scheduled", "message": ""},
+        {"name": "orders", "type": "queue", "status": "True", "reason": "Consuming", "message": ""},
+    ]
+    written = json.loads(json.dumps(stored(api, FUNCTIONS, "echo"), default=dict))
+    written["status"]["triggers"] = ok  # the dispatcher's merge patch
+    api.objects[FUNCTIONS, NS, "echo"] = written
+    await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), "MODIFIED")
+    assert condition_of(api, "TriggersReady") == {
+        "status": "True",
+        "reason": "TriggersReady",
+        "message": "2 trigger(s) ready",
+    }
+    assert stored(api, FUNCTIONS, "echo")["status"]["triggers"] == ok
+
+
+async def test_a_function_without_triggers_has_no_triggers_condition(
+    api: kmock.KubernetesEmulator, ctl: Controllers
+) -> None:
+    add_node(api)
+    api.objects[FUNCTIONS, NS, "echo"] = function(isolation={"allowUnsandboxed": True})
+    await ctl.functions.on_event(stored(api, FUNCTIONS, "echo"), None)
+    assert [c["type"] for c in stored(api, FUNCTIONS, "echo")["status"]["conditions"]] == ["Ready"]

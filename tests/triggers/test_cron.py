@@ -12,6 +12,7 @@ from bgtask import background
 from voltgrid.api.triggers import CatchUp, Concurrency, Cron
 from voltgrid.triggers.cron import MemoryLedger, Schedule, plan, run_cron, tick_event
 from voltgrid.triggers.metrics import TriggerMetrics
+from voltgrid.triggers.report import Reporter
 
 
 def at(text: str) -> datetime:
@@ -110,8 +111,12 @@ async def test_every_tick_fires_once_across_two_replicas_sharing_a_ledger() -> N
     cron = Cron(schedule="@every 10s")
     ledger, metrics = MemoryLedger(), TriggerMetrics()
     async with (
-        background(run_cron("ns/echo/t", cron, fire, ledger=ledger, metrics=metrics, clock=loop_clock)),
-        background(run_cron("ns/echo/t", cron, fire, ledger=ledger, metrics=metrics, clock=loop_clock)),
+        background(
+            run_cron("ns/echo/t", cron, fire, ledger=ledger, metrics=metrics, reporter=Reporter(), clock=loop_clock)
+        ),
+        background(
+            run_cron("ns/echo/t", cron, fire, ledger=ledger, metrics=metrics, reporter=Reporter(), clock=loop_clock)
+        ),
     ):
         await asyncio.sleep(55)
     # T0 itself (the first start is on time for it), then 10:00:10 ... 10:00:50: each once.
@@ -129,7 +134,9 @@ async def test_forbid_skips_ticks_while_the_previous_is_in_flight(concurrency: C
 
     metrics = TriggerMetrics()
     cron = Cron(schedule="@every 10s", concurrency=concurrency)
-    async with background(run_cron("ns/echo/t", cron, slow, ledger=MemoryLedger(), metrics=metrics, clock=loop_clock)):
+    async with background(
+        run_cron("ns/echo/t", cron, slow, ledger=MemoryLedger(), metrics=metrics, reporter=Reporter(), clock=loop_clock)
+    ):
         await asyncio.sleep(55)
     assert len(started) == fires
     assert metrics.skipped.labels("ns/echo/t")._value.get() == 6 - fires

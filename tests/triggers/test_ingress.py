@@ -15,7 +15,8 @@ from trighelpers import Sink, make_target
 from voltgrid.api.triggers import Filter, SessionFrom, SessionSource
 from voltgrid.errors import MalformedEventError
 from voltgrid.triggers.dispatch import Dispatcher
-from voltgrid.triggers.ingress import BATCH, STRUCTURED, Ingress, Route, ingress_app, matches, parse
+from voltgrid.triggers.events import BATCH, STRUCTURED, parse
+from voltgrid.triggers.ingress import Ingress, Route, ingress_app, matches
 
 BINARY = {"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "/shop", "ce-type": "order.created"}
 EVENT = {"specversion": "1.0", "id": "e1", "source": "/shop", "type": "order.created", "subject": "cart-7"}

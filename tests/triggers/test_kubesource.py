@@ -20,7 +20,8 @@ from voltgrid.api.triggers import SecretKeyRef
 from voltgrid.registry.kubeapi import KubeApi, StaticCredentials
 from voltgrid.triggers import main as triggers_main
 from voltgrid.triggers.kubesource import PATH, KubeSource
-from voltgrid.triggers.runner import SecretLookup, plan
+from voltgrid.triggers.report import Reporter
+from voltgrid.triggers.runner import Missing, SecretLookup, plan
 
 QUEUE = {"broker": "RedisStreams", "urlFrom": {"name": "redis"}, "queue": "o"}
 #: Seconds (of the loop's virtual time) a test waits for the source's next yield.
@@ -91,11 +92,11 @@ async def follow(apiserver: tuple[Cluster, KubeApi]) -> AsyncIterator[Any]:
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
-    def start(resync: float = NEVER) -> asyncio.Queue[Loaded]:
+    def start(resync: float = NEVER, reporter: Reporter | None = None) -> asyncio.Queue[Loaded]:
         loads: asyncio.Queue[Loaded] = asyncio.Queue()
 
         async def consume() -> None:
-            async for loaded in KubeSource(api).follow(stop, resync):
+            async for loaded in KubeSource(api, reporter).follow(stop, resync):
                 loads.put_nowait(loaded)
 
         tasks.append(asyncio.create_task(consume()))
@@ -128,7 +129,11 @@ async def test_functions_and_their_secrets(
     served.fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": FUNCTIONS}]
     _, get = await until(follow(), ["bank/ledger", "shop/agent"])
     assert get("shop", SecretKeyRef(name="redis")) == "redis://127.0.0.1:6379/0"
-    assert get("bank", SecretKeyRef(name="redis")) is None  # another namespace's Secret is never used
+    # another namespace's Secret is never used; a miss names the missing part
+    assert get("bank", SecretKeyRef(name="redis")) == Missing("SecretMissing", "Secret bank/redis does not exist")
+    assert get("shop", SecretKeyRef(name="redis", key="nope")) == Missing(
+        "SecretKeyMissing", "Secret shop/redis has no key 'nope' (or its value is not text)"
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert any("shop/broken skipped" in m and "port" in m for m in messages)
     assert any("Secret bank/redis cannot be read (404)" in m for m in messages)
@@ -208,3 +213,20 @@ def test_without_functions_and_credentials_exits_2_naming_why(
     assert triggers_main.main(["--gateway", "http://127.0.0.1:1", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "without --functions, voltgrid triggers reads the cluster's Functions" in err
+
+
+@pytest.mark.looptime
+async def test_an_invalid_schedule_is_reported_on_its_trigger(apiserver: tuple[Cluster, KubeApi], follow: Any) -> None:
+    """The CRD cannot check a cron expression; the dispatcher names it on the trigger (InvalidSchedule)."""
+    served, _ = apiserver
+    bad = {"name": "nightly", "type": "cron", "cron": {"schedule": "0 25 * * *"}}
+    fixed = {**bad, "cron": {"schedule": "0 23 * * *"}}
+    served.fake.pages = [{"metadata": {"resourceVersion": "10"}, "items": [function("shop", "cron", triggers=[bad])]}]
+    served.fake.streams = [[], [{"type": "MODIFIED", "object": function("shop", "cron", "11", triggers=[fixed])}]]
+    reporter = Reporter()
+    loads = follow(reporter=reporter)
+    await until(loads, [])
+    state = reporter.snapshot()["shop/cron/nightly"]
+    assert (state["ready"], state["reason"]) == (False, "InvalidSchedule")
+    assert state["message"].startswith("schedule '0 25 * * *' is not a 5-field cron expression")
+    await until(loads, ["shop/cron"])  # fixed: served again (the runner then reports it Scheduled)

@@ -21,6 +21,7 @@ from voltgrid.registry.kubeapi import KubeApi, StaticCredentials
 from voltgrid.triggers.cron import run_cron
 from voltgrid.triggers.leases import ANNOTATION_LAST_TICK, LeaseLedger, lease_name
 from voltgrid.triggers.metrics import TriggerMetrics
+from voltgrid.triggers.report import Reporter
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 
@@ -125,7 +126,7 @@ async def test_two_dispatchers_fire_every_tick_once(ledgers: list[LeaseLedger]) 
 
     cron, metrics = Cron(schedule="@every 1s"), TriggerMetrics()
     tasks = [
-        asyncio.create_task(run_cron("shop/agent/t", cron, fire, ledger=ledger, metrics=metrics))
+        asyncio.create_task(run_cron("shop/agent/t", cron, fire, ledger=ledger, metrics=metrics, reporter=Reporter()))
         for ledger in ledgers[:2]
     ]
     await asyncio.sleep(3.5)

@@ -120,3 +120,23 @@ async def test_order_per_session_key_while_keys_spread(
         by_key.setdefault(r.headers["X-Voltgrid-Session"], []).append(int(r.headers["ce-id"][1:]))
     assert by_key == {f"c{k}": list(range(k, 60, 3)) for k in range(3)}
     assert sink.max_in_flight > 1  # different keys were delivered concurrently
+
+
+async def test_lag_is_the_queues_ready_messages(
+    rabbitmq: Broker, channel: AbstractChannel, sink: Sink, dispatcher: Dispatcher
+) -> None:
+    """Same gauge and label as the Redis lag: messages the broker has not handed to any replica."""
+    queue = await new_queue(channel)
+    await publish(channel, queue, 25)
+    target = make_target(sink)
+    sink.hold = asyncio.Event()
+    lag = dispatcher.metrics.lag.labels(target.name)
+    rabbit = RabbitConsumer(
+        rabbitmq.url, queue, dead_letter=f"{queue}.dl", prefetch=10, dispatcher=dispatcher, target=target,
+        lag_interval=0.05,
+    )  # fmt: skip
+    async with background(rabbit.run()):
+        await wait_until(lambda: len(sink.received) == 10, what="the prefetch to be in flight")
+        await wait_until(lambda: lag._value.get() == 15, what="a lag of 25 messages minus the 10 in flight")
+        sink.hold.set()
+        await wait_until(lambda: lag._value.get() == 0, what="no lag once all are delivered")

@@ -18,7 +18,8 @@ from brokers import Broker
 from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef
-from voltgrid.triggers.runner import CronJob, QueueJob, plan
+from voltgrid.triggers.report import SECRET_KEY_MISSING, SECRET_MISSING
+from voltgrid.triggers.runner import CronJob, Missing, Problem, QueueJob, plan
 
 GW = "http://gw:8080"
 
@@ -38,8 +39,10 @@ CRON = {"name": "nightly", "type": "cron", "cron": {"schedule": "0 3 * * *"}, "p
 CE = {"name": "audit", "type": "cloudevents", "cloudEvents": {"filters": [{"attribute": "type", "prefix": "a."}]}}
 
 
-def secrets(namespace: str, ref: SecretKeyRef) -> str | None:
-    return "redis://127.0.0.1:1/0" if (namespace, ref.name, ref.key) == ("shop", "redis", "url") else None
+def secrets(namespace: str, ref: SecretKeyRef) -> str | Missing:
+    if (namespace, ref.name) != ("shop", "redis"):
+        return Missing(SECRET_MISSING, f"Secret {namespace}/{ref.name} does not exist")
+    return "redis://127.0.0.1:1/0" if ref.key == "url" else Missing(SECRET_KEY_MISSING, f"no key {ref.key!r}")
 
 
 def test_plan_one_job_per_trigger_and_routes_for_the_ingress() -> None:
@@ -58,7 +61,7 @@ def test_plan_names_a_missing_secret_and_runs_the_rest() -> None:
     broken = {**QUEUE, "queue": {**QUEUE["queue"], "urlFrom": {"name": "redis", "key": "nope"}}}
     jobs, _, problems = plan(GW, [fn("agent", broken, CRON)], secrets)
     assert [j.target.name for j in jobs.values()] == ["shop/agent/nightly"]
-    assert problems == ["shop/agent/orders: Secret shop/redis has no key 'nope'"]
+    assert problems == [Problem("shop/agent/orders", "SecretKeyMissing", "no key 'nope'")]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +113,17 @@ async def test_the_process_consumes_fires_serves_the_ingress_and_stops_on_sigter
         await writer.wait_closed()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert "ce-1" in delivered(sink)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        health = json.loads((await reader.read()).split(b"\r\n\r\n", 1)[1])
+        writer.close()
+        await writer.wait_closed()
+        states = {name: s["reason"] for name, s in health["states"].items()}
+        assert states == {
+            "shop/agent/orders": "Consuming",
+            "shop/agent/tick": "Scheduled",
+            "shop/agent/audit": "Routed",
+        }
     finally:
         await client.aclose()
         proc.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ from voltgrid.api.common import (
     parse_duration,
 )
 from voltgrid.api.meta import ObjectMeta, ResourceInfo
-from voltgrid.api.triggers import Trigger
+from voltgrid.api.triggers import TRIGGERS_LIST, Trigger, TriggerStatus
 
 HttpPath = Annotated[
     str,
@@ -170,6 +170,12 @@ class FunctionStatus(Model):
     runtime_class_name: str | None = None
     observed_generation: int | None = None
     last_scale_time: datetime | None = None
+    triggers: list[TriggerStatus] = Field(
+        default_factory=list,
+        json_schema_extra=TRIGGERS_LIST,
+        description="Each trigger's state, written by the trigger dispatcher only (the operator never writes"
+        " this key; it sums it up in the TriggersReady condition).",
+    )
 
 
 class Function(Model):

@@ -13,14 +13,16 @@ session id of an event comes from, so all events of one conversation reach the s
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import Field, StringConstraints, model_validator
+from pydantic.config import JsonDict
 
-from voltgrid.api.common import Duration, Model, ObjectName, cel, parse_duration
+from voltgrid.api.common import ConditionStatus, Duration, Model, ObjectName, cel, parse_duration
 
 #: ``@every <duration>``: a fixed interval, as Knative's PingSource and Go's cron libraries accept.
 EVERY_PREFIX: Final = "@every "
@@ -33,6 +35,14 @@ TriggerName = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63),
     Field(description="The trigger's name, unique in the Function: it names its metrics, Events and condition."),
+]
+SinkUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048),
+    Field(
+        description="Where a CloudEvent the Function answers with is forwarded (HTTP POST, binary mode, retried"
+        " per retry); unset: replies are dropped."
+    ),
 ]
 HttpPath = Annotated[
     str,
@@ -218,6 +228,7 @@ class Trigger(Model):
     path: HttpPath = "/"
     session: SessionFrom | None = None
     retry: Retry = Field(default_factory=Retry)
+    sink: SinkUrl | None = None
 
     CEL: ClassVar = [
         cel(
@@ -244,3 +255,22 @@ def _snake(name: str) -> str:
 def dead_letter_of(queue: Queue) -> str:
     """The dead-letter destination: the one named, or ``<queue>.dead-letter``."""
     return queue.dead_letter or f"{queue.queue}.dead-letter"
+
+
+class TriggerStatus(Model):
+    """One trigger as the trigger dispatcher last saw it; reason names the problem when it is not ready."""
+
+    # A condition's fields (status, reason, message, lastTransitionTime), so tools that read
+    # conditions read these alike. lastDelivered is coarse (it moves at most once a minute): it says
+    # the trigger works, it is not a per-event record.
+    name: TriggerName
+    type: TriggerType
+    status: ConditionStatus
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    message: Annotated[str, StringConstraints(max_length=32768)] = ""
+    last_transition_time: datetime | None = None
+    last_delivered: datetime | None = None
+
+
+#: ``status.triggers`` is a map keyed by trigger name (server-side apply and kubectl merge by it).
+TRIGGERS_LIST: Final[JsonDict] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}

@@ -92,6 +92,7 @@ class FunctionController:
             counts=count(pods),
             url=self.ctx.settings.invoke_url(ns, name),
             now=self.ctx.clock(),
+            triggers=[t.name for t in fn.spec.triggers],
         )
         if status_builder.changed(current, patch):
             written = await self.ctx.client.patch(voltgrid_path("functions", ns, name) + "/status", {"status": patch})

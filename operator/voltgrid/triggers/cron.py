@@ -23,6 +23,7 @@ from croniter import croniter
 from voltgrid.api.common import parse_duration
 from voltgrid.api.triggers import EVERY_PREFIX, CatchUp, Concurrency, Cron
 from voltgrid.triggers.metrics import TriggerMetrics
+from voltgrid.triggers.report import TICK_SKIPPED, WARNING, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ async def run_cron(
     *,
     ledger: TickLedger,
     metrics: TriggerMetrics,
+    reporter: Reporter,
     clock: Clock = wall_clock,
 ) -> None:
     """Fire ``cron``'s ticks until cancelled; ``fire`` delivers one (retries included)."""
@@ -160,6 +162,13 @@ async def run_cron(
             if cron.concurrency is Concurrency.FORBID and in_flight:
                 metrics.skipped.labels(name).inc()
                 log.info("trigger %s: tick %s skipped, the previous one is still in flight", name, tick)
+                reporter.event(
+                    name,
+                    WARNING,
+                    TICK_SKIPPED,
+                    f"tick {tick.isoformat()} skipped (concurrency Forbid):"
+                    " the previous tick's delivery is still in flight",
+                )
                 continue
             task: asyncio.Task[object] = asyncio.create_task(fire(tick_event(name, cron, tick)))
             in_flight.add(task)

@@ -8,18 +8,22 @@ extension's ``traceparent`` becomes the W3C header the gateway continues its tra
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
 from cloudevents.core.base import BaseCloudEvent
-from cloudevents.core.bindings.http import to_binary_event
+from cloudevents.core.bindings.http import HTTPMessage, from_binary_event, to_binary_event
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from voltgrid.api import constants
 from voltgrid.api.function import Affinity, SessionPolicy
 from voltgrid.api.triggers import SessionFrom, SessionSource
+from voltgrid.errors import MalformedEventError
 
 #: The longest session key the gateway accepts as is (its affinity middleware refuses longer ones).
 MAX_SESSION_KEY: Final = 256
@@ -114,3 +118,69 @@ def delivery(url: str, event: BaseCloudEvent, policy: SessionPolicy, key: str | 
         headers[TRACEPARENT] = str(traceparent)  # the W3C header: the gateway's span continues it
     headers.update(affinity_headers(policy, key))
     return Delivery(url, headers, message.body)
+
+
+STRUCTURED: Final = "application/cloudevents+json"
+BATCH: Final = "application/cloudevents-batch+json"
+REQUIRED: Final = ("specversion", "id", "source", "type")
+#: Events in one batch request: each is a delivery the request waits for.
+MAX_BATCH: Final = 1000
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _structured(obj: Any, where: str) -> BaseCloudEvent:
+    if not isinstance(obj, dict):
+        raise MalformedEventError(f"{where}: a structured CloudEvent is a JSON object, not {type(obj).__name__}")
+    missing = [a for a in REQUIRED if obj.get(a) in (None, "")]
+    if missing:
+        raise MalformedEventError(f"{where}: missing required attribute(s) {', '.join(missing)}")
+    try:
+        return JSONFormat().read(CloudEvent, json.dumps(obj).encode())
+    except (BaseCloudEventException, ValueError) as e:
+        raise MalformedEventError(f"{where}: {e}") from None
+
+
+def parse(headers: Mapping[str, str], body: bytes) -> list[BaseCloudEvent]:
+    """The request's events (one, or a batch); MalformedEventError names the first problem.
+
+    ``headers`` must have lower-case names. The SDK alone would fill in a missing ``id`` or accept
+    an array as one event, so the required attributes and the shapes are checked here first.
+    """
+    media = _media_type(headers)
+    if media in (STRUCTURED, BATCH):
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MalformedEventError(f"body is not JSON: {e}") from None
+        if media == STRUCTURED:
+            return [_structured(doc, "event")]
+        if not isinstance(doc, list):
+            raise MalformedEventError(f"a batch is a JSON array of events, not {type(doc).__name__}")
+        if len(doc) > MAX_BATCH:
+            raise MalformedEventError(f"a batch holds at most {MAX_BATCH} events, not {len(doc)}")
+        return [_structured(item, f"event {i}") for i, item in enumerate(doc)]
+    if "ce-specversion" not in headers:
+        raise MalformedEventError(
+            f"not a CloudEvent: no ce-specversion header (binary mode) and content type {media or 'none'!r} is"
+            f" neither {STRUCTURED} nor {BATCH}"
+        )
+    missing = [a for a in REQUIRED if not headers.get(f"ce-{a}")]
+    if missing:
+        raise MalformedEventError(f"missing required header(s) {', '.join('ce-' + a for a in missing)}")
+    try:
+        return [from_binary_event(HTTPMessage(dict(headers), body))]
+    except (BaseCloudEventException, ValueError) as e:
+        raise MalformedEventError(str(e)) from None
+
+
+def reply_event(headers: Mapping[str, str], body: bytes) -> BaseCloudEvent | None:
+    """The CloudEvent a Function answered with, in binary or structured mode (``headers`` with
+    lower-case names); None when the answer is not a CloudEvent at all, MalformedEventError when it
+    tries to be one (a ``ce-specversion`` header, a CloudEvents content type) and is not."""
+    media = _media_type(headers)
+    if media != STRUCTURED and "ce-specversion" not in headers:
+        return None
+    return parse(headers, body)[0]

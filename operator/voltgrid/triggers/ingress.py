@@ -8,88 +8,30 @@ whose filters all hold. The answer comes after delivery: 200 when every matching
 2xx, 502 naming the triggers that did not, so a producer that retries on failure gets at least once.
 A request that is not a CloudEvent gets 400 naming the problem, never a 500.
 
-The parsing and the matching are pure (table-tested); the CloudEvents SDK builds the events.
+The parsing (:func:`voltgrid.triggers.events.parse`, shared with the Functions' replies) and the
+matching are pure (table-tested); the CloudEvents SDK builds the events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 from cloudevents.core.base import BaseCloudEvent
-from cloudevents.core.bindings.http import HTTPMessage, from_binary_event
-from cloudevents.core.exceptions import BaseCloudEventException
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 
 from voltgrid.api.triggers import Filter
 from voltgrid.errors import MalformedEventError
 from voltgrid.triggers.dispatch import Dispatcher, Target
-from voltgrid.triggers.events import delivery, session_key
+from voltgrid.triggers.events import delivery, parse, session_key
 from voltgrid.triggers.retry import Verdict
 
 log = logging.getLogger(__name__)
 
-STRUCTURED: Final = "application/cloudevents+json"
-BATCH: Final = "application/cloudevents-batch+json"
-REQUIRED: Final = ("specversion", "id", "source", "type")
-#: Events in one batch request: each is a delivery the request waits for.
-MAX_BATCH: Final = 1000
 MAX_BODY: Final = 4 * 1024 * 1024
-
-
-def _media_type(headers: Mapping[str, str]) -> str:
-    return headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-def _structured(obj: Any, where: str) -> BaseCloudEvent:
-    if not isinstance(obj, dict):
-        raise MalformedEventError(f"{where}: a structured CloudEvent is a JSON object, not {type(obj).__name__}")
-    missing = [a for a in REQUIRED if obj.get(a) in (None, "")]
-    if missing:
-        raise MalformedEventError(f"{where}: missing required attribute(s) {', '.join(missing)}")
-    try:
-        return JSONFormat().read(CloudEvent, json.dumps(obj).encode())
-    except (BaseCloudEventException, ValueError) as e:
-        raise MalformedEventError(f"{where}: {e}") from None
-
-
-def parse(headers: Mapping[str, str], body: bytes) -> list[BaseCloudEvent]:
-    """The request's events (one, or a batch); MalformedEventError names the first problem.
-
-    ``headers`` must have lower-case names. The SDK alone would fill in a missing ``id`` or accept
-    an array as one event, so the required attributes and the shapes are checked here first.
-    """
-    media = _media_type(headers)
-    if media in (STRUCTURED, BATCH):
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise MalformedEventError(f"body is not JSON: {e}") from None
-        if media == STRUCTURED:
-            return [_structured(doc, "event")]
-        if not isinstance(doc, list):
-            raise MalformedEventError(f"a batch is a JSON array of events, not {type(doc).__name__}")
-        if len(doc) > MAX_BATCH:
-            raise MalformedEventError(f"a batch holds at most {MAX_BATCH} events, not {len(doc)}")
-        return [_structured(item, f"event {i}") for i, item in enumerate(doc)]
-    if "ce-specversion" not in headers:
-        raise MalformedEventError(
-            f"not a CloudEvent: no ce-specversion header (binary mode) and content type {media or 'none'!r} is"
-            f" neither {STRUCTURED} nor {BATCH}"
-        )
-    missing = [a for a in REQUIRED if not headers.get(f"ce-{a}")]
-    if missing:
-        raise MalformedEventError(f"missing required header(s) {', '.join('ce-' + a for a in missing)}")
-    try:
-        return [from_binary_event(HTTPMessage(dict(headers), body))]
-    except (BaseCloudEventException, ValueError) as e:
-        raise MalformedEventError(str(e)) from None
 
 
 def matches(filters: Sequence[Filter], event: BaseCloudEvent) -> bool:

@@ -27,20 +27,23 @@ from voltgrid.api import constants
 from voltgrid.api.function import Function
 from voltgrid.api.triggers import SecretKeyRef, TriggerType
 from voltgrid.registry.kubeapi import RETRY_BACKOFF_S, Json, Key, KubeApi, KubeApiError, Reflector, key_of
-from voltgrid.triggers.runner import SecretLookup
+from voltgrid.triggers.report import SECRET_KEY_MISSING, SECRET_MISSING, Reporter
+from voltgrid.triggers.runner import Missing, SecretLookup
 
 log = logging.getLogger(__name__)
 
 PATH: Final = f"/apis/{constants.API_VERSION}/functions"
 
 Secrets = dict[tuple[str, str, str], str]  # (namespace, secret, key) -> value
+Found = dict[tuple[str, str], int]  # (namespace, secret) -> 200 when read, else the refusal's status
 
 
 class KubeSource:
     """The cluster's Functions, kept by a :class:`Reflector`, and their Secrets read per change."""
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, reporter: Reporter | None = None) -> None:
         self._api = api
+        self._reporter = reporter
         self._functions: dict[Key, Function] = {}
         self._changed = asyncio.Event()
         self.reflector = Reflector(api, PATH, self._handle, name="trigger Functions", listed=self._changed.set)
@@ -54,12 +57,19 @@ class KubeSource:
         key = key_of(body)
         if event_type == "DELETED":
             self._functions.pop(key, None)
+            if self._reporter is not None:
+                self._reporter.accepted(key)
         else:
             try:
                 self._functions[key] = Function.model_validate(body)
             except ValidationError as e:
                 log.error("Function %s/%s skipped: %s", key[0], key[1], e)
                 self._functions.pop(key, None)
+                if self._reporter is not None:
+                    self._reporter.rejected(body, e)
+            else:
+                if self._reporter is not None:
+                    self._reporter.accepted(key)
         if event_type is not None:  # a watch event; a LIST reports once, when complete (``listed``)
             self._changed.set()
 
@@ -78,18 +88,18 @@ class KubeSource:
                 self._changed.clear()
                 functions = self.functions
                 try:
-                    secrets = await self._secrets(functions)
+                    secrets, found = await self._secrets(functions)
                 except (KubeApiError, aiohttp.ClientError, TimeoutError) as e:
                     log.error("cannot read the Secrets of queue triggers, the running triggers stay: %s", e)
                     await _either(asyncio.Event(), stop, RETRY_BACKOFF_S)
                     self._changed.set()
                     continue
-                yield functions, lookup(secrets)
+                yield functions, lookup(secrets, found)
         finally:
             reflecting.cancel()
             await asyncio.gather(reflecting, return_exceptions=True)
 
-    async def _secrets(self, functions: list[Function]) -> Secrets:
+    async def _secrets(self, functions: list[Function]) -> tuple[Secrets, Found]:
         wanted = {
             (fn.metadata.namespace or "default", t.queue.url_from.name)
             for fn in functions
@@ -97,6 +107,7 @@ class KubeSource:
             if t.type is TriggerType.QUEUE and t.queue is not None
         }
         out: Secrets = {}
+        found: Found = {}
         for namespace, name in sorted(wanted):
             try:
                 secret: Any = await self._api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
@@ -104,13 +115,15 @@ class KubeSource:
                 if e.status not in (403, 404):
                     raise
                 log.error("Secret %s/%s cannot be read (%s): its queue triggers wait", namespace, name, e.status)
+                found[(namespace, name)] = e.status
                 continue
+            found[(namespace, name)] = 200
             for key, value in (secret.get("data") or {}).items():
                 try:
                     out[(namespace, name, key)] = base64.b64decode(value, validate=True).decode().strip()
                 except (binascii.Error, UnicodeDecodeError):
                     log.error("Secret %s/%s key %s is not text", namespace, name, key)
-        return out
+        return out, found
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event, within: float) -> bool:
@@ -125,10 +138,23 @@ async def _either(event: asyncio.Event, stop: asyncio.Event, within: float) -> b
     return bool(done)
 
 
-def lookup(secrets: Secrets) -> SecretLookup:
-    """The runner's secret lookup over one load's Secrets."""
+def lookup(secrets: Secrets, found: Found) -> SecretLookup:
+    """The runner's secret lookup over one load's Secrets; a miss says which part is missing."""
 
-    def get(namespace: str, ref: SecretKeyRef) -> str | None:
-        return secrets.get((namespace, ref.name, ref.key))
+    def get(namespace: str, ref: SecretKeyRef) -> str | Missing:
+        value = secrets.get((namespace, ref.name, ref.key))
+        if value:
+            return value
+        where = f"Secret {namespace}/{ref.name}"
+        status = found.get((namespace, ref.name))
+        if status == 200:
+            return Missing(SECRET_KEY_MISSING, f"{where} has no key {ref.key!r} (or its value is not text)")
+        if status == 403:
+            return Missing(
+                SECRET_MISSING,
+                f"{where} cannot be read: the dispatcher may read Secrets only in the"
+                " namespaces of the chart's triggers.secretNamespaces",
+            )
+        return Missing(SECRET_MISSING, f"{where} does not exist")
 
     return get

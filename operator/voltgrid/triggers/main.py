@@ -41,7 +41,8 @@ from voltgrid.triggers.dispatch import Dispatcher
 from voltgrid.triggers.ingress import Ingress, ingress_app
 from voltgrid.triggers.kubesource import KubeSource
 from voltgrid.triggers.leases import LeaseLedger
-from voltgrid.triggers.runner import Runner, SecretLookup, plan
+from voltgrid.triggers.report import SECRET_KEY_MISSING, SECRET_MISSING, Reporter
+from voltgrid.triggers.runner import Missing, Runner, SecretLookup, plan
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ FILE_RELOAD_INTERVAL: Final = 2.0
 #: Seconds without a Function change before a safety relist (changes arrive by WATCH; this also
 #: picks up a rotated Secret, which is not watched).
 DEFAULT_RESYNC: Final = 300.0
+#: Seconds the last write of states and Events may take as the replica stops (its grace is 30s).
+FINAL_FLUSH_S: Final = 5.0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -85,11 +88,16 @@ def load_functions(path: Path) -> list[Function]:
 
 
 def secret_files(root: Path | None) -> SecretLookup:
-    def lookup(namespace: str, ref: SecretKeyRef) -> str | None:
+    def lookup(namespace: str, ref: SecretKeyRef) -> str | Missing:
+        where = f"Secret {namespace}/{ref.name}"
         if root is None:
-            return None
+            return Missing(SECRET_MISSING, f"{where}: no --secrets directory")
         path = root / namespace / ref.name / ref.key
-        return path.read_text().strip() if path.is_file() else None
+        if path.is_file():
+            return path.read_text().strip()
+        if path.parent.is_dir():
+            return Missing(SECRET_KEY_MISSING, f"{where} has no key {ref.key!r}")
+        return Missing(SECRET_MISSING, f"{where} does not exist (no {path.parent})")
 
     return lookup
 
@@ -113,10 +121,15 @@ async def from_file(args: argparse.Namespace, stop: asyncio.Event) -> AsyncItera
 
 
 async def serve(
-    args: argparse.Namespace, stop: asyncio.Event, loads: AsyncIterator[Loaded], ledger: TickLedger
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    loads: AsyncIterator[Loaded],
+    ledger: TickLedger,
+    reporter: Reporter | None = None,
 ) -> None:
+    reporter = reporter or Reporter()
     async with aiohttp.ClientSession() as http:
-        dispatcher = Dispatcher(http)
+        dispatcher = Dispatcher(http, reporter=reporter)
         ingress = Ingress(dispatcher)
         runner = Runner(dispatcher, ingress, args.replica, ledger)
         app = ingress_app(ingress)
@@ -125,7 +138,7 @@ async def serve(
             return web.Response(body=generate_latest(dispatcher.metrics.registry), content_type="text/plain")
 
         async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"triggers": runner.running})
+            return web.json_response({"triggers": runner.running, "states": reporter.snapshot()})
 
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
@@ -133,15 +146,21 @@ async def serve(
         await site_runner.setup()
         await web.TCPSite(site_runner, args.host, args.port).start()
         log.info("listening on %s:%d, delivering to %s", args.host, args.port, args.gateway)
+        reporting = asyncio.create_task(reporter.run(), name="trigger reports")
         try:
             async for functions, secrets in loads:
                 jobs, routes, problems = plan(args.gateway, functions, secrets)
                 for problem in problems:
-                    log.error("%s", problem)
-                await runner.apply(jobs, routes)
+                    log.error("%s: %s", problem.trigger, problem.message)
+                reporter.functions(functions)
+                await runner.apply(jobs, routes, problems)
                 log.info("%d jobs, %d ingress routes", len(jobs), len(routes))
         finally:
             await runner.close()
+            reporting.cancel()
+            await asyncio.gather(reporting, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):  # the last states and Events, within the grace period
+                await asyncio.wait_for(reporter.flush(), FINAL_FLUSH_S)
             await site_runner.cleanup()
 
 
@@ -176,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         api = await kube_api()
         try:
             ledger = LeaseLedger(api, args.lease_namespace, args.replica)
-            await serve(args, stop, KubeSource(api).follow(stop, args.resync), ledger)
+            reporter = Reporter(api)
+            await serve(args, stop, KubeSource(api, reporter).follow(stop, args.resync), ledger, reporter)
         finally:
             await api.close()
 

@@ -23,10 +23,29 @@ class TriggerMetrics:
         self.skipped = Counter(
             "voltgrid_trigger_skipped", "Cron ticks not fired (catch-up Skip, concurrency Forbid)", labels, registry=r
         )
+        self.replies_forwarded = Counter(
+            "voltgrid_trigger_replies_forwarded",
+            "CloudEvent replies the trigger's sink answered 2xx",
+            labels,
+            registry=r,
+        )
+        self.replies_failed = Counter(
+            "voltgrid_trigger_replies_failed",
+            "Attempts to forward a reply without a 2xx from the sink",
+            labels,
+            registry=r,
+        )
+        self.replies_dropped = Counter(
+            "voltgrid_trigger_replies_dropped",
+            "Replies given up on: the sink refused them past maxRetries, or they were not valid CloudEvents",
+            labels,
+            registry=r,
+        )
         self.in_flight = Gauge("voltgrid_trigger_in_flight", "Events being delivered now", labels, registry=r)
         self.lag = Gauge(
             "voltgrid_trigger_lag",
-            "Entries no replica has read yet (a Redis Streams consumer group's lag)",
+            "Messages no replica has received yet: a Redis Streams consumer group's lag, a RabbitMQ queue's"
+            " ready messages",
             labels,
             registry=r,
         )

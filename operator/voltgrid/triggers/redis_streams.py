@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from voltgrid.triggers.dispatch import ATTEMPTS_HEADER, ERROR_HEADER, Dispatcher, Target, message_delivery
 from voltgrid.triggers.events import Message
 from voltgrid.triggers.lanes import Lanes
+from voltgrid.triggers.report import CONSUMING
 from voltgrid.triggers.retry import Verdict
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class RedisStreamConsumer:
     async def run(self) -> None:
         """Consume until cancelled; entries in flight at cancellation stay pending (reclaimed)."""
         await self.ensure_group()
+        self.dispatcher.reporter.state(
+            self.target.name, True, CONSUMING, f"consuming Redis stream {self.stream} in group {self.group}"
+        )
         tasks: set[asyncio.Task[None]] = set()
         tasks.add(asyncio.create_task(self._touch()))
         try:

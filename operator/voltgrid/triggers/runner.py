@@ -15,9 +15,11 @@ import json
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+import aio_pika.exceptions
 import redis.asyncio as aioredis
+import redis.exceptions
 from cloudevents.core.base import BaseCloudEvent
 
 from voltgrid.api.function import Function
@@ -28,12 +30,38 @@ from voltgrid.triggers.events import delivery, invoke_url, session_key
 from voltgrid.triggers.ingress import Ingress, Route
 from voltgrid.triggers.rabbitmq import RabbitConsumer
 from voltgrid.triggers.redis_streams import RedisStreamConsumer
+from voltgrid.triggers.report import (
+    BROKER_UNREACHABLE,
+    CONNECTING,
+    CONSUMER_FAILED,
+    QUEUE_NOT_FOUND,
+    ROUTED,
+    SCHEDULED,
+)
 from voltgrid.triggers.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-#: Resolves a Secret key in a namespace to its value (the broker URL); None when it is missing.
-SecretLookup = Callable[[str, SecretKeyRef], str | None]
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """Why a Secret key gave no broker URL: ``reason`` is SecretMissing or SecretKeyMissing."""
+
+    reason: str
+    message: str
+
+
+#: Resolves a Secret key in a namespace to its value (the broker URL), or says why there is none.
+SecretLookup = Callable[[str, SecretKeyRef], str | Missing]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A trigger left out of the plan: which (``<ns>/<function>/<trigger>``), the reason, the message."""
+
+    trigger: str
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +88,13 @@ def target_of(gateway: str, fn: Function, trigger: Trigger) -> Target:
         fn.spec.sessions,
         trigger.session,
         Backoff.of(trigger.retry),
+        trigger.sink,
     )
 
 
 def plan(
     gateway: str, functions: Iterable[Function], secrets: SecretLookup
-) -> tuple[dict[str, Job], list[Route], list[str]]:
+) -> tuple[dict[str, Job], list[Route], list[Problem]]:
     """Jobs by a key that changes whenever what the job does changes, ingress routes, and problems.
 
     A queue trigger whose Secret (or key) is missing is left out and named in the problems, the
@@ -73,7 +102,7 @@ def plan(
     """
     jobs: dict[str, Job] = {}
     routes: list[Route] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     for fn in functions:
         ns = fn.metadata.namespace or "default"
         for trigger in fn.spec.triggers:
@@ -86,9 +115,8 @@ def plan(
                 job = CronJob(target, trigger.cron)
             elif trigger.type is TriggerType.QUEUE and trigger.queue is not None:
                 url = secrets(ns, trigger.queue.url_from)
-                if not url:
-                    ref = trigger.queue.url_from
-                    problems.append(f"{target.name}: Secret {ns}/{ref.name} has no key {ref.key!r}")
+                if isinstance(url, Missing):
+                    problems.append(Problem(target.name, url.reason, url.message))
                     continue
                 job = QueueJob(target, trigger.queue, url)
             else:
@@ -101,6 +129,22 @@ def _digest(fn: Function, trigger: Trigger, job: Job) -> str:
     """Changes when the trigger, the Function's affinity or the broker URL changes."""
     doc = {"t": trigger.to_wire(), "s": fn.spec.sessions.to_wire(), "u": getattr(job, "url", "")}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: Seconds before a job that failed (a broker outage) is started again.
+RESTART_DELAY: Final = 5.0
+
+
+def failure_reason(e: Exception) -> str:
+    """The state reason of a job that failed with ``e``: the queue is missing, the broker cannot
+    be reached (refused, timed out, lost), or something else went wrong in the consumer."""
+    if isinstance(e, aio_pika.exceptions.ChannelNotFoundEntity):
+        return QUEUE_NOT_FOUND
+    if isinstance(
+        e, OSError | TimeoutError | aio_pika.exceptions.AMQPConnectionError | redis.exceptions.ConnectionError
+    ):
+        return BROKER_UNREACHABLE
+    return CONSUMER_FAILED
 
 
 class Runner:
@@ -119,12 +163,29 @@ class Runner:
     def running(self) -> list[str]:
         return sorted(self._tasks)
 
-    async def apply(self, jobs: Mapping[str, Job], routes: Iterable[Route]) -> None:
+    async def apply(self, jobs: Mapping[str, Job], routes: Iterable[Route], problems: Iterable[Problem] = ()) -> None:
+        """Run the plan's jobs and routes, and report every trigger's state (the problems' too)."""
+        report = self.dispatcher.reporter
         self.ingress.routes = tuple(routes)
+        for route in self.ingress.routes:
+            filters = ", ".join(f.attribute for f in route.filters) or "none"
+            report.state(
+                route.target.name,
+                True,
+                ROUTED,
+                f"CloudEvents POSTed to /events/{route.namespace} (filters on: {filters})",
+            )
+        for problem in problems:
+            report.state(problem.trigger, False, problem.reason, problem.message)
         for key in [k for k in self._tasks if k not in jobs]:
             await self._stop(key)
         for key, job in jobs.items():
             if key not in self._tasks:
+                if isinstance(job, CronJob):
+                    zone = "" if job.cron.schedule.startswith("@") else f" ({job.cron.timezone})"
+                    report.state(job.target.name, True, SCHEDULED, f"schedule {job.cron.schedule}{zone}")
+                else:
+                    report.state(job.target.name, False, CONNECTING, f"connecting to {job.queue.broker.value}")
                 self._tasks[key] = asyncio.create_task(self._run(job), name=key)
 
     async def close(self) -> None:
@@ -146,7 +207,11 @@ class Runner:
                 raise
             except Exception as e:  # a broker outage must not end the trigger for good
                 log.warning("trigger %s: %s: %s; restarting in 5s", job.target.name, type(e).__name__, e)
-            await asyncio.sleep(5)
+                reason = failure_reason(e)
+                queue = job.queue.queue if isinstance(job, QueueJob) else ""
+                message = f"queue {queue}: {type(e).__name__}: {e}" if queue else f"{type(e).__name__}: {e}"
+                self.dispatcher.reporter.state(job.target.name, False, reason, message)
+            await asyncio.sleep(RESTART_DELAY)
 
     def _job(self, job: Job) -> Coroutine[Any, Any, None]:
         if isinstance(job, CronJob):
@@ -156,6 +221,7 @@ class Runner:
                 lambda event: self._fire(job.target, event),
                 ledger=self.ledger,
                 metrics=self.dispatcher.metrics,
+                reporter=self.dispatcher.reporter,
             )
         if job.queue.broker is Broker.RABBITMQ:
             return RabbitConsumer(

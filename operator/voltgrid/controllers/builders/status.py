@@ -16,6 +16,9 @@ from voltgrid.controllers.builders.runtime import RuntimeChoice
 Json = dict[str, Any]
 
 READY: Final = "Ready"
+TRIGGERS_READY: Final = "TriggersReady"
+#: A trigger of the spec that no dispatcher has reported yet (none runs, or it has not caught up).
+REASON_TRIGGER_PENDING: Final = "TriggerPending"
 REASON_READY: Final = "Ready"
 REASON_INVALID: Final = "InvalidSpec"
 _VOLATILE: Final = frozenset({"lastTransitionTime"})
@@ -77,14 +80,20 @@ def function_status(
     counts: FunctionCounts,
     url: str,
     now: datetime,
+    triggers: Sequence[str] = (),
 ) -> Json:
     """The Function's status: Ready when its pods can run (a runtime is available). A Function
-    with no pods is Ready: it scales from zero on the first request."""
+    with no pods is Ready: it scales from zero on the first request. A Function with ``triggers``
+    (their names) also gets :func:`triggers_condition`."""
     conditions = (previous or {}).get("conditions")
     reason = REASON_READY if choice.runnable and choice.sandboxed else choice.reason
     ready = condition(conditions, READY, choice.runnable, reason, choice.message, generation=generation, now=now)
+    out = [ready]
+    if triggers:
+        entries = (previous or {}).get("triggers") or []
+        out.append(triggers_condition(conditions, triggers, entries, generation=generation, now=now))
     return {
-        "conditions": [ready],
+        "conditions": out,
         "instances": counts.instances,
         "readyInstances": counts.ready,
         "warmInstances": counts.warm,
@@ -110,3 +119,42 @@ def not_ready_status(
         "conditions": [condition(conditions, READY, False, reason, message, generation=generation, now=now)],
         "observedGeneration": generation,
     }
+
+
+def triggers_condition(
+    previous: Sequence[Mapping[str, Any]] | None,
+    names: Sequence[str],
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    generation: int | None,
+    now: datetime,
+) -> Json:
+    """``TriggersReady``: the operator's summary of ``status.triggers``, which the dispatcher writes.
+
+    The two components never write the same key of the status: the operator's merge patches name
+    ``conditions`` (a merge patch replaces a list whole), the dispatcher's name only ``triggers``,
+    so neither can drop what the other wrote. The operator reads the dispatcher's entries here and
+    sums them up: True when every trigger of the spec is reported ready; else False with the first
+    problem's reason (``TriggerPending`` for a trigger no dispatcher reported) and every problem
+    in the message.
+    """
+    by_name = {str(e.get("name")): e for e in entries}
+    problems: list[tuple[str, str]] = []
+    for name in names:
+        entry = by_name.get(name)
+        if entry is None:
+            problems.append((REASON_TRIGGER_PENDING, f"{name}: no trigger dispatcher has reported it yet"))
+        elif entry.get("status") != "True":
+            problems.append((str(entry.get("reason") or "NotReady"), f"{name}: {entry.get('message') or ''}"))
+    if not problems:
+        return condition(
+            previous,
+            TRIGGERS_READY,
+            True,
+            TRIGGERS_READY,
+            f"{len(names)} trigger(s) ready",
+            generation=generation,
+            now=now,
+        )
+    message = "; ".join(m for _, m in problems)
+    return condition(previous, TRIGGERS_READY, False, problems[0][0], message, generation=generation, now=now)
