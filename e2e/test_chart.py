@@ -575,6 +575,60 @@ def test_sandbox_claims_from_a_warm_pool_through_two_gateway_pods_under_gvisor(c
         run(cluster, "kubectl", "delete", "namespace", SANDBOX_NS, "--ignore-not-found", "--wait=true", timeout=300)
 
 
+def claim_sandbox(gateway: str, **body: Any) -> dict[str, Any]:
+    status, sandbox = gateway_call(gateway + SANDBOXES, "POST", {"template": "py", "namespace": SANDBOX_NS, **body})
+    assert status == 201, sandbox
+    return dict(sandbox)
+
+
+def run_in(gateway: str, sandbox: dict[str, Any], code: str, language: str = "python", timeout: float = 60) -> Any:
+    body = {"code": code, "language": language, "timeout": timeout}
+    return gateway_call(gateway + sandbox["url"] + "/execute", "POST", body, sandbox["token"], timeout + 60)
+
+
+@pytest.mark.timeout(900)
+def test_hostile_code_stays_inside_its_sandbox(cluster: Any) -> None:
+    """A memory hog, a fork bomb and a 1 GiB upload in one sandbox under gVisor: it hits its own limits,
+    while another sandbox, the gateway and the node go on serving."""
+    ok(run(cluster, "kubectl", "create", "namespace", SANDBOX_NS))
+    try:
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pool_template("py", 2))))
+        wait_until("two warm sandboxes", lambda: sum(
+            1 for p in pool_pods(cluster, False) if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])
+            )
+        ) >= 2, 300)  # fmt: skip
+        first, second = (f"http://{ip}:8080" for ip in gateway_pod_ips(cluster))
+        victim, bystander = claim_sandbox(first), claim_sandbox(second)
+        assert run_in(second, bystander, "x = 41")[0] == 200
+        # 1 GiB streamed through the gateway into the sandbox's workspace, read back by size.
+        chunk = os.urandom(1024 * 1024)
+        request = urllib.request.Request(
+            first + victim["url"] + "/files/big.bin",
+            data=(chunk for _ in range(1024)),
+            method="PUT",
+            headers={"Authorization": f"Bearer {victim['token']}", "Transfer-Encoding": "chunked"},
+        )
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            assert answer.status == 201 and json.loads(answer.read())["size"] == 1024**3
+        print(f"1 GiB upload through the gateway: {1024 / (time.monotonic() - started):.0f} MiB/s")
+        # A memory hog: 2 GiB in a 512 MiB sandbox. Its kernel (or the sandbox) dies, nothing else.
+        status, events = run_in(first, victim, "b = bytearray(2 * 1024**3)\nb[::4096] = b'x' * (len(b) // 4096)")
+        assert status != 200 or any(e["type"] == "error" for e in events), events
+        # A fork bomb, bounded in time should the limits not stop it first.
+        run_in(first, victim, ":(){ :|:& };: ; sleep 15", language="bash", timeout=30)
+        status, events = run_in(second, bystander, "print(x + 1)")
+        assert status == 200 and events[0] == {"type": "stdout", "text": "42\n"}, events
+        status, health = gateway_call(second + "/_voltgrid/readyz", token="")
+        assert status == 200, health
+        nodes = json.loads(ok(run(cluster, "kubectl", "get", "nodes", "-o", "json")))["items"]
+        ready = [c for c in nodes[0]["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["status"] == "True"
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", SANDBOX_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
 TRIGGERS_NS = "vg-triggers"
 #: Messages published to the queue trigger, and the session keys they carry in turn.
 QUEUE_MESSAGES = 10_000
