@@ -477,8 +477,8 @@ def pool_template(name: str, replicas: int) -> dict[str, Any]:
     }
 
 
-def pool_pods(cluster: Any, claimed: bool) -> list[dict[str, Any]]:
-    selector = f"voltgrid.dev/sandbox-template=py,voltgrid.dev/claimed{'=' if claimed else '!='}true"
+def pool_pods(cluster: Any, claimed: bool, template: str = "py") -> list[dict[str, Any]]:
+    selector = f"voltgrid.dev/sandbox-template={template},voltgrid.dev/claimed{'=' if claimed else '!='}true"
     listed = json.loads(ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "pods", "-l", selector, "-o", "json")))
     return [p for p in listed["items"] if not p["metadata"].get("deletionTimestamp")]
 
@@ -493,17 +493,17 @@ def wait_until(what: str, check: Any, timeout: float = 180) -> Any:
 
 @pytest.mark.timeout(900)
 def test_sandbox_claims_from_a_warm_pool_through_two_gateway_pods_under_gvisor(cluster: Any) -> None:
-    """The Sandbox API as a user reaches it: kubectl apply a SandboxTemplate, claim through one gateway
+    """The Sandbox API as a user reaches it: kubectl apply the pool example, claim through one gateway
     pod, run code through the other; the sandbox cannot reach the gateway or another sandbox; deleted
     and expired sandboxes are burnt; a wrong token opens nothing."""
     ok(run(cluster, "kubectl", "create", "namespace", SANDBOX_NS))
     try:
-        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pool_template("py", 2))))
-        wait_until("two warm sandboxes", lambda: len([p for p in pool_pods(cluster, False) if all(
+        ok(run(cluster, "kubectl", "apply", "-n", SANDBOX_NS, "-f", "examples/sandbox-pool.yaml"))
+        wait_until("two warm sandboxes", lambda: len([p for p in pool_pods(cluster, False, "python") if all(
             c["status"] == "True" for c in p["status"].get("conditions", []) if c["type"] == "Ready"
         ) and p["status"].get("podIP")]) >= 2, 300)  # fmt: skip
         first, second = (f"http://{ip}:8080" for ip in gateway_pod_ips(cluster))
-        claim = {"template": "py", "namespace": SANDBOX_NS, "env": {"GREETING": "hi"}, "metadata": {"run": "e2e"}}
+        claim = {"template": "python", "namespace": SANDBOX_NS, "env": {"GREETING": "hi"}, "metadata": {"run": "e2e"}}
         started = time.monotonic()
         status, sandbox = gateway_call(first + SANDBOXES, "POST", claim)
         claim_s = time.monotonic() - started
@@ -519,17 +519,17 @@ def test_sandbox_claims_from_a_warm_pool_through_two_gateway_pods_under_gvisor(c
             assert gateway_call(second + url + "/execute", "POST", {"code": "1"}, wrong)[0] == 401
         [pod] = [
             p
-            for p in pool_pods(cluster, True)
+            for p in pool_pods(cluster, True, "python")
             if p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] == sandbox["sandboxId"]
         ]
         assert pod["spec"]["runtimeClassName"] == "gvisor"
         assert token not in json.dumps(pod)  # only the token's digest is written down
         # A second sandbox; neither can reach the other's agent nor the gateway's internal API.
-        status, other = gateway_call(second + SANDBOXES, "POST", {"template": "py", "namespace": SANDBOX_NS})
+        status, other = gateway_call(second + SANDBOXES, "POST", {"template": "python", "namespace": SANDBOX_NS})
         assert status == 201, other
         [other_pod] = [
             p
-            for p in pool_pods(cluster, True)
+            for p in pool_pods(cluster, True, "python")
             if p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] == other["sandboxId"]
         ]
         gateway_ip = first.split("//")[1].split(":")[0]
@@ -549,26 +549,26 @@ def test_sandbox_claims_from_a_warm_pool_through_two_gateway_pods_under_gvisor(c
         status, deleted = gateway_call(first + other["url"], "DELETE", token=other["token"])
         assert status == 200 and deleted["deleted"] is True
         wait_until("the deleted sandbox's pod gone", lambda: other["sandboxId"] not in {
-            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True)
+            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True, "python")
         }, 60)  # fmt: skip
         for gw in (first, second):
             assert gateway_call(gw + other["url"] + "/execute", "POST", {"code": "1"}, other["token"])[0] == 404
         # A short claim expires and is burnt by the gateway that owns it.
         status, short = gateway_call(
-            second + SANDBOXES, "POST", {"template": "py", "namespace": SANDBOX_NS, "ttl": "5s"}
+            second + SANDBOXES, "POST", {"template": "python", "namespace": SANDBOX_NS, "ttl": "5s"}
         )
         assert status == 201, short
         wait_until("the expired sandbox's pod gone", lambda: short["sandboxId"] not in {
-            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True)
+            p["metadata"]["labels"]["voltgrid.dev/sandbox-id"] for p in pool_pods(cluster, True, "python")
         }, 60)  # fmt: skip
         status, listed = gateway_call(second + SANDBOXES)
         assert status == 200 and {i["sandboxId"] for i in listed["items"]} >= {sandbox["sandboxId"]}
         assert short["sandboxId"] not in {i["sandboxId"] for i in listed["items"]}
         template = json.loads(
-            ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "py", "-o", "json"))
+            ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "python", "-o", "json"))
         )
         wait_until("the pool refilled", lambda: json.loads(ok(run(
-            cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "py", "-o", "json"
+            cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "python", "-o", "json"
         )))["status"].get("ready") == 2, 300)  # fmt: skip
         assert template["status"]["claimed"] >= 1
     finally:

@@ -25,11 +25,12 @@ from mcp.client.streamable_http import streamable_http_client
 from ports import free_port
 from voltgrid.api.function import Function
 from voltgrid.api.sandbox import Sandbox
+from voltgrid.api.sandboxtemplate import SandboxTemplate
 from voltgrid.errors import SpecError
 from voltgrid.gateway.functions import load_functions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-MODELS = {"Function": Function, "Sandbox": Sandbox}
+MODELS = {"Function": Function, "Sandbox": Sandbox, "SandboxTemplate": SandboxTemplate}
 HDR = "X-Voltgrid-Session"
 #: Seconds the sandbox's server may take to listen.
 SANDBOX_READY_S = 20.0
