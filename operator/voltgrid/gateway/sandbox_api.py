@@ -184,8 +184,23 @@ async def _record(request: web.Request, sandbox_id: str, *, owner_only: bool) ->
         if forwarded is not None:
             return forwarded
     if record is None:
-        raise not_found(f"sandbox {sandbox_id!r} not found (expired, deleted or never claimed)", "sandbox_not_found")
+        raise _unknown(sandbox_id)
     return record
+
+
+def _unknown(sandbox_id: str) -> GatewayError:
+    return not_found(f"sandbox {sandbox_id!r} not found (expired, deleted or never claimed)", "sandbox_not_found")
+
+
+async def _managed(request: web.Request, *, owner_only: bool) -> SandboxRecord | web.StreamResponse:
+    """The record if the caller may manage it (its token, an operator, its principal), else 404 (no
+    telling whether it exists); or the owner's answer."""
+    found = await _record(request, request.match_info["id"], owner_only=owner_only)
+    if isinstance(found, SandboxRecord) and not _may_manage(
+        request.app[GATEWAY], found, request.headers.get("Authorization")
+    ):
+        raise _unknown(found.id)
+    return found
 
 
 async def claim(request: web.Request) -> web.StreamResponse:
@@ -246,21 +261,15 @@ async def list_sandboxes(request: web.Request) -> web.StreamResponse:
 
 
 async def show(request: web.Request) -> web.StreamResponse:
-    found = await _record(request, request.match_info["id"], owner_only=False)
-    if not isinstance(found, SandboxRecord):
-        return found
-    if not _may_manage(request.app[GATEWAY], found, request.headers.get("Authorization")):
-        raise not_found(f"sandbox {found.id!r} not found (expired, deleted or never claimed)", "sandbox_not_found")
-    return web.json_response(found.describe())
+    found = await _managed(request, owner_only=False)
+    return web.json_response(found.describe()) if isinstance(found, SandboxRecord) else found
 
 
 async def extend(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    found = await _record(request, request.match_info["id"], owner_only=True)
+    found = await _managed(request, owner_only=True)
     if not isinstance(found, SandboxRecord):
         return found
-    if not _may_manage(gw, found, request.headers.get("Authorization")):
-        raise not_found(f"sandbox {found.id!r} not found (expired, deleted or never claimed)", "sandbox_not_found")
     _, body = await _json_body(request)
     if body.get("ttl") is None:
         raise bad_request("'ttl' is required: the sandbox then expires that long from now (at most its maxTtl)")
@@ -269,13 +278,10 @@ async def extend(request: web.Request) -> web.StreamResponse:
 
 
 async def burn(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    found = await _record(request, request.match_info["id"], owner_only=True)
+    found = await _managed(request, owner_only=True)
     if not isinstance(found, SandboxRecord):
         return found
-    if not _may_manage(gw, found, request.headers.get("Authorization")):
-        raise not_found(f"sandbox {found.id!r} not found (expired, deleted or never claimed)", "sandbox_not_found")
-    await _pools(gw).burn(found)
+    await _pools(request.app[GATEWAY]).burn(found)
     return web.json_response({**found.describe(), "deleted": True})
 
 
