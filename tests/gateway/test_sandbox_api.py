@@ -356,3 +356,13 @@ async def test_without_a_claim_key_the_api_says_which_setting_is_missing(
     [a] = await replicas([])
     async with http.post(a.url + API, json={"template": "py"}, headers=ADMIN) as r:
         assert r.status == 503 and "sandbox_claim_key_file" in (await r.json())["error"]["message"]
+
+
+async def test_a_silent_execution_outlasts_the_instance_head_timeout(pool_of: Any, http: aiohttp.ClientSession) -> None:
+    """A sandbox answers an execution at its first event and an upload once it has it all: its own
+    timeouts bound those, not ``upstream_timeout`` (which would cut them with 504)."""
+    the_pool, (a,) = await pool_of(1, upstream_timeout=0.5)
+    await the_pool.add(1)
+    _, sandbox = await _claim(http, a)
+    events = await _run(http, a.url + sandbox["url"], sandbox["token"], "sleep 1.5; echo done")
+    assert events[0] == {"type": "stdout", "text": "done\n"}, events

@@ -107,7 +107,11 @@ class Pipeline:
             headers,
             traffic=Traffic(),
             max_body=body_limit(self.gateway, request.path),
-            header_timeout=settings.upstream_timeout,
+            # A sandbox answers an upload once it has it all, an execution at its first event: the
+            # agent's own timeouts (execution, idle body) bound those, not the instance head timeout.
+            header_timeout=(
+                settings.max_stream_duration if request.path.startswith(SANDBOX_PREFIX) else settings.upstream_timeout
+            ),
             max_stream=settings.max_stream_duration,
         )
 
