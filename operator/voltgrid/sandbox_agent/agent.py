@@ -167,6 +167,8 @@ class Agent:
         if any(not isinstance(v, str) or not _ENV_NAME.fullmatch(k) or k.startswith(TOKEN_ENV) for k, v in env.items()):
             raise bad_request(f"env names must match {_ENV_NAME.pattern} and not start with {TOKEN_ENV}")
         self.token_sha256 = claim.token_sha256  # taken before the first await: two racing claims, one wins
+        if not env:
+            return  # nothing to tell the running kernels: the claim costs no round trip into them
         self.env.update(env)
         for slot in self.contexts.values():
             await slot.context.set_env(env)
