@@ -24,7 +24,18 @@ import kmock
 import kopf
 import pytest
 from aiohttp import web
-from ctlfakes import EPOCH, NETPOLS, NS, PODS, SANDBOXES, TEMPLATES, add_node, add_runtime_class, names, stored
+from ctlfakes import (
+    EPOCH,
+    NETPOLS,
+    NS,
+    PODS,
+    SANDBOXES,
+    TEMPLATES,
+    add_node,
+    add_runtime_class,
+    names,
+    stored,
+)
 
 from conftest import CLAIM_KEY_PEM
 from ports import free_port
@@ -314,6 +325,25 @@ async def test_deleting_the_sandbox_burns_its_pod_and_an_orphan_is_burnt_on_its_
     finally:
         await restarted.ctx.client.close()
     assert second not in names(api, PODS)
+
+
+async def test_a_sandbox_deleted_while_its_claim_is_in_flight_burns_what_it_bound(
+    api: kmock.KubernetesEmulator, ctl: Controllers, agents: Agents
+) -> None:
+    [first] = await pool_of(api, ctl, 1)
+    await ready(api, ctl, agents, first)
+    binding = asyncio.create_task(apply_sandbox(api, ctl))
+    for _ in range(1000):  # until the binding waits on its first request (a few loop turns)
+        if (NS, "sbx") in ctl.sandboxes.binding:
+            break
+        await asyncio.sleep(0)
+    assert (NS, "sbx") in ctl.sandboxes.binding
+    body = stored(api, SANDBOXES, "sbx")
+    del api.objects[SANDBOXES, NS, "sbx"]
+    await ctl.sandboxes.on_event(body, "DELETED")
+    await binding
+    assert first not in names(api, PODS)
+    assert (NS, "sbx") not in ctl.sandboxes.live and not ctl.sandboxes.gone
 
 
 async def test_expiry_burns_the_pod(

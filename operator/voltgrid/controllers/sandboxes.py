@@ -87,6 +87,8 @@ class SandboxController:
         #: ``templateRef`` Sandboxes being bound now (kopf runs handlers of one object one at a time,
         #: but a pool pod's readiness retries waiting Sandboxes from another handler).
         self.binding: set[Key] = set()
+        #: Of those, the ones deleted meanwhile: their binding burns the pod it bound.
+        self.gone: set[Key] = set()
         #: Pool pods (namespace, name) a claim of this operator is in flight for: never picked twice.
         self.claiming: set[Key] = set()
         #: The template each waiting ``templateRef`` Sandbox waits on (``ctx.pool_waiting`` by template).
@@ -96,6 +98,8 @@ class SandboxController:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            if key in self.binding:
+                self.gone.add(key)  # its claim is in flight: the binding burns what it bound
             self._forget(key)
             await self._burn_bound(key)
             return
@@ -179,6 +183,11 @@ class SandboxController:
                 await self._bind_one(sandbox, current, expires)
         finally:
             self.binding.discard(key)
+            deleted = key in self.gone
+            self.gone.discard(key)
+        if deleted:  # the Sandbox went while its claim was in flight: what it bound goes too
+            self._forget(key)
+            await self._burn_bound(key)
 
     async def _bind_one(self, sandbox: Sandbox, current: Json, expires: datetime | None) -> None:
         ns, ref = str(sandbox.metadata.namespace), str(sandbox.spec.template_ref)
