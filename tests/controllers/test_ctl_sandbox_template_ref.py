@@ -194,6 +194,7 @@ async def test_binds_a_warm_pod_records_it_as_the_gateway_does_and_the_pool_refi
     assert st["phase"] == "Running" and st["conditions"][0]["reason"] == "Running"
     assert (st["podName"], st["sandboxId"], st["url"]) == (first, sid, f"/_voltgrid/v1/sandboxes/{sid}")
     assert st["startedAt"] == "2030-01-01T00:00:00Z" and st["expiresAt"] == "2030-01-01T00:10:00Z"
+    assert (st["runtimeClassName"], st["sandboxed"]) == ("gvisor", True)  # the pool's choice, by the template
     pod = stored(api, PODS, first)
     labels, ann = pod["metadata"]["labels"], pod["metadata"]["annotations"]
     assert (labels[LABEL_CLAIMED], labels[LABEL_SANDBOX]) == ("true", "sbx")

@@ -38,7 +38,7 @@ from voltgrid.controllers import children
 from voltgrid.controllers.builders import sandbox as sandbox_builder
 from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo, parse_time
-from voltgrid.controllers.builders.runtime import select_runtime
+from voltgrid.controllers.builders.runtime import is_sandboxed, select_runtime
 from voltgrid.controllers.events import NORMAL, WARNING
 from voltgrid.controllers.kube import KubeApiError, core_path, group_path, voltgrid_path
 from voltgrid.controllers.pools import pool_pod
@@ -59,6 +59,15 @@ MAX_CLAIM_TRIES: Final = 5
 #: A Sandbox waiting on a dry pool looks again this often, should no pod event wake it first.
 POOL_RETRY = timedelta(seconds=30)
 PoolChanged = Callable[[Key], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A pool pod a ``templateRef`` Sandbox's claim took, as recorded, and when."""
+
+    pod: PodInfo
+    at: datetime
+    runtime_class_name: str | None
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,7 @@ class SandboxController:
                     await self._waiting(sandbox, current, expires, outcome)
                     return
                 if outcome is not None:
-                    await self._bound(sandbox, current, *outcome)
+                    await self._bound(sandbox, current, outcome)
                     return
         if len(tried) >= MAX_CLAIM_TRIES:
             msg = f"{len(tried)} pods of SandboxTemplate {ref} refused their claim; retrying"
@@ -239,7 +248,7 @@ class SandboxController:
 
     async def _claim(
         self, http: aiohttp.ClientSession, sandbox: Sandbox, template: SandboxTemplate, pod: PodInfo
-    ) -> tuple[PodInfo, datetime] | Waiting | None:
+    ) -> Claimed | Waiting | None:
         """Claim ``pod`` for ``sandbox`` and record it on the pod: the pod as recorded and the claim's
         time; None when the pod is not to be had (taken by another claimer, or refused and burnt);
         a :class:`Waiting` when the agent refused the claim's content (the Sandbox's fault: no pod
@@ -279,13 +288,14 @@ class SandboxController:
                 return None
             bound = PodInfo.from_pod(recorded)
             self.ctx.pods.upsert(bound)
-            return bound, claimed_at
+            return Claimed(bound, claimed_at, (recorded.get("spec") or {}).get("runtimeClassName"))
         finally:
             self.claiming.discard((ns, pod.name))
 
-    async def _bound(self, sandbox: Sandbox, current: Json, pod: PodInfo, claimed_at: datetime) -> None:
+    async def _bound(self, sandbox: Sandbox, current: Json, claimed: Claimed) -> None:
         ns, name = str(sandbox.metadata.namespace), str(sandbox.metadata.name)
         key = (ns, name)
+        pod, runtime = claimed.pod, claimed.runtime_class_name
         self._unwait(key)
         assert pod.sandbox_id and pod.pool_expires is not None and pod.template
         expires = datetime.fromtimestamp(pod.pool_expires, UTC)
@@ -296,7 +306,9 @@ class SandboxController:
                 "podName": pod.name,
                 "sandboxId": pod.sandbox_id,
                 "url": sandbox_builder.sandbox_url(pod.sandbox_id),
-                "startedAt": status_builder.rfc3339(claimed_at),
+                "startedAt": status_builder.rfc3339(claimed.at),
+                "runtimeClassName": runtime,
+                "sandboxed": is_sandboxed(runtime, self.ctx.runtimes.classes),
             }
         )
         self.live[key] = (sandbox, await self._write(key, current, patch))
