@@ -231,7 +231,7 @@ class SandboxController:
                     await self._bound(sandbox, current, outcome)
                     return
         if len(tried) >= MAX_CLAIM_TRIES:
-            msg = f"{len(tried)} pods of SandboxTemplate {ref} refused their claim; retrying"
+            msg = f"{len(tried)} pods of SandboxTemplate {ref} were taken by other claimers or refused; retrying"
             await self._waiting(sandbox, current, expires, Waiting(SandboxPhase.PENDING, "ClaimFailed", msg))
             return
         msg = f"no warm sandbox of SandboxTemplate {ref} is ready; the pool makes one"
