@@ -8,6 +8,7 @@ re-applying it (client-side, then server-side) changes nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -649,6 +650,81 @@ def test_hostile_code_stays_inside_its_sandbox(cluster: Any) -> None:
             nodes = json.loads(ok(run(cluster, "kubectl", "get", "nodes", "-o", "json")))["items"]
             assert [c["status"] for c in nodes[0]["status"]["conditions"] if c["type"] == "Ready"] == ["True"]
             gateway_call(first + victim["url"], "DELETE", token=victim["token"])
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", SANDBOX_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
+def sandbox_object(cluster: Any, name: str) -> dict[str, Any]:
+    out = run(cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandbox", name, "-o", "json")
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+@pytest.mark.timeout(600)
+def test_a_sandbox_object_with_a_template_ref_binds_from_the_pool_and_serves_through_the_gateway(
+    cluster: Any,
+) -> None:
+    """kubectl/GitOps: ``kubectl apply`` a Sandbox with ``templateRef`` and the SHA-256 of a token the
+    user made; the operator binds a warm pod of the pool (its signed claim), both gateway pods learn
+    it from the pod's annotations and serve ``status.url`` with that token; deleting the Sandbox
+    burns the pod. (Written without a cluster to run it on: the lead runs it.)"""
+    ok(run(cluster, "kubectl", "create", "namespace", SANDBOX_NS))
+    try:
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(pool_template("py", 1))))
+        wait_until("a warm sandbox", lambda: [p for p in pool_pods(cluster, False) if any(
+            c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])
+        )], 300)  # fmt: skip
+        token = os.urandom(32).hex()  # as `openssl rand -hex 32` makes it
+        digest = hashlib.sha256(token.encode()).hexdigest()  # `printf %s "$TOKEN" | sha256sum`
+        manifest = {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "from-git", "namespace": SANDBOX_NS},
+            "spec": {
+                "templateRef": "py",
+                "tokenSha256": digest,
+                "ttl": "5m",
+                "env": [{"name": "GREETING", "value": "from-kubectl"}],
+            },
+        }
+        started = time.monotonic()
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(manifest)))
+        st = wait_until(
+            "the Sandbox bound",
+            lambda: (s := sandbox_object(cluster, "from-git").get("status") or {}).get("sandboxId") and s,
+            120,
+        )
+        bind_s = time.monotonic() - started
+        assert st["phase"] == "Running" and st["url"] == f"{SANDBOXES}/{st['sandboxId']}", st
+        [pod] = [p for p in pool_pods(cluster, True) if p["metadata"]["name"] == st["podName"]]
+        assert pod["metadata"]["labels"]["voltgrid.dev/sandbox"] == "from-git"
+        assert pod["metadata"]["labels"]["voltgrid.dev/sandbox-id"] == st["sandboxId"]
+        assert pod["spec"]["runtimeClassName"] == "gvisor"
+        assert token not in json.dumps(pod) + json.dumps(sandbox_object(cluster, "from-git"))
+        first, second = (f"http://{ip}:8080" for ip in gateway_pod_ips(cluster))
+        code = {"code": "import os\nprint(os.environ['GREETING'])\n6*7"}
+        for gw in (first, second):  # each replica learns the sandbox from the pod's annotations (its watch)
+            status, events = wait_until(
+                "the gateway serving it",
+                lambda gw=gw: (r := gateway_call(gw + st["url"] + "/execute", "POST", code, token))[0] != 404 and r,
+                60,
+            )
+            assert status == 200 and events[0] == {"type": "stdout", "text": "from-kubectl\n"}, events
+            assert events[1]["data"]["text/plain"] == "42"
+        print(f"Sandbox object bound through the operator: {bind_s:.2f} s from kubectl apply")
+        for wrong in ("", "wrong-token-0123456789", API_TOKEN):
+            assert gateway_call(first + st["url"] + "/execute", "POST", {"code": "1"}, wrong)[0] == 401
+        wait_until("the pool refilled", lambda: json.loads(ok(run(
+            cluster, "kubectl", "-n", SANDBOX_NS, "get", "sandboxtemplate", "py", "-o", "json"
+        )))["status"].get("ready") == 1, 300)  # fmt: skip
+        # Burn after use: deleting the Sandbox deletes its pod; the token then opens nothing.
+        ok(run(cluster, "kubectl", "-n", SANDBOX_NS, "delete", "sandbox", "from-git", "--wait=true"))
+        wait_until("the Sandbox's pod gone", lambda: st["podName"] not in {
+            p["metadata"]["name"] for p in pool_pods(cluster, True)
+        }, 60)  # fmt: skip
+        for gw in (first, second):
+            wait_until("the gateway forgetting it", lambda gw=gw: gateway_call(
+                gw + st["url"] + "/execute", "POST", {"code": "1"}, token
+            )[0] == 404, 30)  # fmt: skip
     finally:
         run(cluster, "kubectl", "delete", "namespace", SANDBOX_NS, "--ignore-not-found", "--wait=true", timeout=300)
 

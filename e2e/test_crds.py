@@ -125,7 +125,47 @@ INVALID = [
             "metadata": {"name": "both-set"},
             "spec": {"image": "x", "functionRef": "echo"},
         },
-        "exactly one of image and functionRef",
+        "exactly one of image, functionRef and templateRef",
+    ),
+    (
+        "sandbox-template-without-token",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "no-token"},
+            "spec": {"templateRef": "py"},
+        },
+        "templateRef and tokenSha256 go together",
+    ),
+    (
+        "sandbox-template-and-port",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "tpl-port"},
+            "spec": {"templateRef": "py", "tokenSha256": "a" * 64, "port": 8080},
+        },
+        "with templateRef the template shapes the pod",
+    ),
+    (
+        "sandbox-template-and-network",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "tpl-net"},
+            "spec": {"templateRef": "py", "tokenSha256": "a" * 64, "network": {"allowDns": True}},
+        },
+        "network must be unset",
+    ),
+    (
+        "sandbox-template-bad-digest",
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "tpl-digest"},
+            "spec": {"templateRef": "py", "tokenSha256": "A" * 64},
+        },
+        "spec.tokenSha256",
     ),
     (
         "sandbox-bad-cidr",

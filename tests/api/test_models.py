@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,9 @@ from pydantic import ValidationError
 from voltgrid.api import Function, Sandbox, Session
 from voltgrid.api.common import parse_duration
 from voltgrid.api.function import Affinity
+
+#: A token's SHA-256 as a templateRef Sandbox carries it (``printf %s "$TOKEN" | sha256sum``).
+DIGEST = hashlib.sha256(b"a token").hexdigest()
 
 
 def fn(**spec: Any) -> dict[str, Any]:
@@ -85,8 +89,23 @@ def test_session_rejects(spec: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({}, "exactly one of image and functionRef"),
-        ({"image": "x", "functionRef": "echo"}, "exactly one of image and functionRef"),
+        ({}, "exactly one of image, functionRef and templateRef"),
+        ({"image": "x", "functionRef": "echo"}, "exactly one of image, functionRef and templateRef"),
+        ({"image": "x", "templateRef": "py", "tokenSha256": DIGEST}, "exactly one of image, functionRef and"),
+        ({"functionRef": "f", "templateRef": "py", "tokenSha256": DIGEST}, "exactly one of image, functionRef and"),
+        ({"templateRef": "py"}, "templateRef and tokenSha256 go together"),
+        ({"image": "x", "tokenSha256": DIGEST}, "templateRef and tokenSha256 go together"),
+        ({"templateRef": "py", "tokenSha256": DIGEST.upper()}, "tokenSha256"),
+        ({"templateRef": "py", "tokenSha256": DIGEST[:63]}, "tokenSha256"),
+        ({"templateRef": "Not_A_Name", "tokenSha256": DIGEST}, "templateRef"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "command": ["sh"]}, "command must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "args": ["-c"]}, "args must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "port": 8080}, "port must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "resources": {"cpu": "2"}}, "resources must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "isolation": {"allowUnsandboxed": True}}, "isolation must"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "network": {"allowDns": True}}, "network must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "sessionRef": "s1"}, "sessionRef must be unset"),
+        ({"templateRef": "py", "tokenSha256": DIGEST, "env": [{"name": "A.B", "value": "1"}]}, "env names must"),
         ({"image": "x", "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"}, "at most one of ttl"),
         ({"image": "x", "storage": {"claimName": "c"}}, "storage needs sessionRef"),
         ({"image": "x", "network": {"egress": [{"cidr": "not-a-cidr"}]}}, "cidr"),
@@ -99,6 +118,27 @@ def test_session_rejects(spec: dict[str, Any], message: str) -> None:
 def test_sandbox_rejects(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Sandbox.model_validate({"spec": spec})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"templateRef": "py", "tokenSha256": DIGEST},
+        {"templateRef": "py", "tokenSha256": DIGEST, "ttl": "1h", "env": [{"name": "API_KEY", "value": "k"}]},
+        {"templateRef": "py", "tokenSha256": DIGEST, "expiresAt": "2030-01-01T00:00:00Z", "deleteAfterExpiry": True},
+        # What a stored object holds: the CRD filled in the defaults of the fields refused when set.
+        {
+            "templateRef": "py",
+            "tokenSha256": DIGEST,
+            "resources": {"cpu": "100m", "memory": "128Mi", "gpu": 0},
+            "isolation": {"policy": ["kata-fc", "kata-clh", "kata-qemu", "gvisor"], "allowUnsandboxed": False},
+            "network": {"allowDns": False, "egress": []},
+        },
+    ],
+)
+def test_sandbox_from_a_template_accepts(spec: dict[str, Any]) -> None:
+    s = Sandbox.model_validate({"spec": spec}).spec
+    assert (s.template_ref, s.token_sha256, s.image) == ("py", DIGEST, None)
 
 
 def test_sandbox_secure_by_default() -> None:

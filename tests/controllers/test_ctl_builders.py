@@ -16,7 +16,7 @@ from voltgrid.controllers.builders import sandbox as sandbox_builder
 from voltgrid.controllers.builders import session as session_builder
 from voltgrid.controllers.builders import status as status_builder
 from voltgrid.controllers.builders.pods import PodInfo, count, plan_pool, reapable
-from voltgrid.controllers.builders.runtime import RuntimeClassInfo, select_runtime
+from voltgrid.controllers.builders.runtime import RuntimeClassInfo, is_sandboxed, select_runtime
 
 KATA = {"katacontainers.io/kata-runtime": "true"}
 GV = {"voltgrid.dev/gvisor": "true"}
@@ -215,3 +215,12 @@ def test_network_policy_denies_egress_but_the_allow_list(network: dict[str, Any]
 def test_session_phase(pods: list[PodInfo], expiry: Any, previous: SessionPhase | None, expected: SessionPhase) -> None:
     got = session_builder.phase(pods, now=EPOCH, idle=timedelta(minutes=15), expiry=expiry, previous=previous)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("runtime_class_name", "sandboxed"),
+    [("gvisor", True), ("kata-fc", True), ("plain", False), ("gone", False), (None, False)],
+)
+def test_is_sandboxed(runtime_class_name: str | None, sandboxed: bool) -> None:
+    """What a Sandbox bound from a pool reports of the pod's RuntimeClass."""
+    assert is_sandboxed(runtime_class_name, CLASSES) is sandboxed

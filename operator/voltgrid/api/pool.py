@@ -51,6 +51,9 @@ ANNOTATION_CLAIMED_AT: Final = f"{constants.LABEL_PREFIX}sandbox-claimed-at"
 #: SandboxTemplate annotation the gateway sets while claims wait for a warm pod (the pool ran dry):
 #: how many; the pool creates that many beyond ``replicas`` (creation on demand), paced as any refill.
 ANNOTATION_WAITING: Final = f"{constants.LABEL_PREFIX}claims-waiting"
+#: The gateway's Sandbox API, under which a claimed sandbox is served as ``<prefix>/<sandbox id>``
+#: (a ``Sandbox`` object bound from a pool shows that path in ``status.url``).
+SANDBOX_API_PREFIX: Final = "/_voltgrid/v1/sandboxes"
 #: Seconds past its expiry after which the operator burns a claimed sandbox the gateway did not
 #: (the gateway deletes it on time; this is the safety net for a gateway that was down).
 EXPIRY_GRACE: Final = 60.0

@@ -55,9 +55,9 @@ class Controllers:
     def __init__(self, ctx: Context, *, identity: str | None = None, priority: int = 0) -> None:
         self.ctx = ctx
         self.functions = FunctionController(ctx)
-        self.sandboxes = SandboxController(ctx)
-        self.sessions = SessionController(ctx)
         self.pools = PoolController(ctx)
+        self.sandboxes = SandboxController(ctx, pool_changed=self.pools.reconcile)
+        self.sessions = SessionController(ctx)
         self.identity = identity
         self.priority = priority
         #: Open while this replica is the active one: Function work waits on it. A standalone
@@ -115,9 +115,10 @@ class Controllers:
             self._schedule_reap(pod)
         if pod.template:
             await self.pools.on_pod(pod)
-            return
-        if pod.sandbox:
+            await self.sandboxes.on_pool_pod(pod)
+        if pod.sandbox:  # a Sandbox's own pod, or a pool pod bound to a Sandbox (templateRef)
             await self.sandboxes.on_pod(pod)
+        if pod.template or pod.sandbox:
             return
         if pod.function:
             self.ctx.dirty_functions.add((pod.namespace, pod.function))

@@ -8,8 +8,10 @@ bucket; when the bucket holds the pool back, a deadline on the ONE scheduler com
 next creation is allowed; a claimed pod's expiry (plus a grace) brings it back to burn the pod if
 the gateway has not. Each pool pod gets a pre-minted sandbox id and the gateway's *public* claim key
 (:mod:`voltgrid.sandbox_claims`), derived from the key file the chart mounts into gateway and
-operator alike (Helm cannot derive a public key itself); the operator signs nothing and holds no
-permission on Secrets (the chart's RBAC guard keeps it so). Without the key file a template is not
+operator alike (Helm cannot derive a public key itself; the operator signs with it only the claims of
+``Sandbox`` objects with a ``templateRef``, see :mod:`voltgrid.controllers.sandboxes`) and holds no
+permission on Secrets (the chart's RBAC guard keeps it so). Sandboxes of the operator's own waiting
+for a pod count as waiting claims, as the gateway's do. Without the key file a template is not
 Ready (``NoClaimKey``): its sandboxes could never be claimed.
 """
 
@@ -21,7 +23,6 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -37,7 +38,7 @@ from voltgrid.controllers.builders.status import READY
 from voltgrid.controllers.kube import core_path, group_path, voltgrid_path
 from voltgrid.controllers.state import Context, Key, spec_only
 from voltgrid.registry.ids import mint_sandbox_id
-from voltgrid.sandbox_claims import load_signing_key, public_key_text
+from voltgrid.sandbox_claims import public_key_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ class PoolController:
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Claims waiting for a pod per template (the gateway's annotation on the template).
         self.waiting: dict[Key, int] = {}
-        key_file = ctx.settings.sandbox_claim_key_file
-        self.claim_key = public_key_text(load_signing_key(Path(key_file).read_bytes())) if key_file else None
+        self.claim_key = public_key_text(ctx.claim_key) if ctx.claim_key is not None else None
         ctx.metrics.watch_pools(self.state_counts, [s.value.lower() for s in pool.PodState])
 
     def state_counts(self) -> Counter[str]:
@@ -153,7 +153,7 @@ class PoolController:
             revision,
             allowance=bucket.available(now.timestamp()),
             now=now.timestamp(),
-            waiting=self.waiting.get(key, 0),
+            waiting=self._waiting(key),
         )
         for victim in plan.delete:
             await self.ctx.client.delete(core_path("pods", ns, victim))
@@ -180,7 +180,7 @@ class PoolController:
             cond = status_builder.condition(conditions, READY, False, exc.reason, str(exc), generation=gen, now=now)
         pods = [pool_pod(p) for p in self.ctx.pods.for_template(ns, name)]
         await self._write(key, current, self._counts(name, pods, revision, gen, cond))
-        short = spec.replicas + self.waiting.get(key, 0) - pool.counts(pods, revision).updated
+        short = spec.replicas + self._waiting(key) - pool.counts(pods, revision).updated
         wake: datetime | None = None
         if short > 0 and bucket.available(now.timestamp()) < 1:  # held back by the refill rate
             wake = now + timedelta(seconds=60.0 / spec.refill_per_minute)
@@ -190,6 +190,11 @@ class PoolController:
             wake = burn if wake is None else min(wake, burn)
         if wake is not None:
             self.ctx.scheduler.schedule((DEADLINE_KIND, ns, name), wake)
+
+    def _waiting(self, key: Key) -> int:
+        """Claims waiting for a warm pod: the gateway's (its annotation) and this operator's own
+        ``templateRef`` Sandboxes (in memory: the operator writes no annotation it would then read)."""
+        return min(self.waiting.get(key, 0) + len(self.ctx.pool_waiting.get(key, ())), pool.MAX_WAITING)
 
     def _counts(self, name: str, pods: list[pool.PoolPod], revision: str, gen: int | None, cond: Json) -> Json:
         counts = pool.counts(pods, revision)

@@ -89,9 +89,10 @@ class OperatorSettings(LayeredSettings):
     prestop_timeout_cap: float = 30.0
     """Upper bound in seconds on a preStop call made by a Session finalizer."""
     sandbox_claim_key_file: str | None = None
-    """The gateway's sandbox claim key (Ed25519 PEM; the chart mounts it). Only its public half is used:
-    warm pool sandboxes get it, to accept the claims the gateway signs. Unset: SandboxTemplates are not
-    Ready (``NoClaimKey``)."""
+    """The gateway's sandbox claim key (Ed25519 PEM; the chart mounts it). Warm pool sandboxes get its
+    public half, to accept the claims the gateway signs; the operator signs with it the claims of
+    ``Sandbox`` objects with a ``templateRef``. Unset: SandboxTemplates are not Ready (``NoClaimKey``)
+    and such Sandboxes are NotStarted."""
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> Self:

@@ -11,7 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from voltgrid.controllers.builders.pods import PodInfo
 from voltgrid.controllers.builders.runtime import RuntimeClassInfo, on_some_node, runtime_class_info
@@ -20,6 +23,7 @@ from voltgrid.controllers.kube import KubeClient, voltgrid_path
 from voltgrid.controllers.metrics import OperatorMetrics
 from voltgrid.controllers.scheduler import Scheduler
 from voltgrid.controllers.settings import OperatorSettings
+from voltgrid.sandbox_claims import load_signing_key
 
 Key = tuple[str, str]  # (namespace, name)
 Clock = Callable[[], datetime]
@@ -143,6 +147,16 @@ class Context:
     dirty_functions: set[Key] = field(default_factory=set)
     dirty_sessions: set[Key] = field(default_factory=set)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    #: Sandboxes with a ``templateRef`` waiting for a warm pod, per template: the pool adds them to
+    #: its size (creation on demand), as it adds the claims the gateway notes on the template.
+    pool_waiting: dict[Key, set[Key]] = field(default_factory=dict)
+    claim_key: Ed25519PrivateKey | None = field(init=False)
+    """The sandbox claim key (``sandbox_claim_key_file``), read once: the pools give its public half
+    to their pods; the Sandbox controller signs the claims of ``templateRef`` Sandboxes with it."""
+
+    def __post_init__(self) -> None:
+        key_file = self.settings.sandbox_claim_key_file
+        self.claim_key = load_signing_key(Path(key_file).read_bytes()) if key_file else None
 
     def served_paths(self, plural: str) -> list[str]:
         """Collection paths of a Voltgrid resource in the served namespaces (all when none given;

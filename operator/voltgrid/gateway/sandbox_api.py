@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from voltgrid.api.common import parse_duration
+from voltgrid.api.pool import SANDBOX_API_PREFIX
 from voltgrid.gateway.access import CHALLENGE, Caller, bearer, is_operator, principal_of
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, bad_request, not_found
@@ -43,7 +44,7 @@ from voltgrid.sandbox_claims import token_matches
 
 logger = logging.getLogger(__name__)
 
-PREFIX: Final = "/_voltgrid/v1/sandboxes"
+PREFIX: Final = SANDBOX_API_PREFIX
 MAX_CLAIM_BODY: Final = 256 * 1024
 #: Headers of a client request passed to the agent or the owner (the rest are the gateway's business).
 _PASSED: Final = frozenset({"authorization", "content-type", "accept", "content-length"})

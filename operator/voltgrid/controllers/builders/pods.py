@@ -54,7 +54,9 @@ class PodInfo:
     pool_claimed: bool = False
     """A pool pod handed to a claimant (``voltgrid.dev/claimed``): never returned, never reused."""
     pool_expires: float | None = None
-    """A claimed pool pod's expiry (unix seconds), as the gateway recorded it."""
+    """A claimed pool pod's expiry (unix seconds), as its claimant (gateway or operator) recorded it."""
+    sandbox_id: str | None = None
+    """A pool pod's pre-minted sandbox id (``voltgrid.dev/sandbox-id``), which a claim must name."""
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
@@ -91,7 +93,16 @@ class PodInfo:
             template_hash=str(labels.get(pool.LABEL_TEMPLATE_HASH, "")),
             pool_claimed=labels.get(pool.LABEL_CLAIMED) == "true",
             pool_expires=pool.expiry_of(ann),
+            sandbox_id=labels.get(pool.LABEL_SANDBOX_ID),
         )
+
+    @property
+    def agent_url(self) -> str | None:
+        """``http://podIP:port`` of a pool pod's agent, once the pod has an IP."""
+        if not self.pod_ip or self.port is None:
+            return None
+        host = f"[{self.pod_ip}]" if ":" in self.pod_ip else self.pod_ip
+        return f"http://{host}:{self.port}"
 
     @property
     def alive(self) -> bool:

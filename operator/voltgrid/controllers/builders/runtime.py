@@ -59,6 +59,13 @@ def on_some_node(info: RuntimeClassInfo, node_labels: Iterable[Mapping[str, str]
     return any(all(labels.get(k) == v for k, v in wanted) for labels in node_labels)
 
 
+def is_sandboxed(runtime_class_name: str | None, runtime_classes: Mapping[str, RuntimeClassInfo]) -> bool:
+    """Whether a pod of this RuntimeClass runs in a sandbox (what a pool pod's binding reports: the pool
+    chose the class by its template's policy; an unknown class counts as none)."""
+    info = runtime_classes.get(runtime_class_name) if runtime_class_name else None
+    return info is not None and info.handler not in UNSANDBOXED_HANDLERS
+
+
 def select_runtime(
     isolation: Isolation,
     runtime_classes: Mapping[str, RuntimeClassInfo],

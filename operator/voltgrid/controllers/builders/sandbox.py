@@ -1,4 +1,5 @@
-"""Sandbox builders: expiry, phase and endpoint from the pod, and the egress NetworkPolicy.
+"""Sandbox builders: expiry, phase and endpoint from the pod, the egress NetworkPolicy, and the
+records of a Sandbox bound from a template's pool.
 
 Egress is denied by default: the policy selects the sandbox's pod and allows only the allow-list
 (plus DNS to any resolver when ``allowDNS``). Ingress is left to the namespace's own policies.
@@ -6,14 +7,24 @@ Egress is denied by default: the policy selects the sandbox's pod and allows onl
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from voltgrid.api import constants, podspec
 from voltgrid.api.common import parse_duration
-from voltgrid.api.pool import LABEL_TEMPLATE, LABEL_TEMPLATE_HASH
+from voltgrid.api.pool import (
+    ANNOTATION_CLAIMED_AT,
+    ANNOTATION_EXPIRES,
+    ANNOTATION_METADATA,
+    ANNOTATION_TOKEN_SHA256,
+    LABEL_CLAIMED,
+    LABEL_TEMPLATE,
+    LABEL_TEMPLATE_HASH,
+    SANDBOX_API_PREFIX,
+)
 from voltgrid.api.sandbox import NetworkPolicySpec, Sandbox, SandboxPhase
-from voltgrid.api.sandboxtemplate import SandboxTemplate
+from voltgrid.api.sandboxtemplate import SandboxTemplate, SandboxTemplateSpec
 from voltgrid.controllers.builders.pods import PodInfo
 
 Json = dict[str, Any]
@@ -120,4 +131,46 @@ def pool_network_policy(template: SandboxTemplate, revision: str) -> Json:
             "policyTypes": ["Egress"],
             "egress": _egress(template.spec.network),
         },
+    }
+
+
+# -- a Sandbox bound from a SandboxTemplate's pool (``templateRef``) ------------------------------
+
+
+def bound_expiry(sandbox: Sandbox, template: SandboxTemplateSpec, bound_at: datetime) -> datetime:
+    """When a sandbox bound from a pool at ``bound_at`` expires: its ``expiresAt``, or its ``ttl`` (the
+    template's when it sets none) from the binding; never past the template's ``maxTtl``, as a claim
+    through the gateway."""
+    latest = bound_at + parse_duration(template.max_ttl)
+    if sandbox.spec.expires_at is not None:
+        return min(sandbox.spec.expires_at, latest)
+    return min(bound_at + parse_duration(sandbox.spec.ttl or template.ttl), latest)
+
+
+def sandbox_url(sandbox_id: str) -> str:
+    """The bound sandbox's path on the gateway's Sandbox API (relative: the gateway's address is the
+    cluster's business)."""
+    return f"{SANDBOX_API_PREFIX}/{sandbox_id}"
+
+
+def claimed_pod_patch(sandbox: Sandbox, *, expires: datetime, claimed_at: datetime) -> Json:
+    """The merge patch that records a pool pod's claim by a ``Sandbox``, as the gateway records its own
+    (so that every gateway replica serves it, the pool counts it claimed and burns it once expired)
+    plus the Sandbox's label: the operator finds the pod of the Sandbox by it and burns it with it.
+
+    No ownerReference to the Sandbox: the garbage collector deletes a pod only once ALL its owners
+    are gone, and the template must stay one (its NetworkPolicy confines the pod's egress and goes
+    with it), so the operator deletes the pod itself when the Sandbox goes."""
+    meta = sandbox.metadata
+    assert meta.name and sandbox.spec.token_sha256  # a validated templateRef Sandbox
+    return {
+        "metadata": {
+            "labels": {LABEL_CLAIMED: "true", constants.LABEL_SANDBOX: meta.name},
+            "annotations": {
+                ANNOTATION_EXPIRES: f"{expires.timestamp():.3f}",
+                ANNOTATION_TOKEN_SHA256: sandbox.spec.token_sha256,
+                ANNOTATION_CLAIMED_AT: f"{claimed_at.timestamp():.3f}",
+                ANNOTATION_METADATA: json.dumps({"sandbox": meta.name}, separators=(",", ":")),
+            },
+        }
     }
