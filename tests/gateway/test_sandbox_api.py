@@ -29,7 +29,7 @@ from voltgrid.api import constants, pool
 from voltgrid.api.podspec import Role
 from voltgrid.sandbox_agent.agent import AgentSettings
 from voltgrid.sandbox_agent.server import build_app
-from voltgrid.sandbox_claims import public_key_text
+from voltgrid.sandbox_claims import public_key_text, sign_claim, token_digest
 
 API = "/_voltgrid/v1/sandboxes"
 TEMPLATE = {
@@ -48,6 +48,7 @@ class Pool:
     """Warm agents and the apiserver's view of their pods, fed to every replica's pools."""
 
     def __init__(self, key: Ed25519PrivateKey, workspace: Path) -> None:
+        self.key = key
         self.public = public_key_text(key)
         self.workspace = workspace
         self.replicas: list[Replica] = []
@@ -100,6 +101,10 @@ class Pool:
             names.append(name)
         return names
 
+    def runners_url(self, pod: str) -> str:
+        port = self.pods[pod]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        return f"http://127.0.0.1:{port}"
+
     async def mark_claimed(
         self, namespace: str, pod: str, labels: Mapping[str, str], annotations: dict[str, Any]
     ) -> None:
@@ -123,6 +128,10 @@ class Pool:
     async def close(self) -> None:
         for runner in self.runners.values():
             await runner.cleanup()
+
+
+def signed_by(key: Ed25519PrivateKey, sandbox_id: str) -> dict[str, str]:
+    return {"claim": sign_claim(key, sandbox_id, token_digest("someone-elses-token-0123"), {}, time.time())}
 
 
 @pytest.fixture
@@ -366,3 +375,20 @@ async def test_a_silent_execution_outlasts_the_instance_head_timeout(pool_of: An
     _, sandbox = await _claim(http, a)
     events = await _run(http, a.url + sandbox["url"], sandbox["token"], "sleep 1.5; echo done")
     assert events[0] == {"type": "stdout", "text": "done\n"}, events
+
+
+async def test_a_pod_someone_else_claimed_is_left_alone_and_the_next_one_handed_out(
+    pool_of: Any, http: aiohttp.ClientSession
+) -> None:
+    """The operator binds Sandbox objects from the same pool: a pod it won answers 409, and stays its."""
+    the_pool, (a,) = await pool_of(1)
+    first, second = await the_pool.add(2)
+    taken = the_pool.pods[first]["metadata"]["labels"][pool.LABEL_SANDBOX_ID]
+    async with http.post(
+        the_pool.runners_url(first) + "/claim",
+        json=signed_by(the_pool.key, taken),
+    ) as r:
+        assert r.status == 200  # the other claimer, before any watch event tells the gateway
+    status, body = await _claim(http, a)
+    assert status == 201 and body["pod"] == second, body
+    assert the_pool.burnt == []

@@ -54,6 +54,8 @@ Json = dict[str, Any]
 TemplateKey = tuple[str, str]
 #: Seconds the agent may take to accept a claim before the pod is given up on.
 CLAIM_CALL_TIMEOUT: Final = 5.0
+#: The agent's answer to a claim for a sandbox already claimed (by another replica or the operator).
+TAKEN: Final = 409
 #: A claim's metadata: a few labels for the claimant's bookkeeping, not a document store.
 MAX_METADATA_ENTRIES: Final = 32
 MAX_METADATA_CHARS: Final = 4096
@@ -384,6 +386,13 @@ class SandboxPools:
                 json={"claim": signed},
                 timeout=aiohttp.ClientTimeout(total=CLAIM_CALL_TIMEOUT),
             ) as answer:
+                if answer.status == TAKEN:
+                    # Another claimer won the pod (the operator binding a Sandbox object): it is
+                    # someone's sandbox now, not a broken one; leave it and try the next.
+                    logger.info(
+                        "warm sandbox %s/%s was claimed by someone else; trying another", pod.namespace, pod.name
+                    )
+                    return None
                 if answer.status != 200:
                     text = (await answer.text())[:300]
                     raise GatewayError(answer.status, "claim_refused", text)
