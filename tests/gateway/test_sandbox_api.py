@@ -101,6 +101,11 @@ class Pool:
             names.append(name)
         return names
 
+    def fail(self, pod: str) -> None:
+        """The kubelet's report of a sandbox killed (out of memory): phase Failed, the pod still there."""
+        self.pods[pod]["status"]["phase"] = "Failed"
+        self.feed("MODIFIED", self.pods[pod])
+
     def runners_url(self, pod: str) -> str:
         port = self.pods[pod]["spec"]["containers"][0]["ports"][0]["containerPort"]
         return f"http://127.0.0.1:{port}"
@@ -392,3 +397,31 @@ async def test_a_pod_someone_else_claimed_is_left_alone_and_the_next_one_handed_
     status, body = await _claim(http, a)
     assert status == 201 and body["pod"] == second, body
     assert the_pool.burnt == []
+
+
+async def test_a_call_to_a_sandbox_that_dies_ends_with_502_and_the_sandbox_is_burnt(
+    pool_of: Any, http: aiohttp.ClientSession
+) -> None:
+    """A killed gVisor sandbox's network stack goes with it, so nothing resets the gateway's connection:
+    the pod's status is what tells the gateway to stop waiting."""
+    the_pool, (a, b) = await pool_of()
+    [name] = await the_pool.add(1)
+    _, sandbox = await _claim(http, a)
+    auth = {"Authorization": f"Bearer {sandbox['token']}"}
+    for r in (a, b):
+        assert r.gateway.sandboxes is not None
+        await r.gateway.sandboxes.drain()
+    started = time.monotonic()
+    call = asyncio.ensure_future(
+        http.post(b.url + sandbox["url"] + "/execute", json={"code": "sleep 30", "language": "bash"}, headers=auth)
+    )
+    await asyncio.sleep(0.5)
+    the_pool.fail(name)
+    async with await call as r:
+        assert r.status == 502 and (await r.json())["error"]["code"] == "sandbox_ended"
+    assert time.monotonic() - started < 10
+    for _ in range(100):
+        if the_pool.burnt:
+            break
+        await asyncio.sleep(0.02)
+    assert the_pool.burnt == [name]  # its owner burns what is left of it

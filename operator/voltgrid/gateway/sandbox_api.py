@@ -120,9 +120,14 @@ async def _json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
 
 
 async def _relay(
-    request: web.Request, url: str, headers: dict[str, str], body: bytes | None = None
+    request: web.Request,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+    prepared: list[web.StreamResponse] | None = None,
 ) -> web.StreamResponse:
-    """``request`` sent to ``url`` and its answer streamed back, both ways, with back-pressure."""
+    """``request`` sent to ``url`` and its answer streamed back, both ways, with back-pressure
+    (the answer, once its head is sent, is put in ``prepared``)."""
     gw = request.app[GATEWAY]
     assert gw.http is not None
     data: Any = (
@@ -144,6 +149,8 @@ async def _relay(
             if answer.content_length is not None:
                 response.content_length = answer.content_length
             await response.prepare(request)
+            if prepared is not None:
+                prepared.append(response)
             async for chunk in answer.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
@@ -300,7 +307,25 @@ async def agent(request: web.Request) -> web.StreamResponse:
     # The raw path keeps %2F and friends as the client sent them: the agent decides what they mean.
     raw = request.raw_path.split("?", 1)[0]
     tail = raw[len(f"{PREFIX}/{found.id}") :] if raw.startswith(f"{PREFIX}/{found.id}/") else "/" + path
-    return await _relay(request, found.url + tail + query, _passed_headers(request))
+    prepared: list[web.StreamResponse] = []
+    call = asyncio.ensure_future(_relay(request, found.url + tail + query, _passed_headers(request), None, prepared))
+    ended = asyncio.ensure_future(_pools(request.app[GATEWAY]).ended(found.id).wait())
+    try:
+        await asyncio.wait((call, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+        if not call.done():
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+    if call.cancelled():
+        if prepared and request.transport is not None:
+            request.transport.abort()  # the answer had begun: the client sees it break off, not end
+        if prepared or request.transport is None or request.transport.is_closing():
+            raise asyncio.CancelledError  # nothing more can be answered
+        raise GatewayError(
+            502, "sandbox_ended", f"sandbox {found.id!r} ended (expired, deleted or died) during the call"
+        )
+    return call.result()
 
 
 def add_routes(app: web.Application) -> None:

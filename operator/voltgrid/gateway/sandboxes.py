@@ -54,6 +54,8 @@ Json = dict[str, Any]
 TemplateKey = tuple[str, str]
 #: Seconds the agent may take to accept a claim before the pod is given up on.
 CLAIM_CALL_TIMEOUT: Final = 5.0
+#: Phases of a pod whose container will not run again (``restartPolicy: Never``).
+ENDED_PHASES: Final = frozenset({"Failed", "Succeeded"})
 #: The agent's answer to a claim for a sandbox already claimed (by another replica or the operator).
 TAKEN: Final = 409
 #: A claim's metadata: a few labels for the claimant's bookkeeping, not a document store.
@@ -203,6 +205,7 @@ class SandboxPools:
         #: Ids handed out here (or given up on) that a stale pod event must not bring back as warm.
         self._spent: set[str] = set()
         self._waiters: dict[TemplateKey, _Waiters] = {}
+        self._ended: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.scheduler: DeadlineScheduler[str] = DeadlineScheduler(self._on_due, clock=clock)
 
@@ -251,13 +254,19 @@ class SandboxPools:
         ns, template = key
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
-        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        phase = (pod.get("status") or {}).get("phase")
+        died = phase in ENDED_PHASES  # its agent exited or was killed (out of memory, say): never serves again
+        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp")) or died
         if gone or labels.get(pool.LABEL_CLAIMED) == "true":
             warm.pop(sandbox_id, None)
         if gone:
+            record = self.sandboxes.get(sandbox_id)
             self._forget(sandbox_id)
             if event_type == "DELETED":
                 self._spent.discard(sandbox_id)  # no later event can bring it back
+            elif died and record is not None and self.membership.is_owner(sandbox_id):
+                logger.info("sandbox %s (%s/%s) died (%s); burning it", sandbox_id, ns, record.pod, phase)
+                self._spawn(self._pods.burn(ns, record.pod))
             return
         if labels.get(pool.LABEL_CLAIMED) == "true":
             self._learn_claimed(ns, template, sandbox_id, pod)
@@ -317,6 +326,18 @@ class SandboxPools:
     def _forget(self, sandbox_id: str) -> None:
         self.sandboxes.pop(sandbox_id, None)
         self.scheduler.cancel(sandbox_id)
+        ended = self._ended.pop(sandbox_id, None)
+        if ended is not None:
+            ended.set()
+
+    def ended(self, sandbox_id: str) -> asyncio.Event:
+        """Set when the sandbox ends (burnt, expired, deleted, died): calls in flight to it stop then,
+        rather than wait on a peer that will never answer (a killed gVisor sandbox's network stack
+        goes with it, so its packets meet no reset)."""
+        event = self._ended.get(sandbox_id)
+        if event is None:
+            event = self._ended[sandbox_id] = asyncio.Event()
+        return event
 
     # -- claims ---------------------------------------------------------------------------------
 
