@@ -12,7 +12,7 @@ execution is written to a file in the context's private directory and named on t
 (``run TOKEN PATH``); the driver evaluates it in one scope kept across executions and answers the
 stdout marker with a JSON outcome, ``{"result"}`` (the last value as the language prints it),
 ``{"error": {"name", "value", "traceback"}}`` or ``{}`` — the same outcome the Node.js driver gives.
-``env KEY HEXVALUE`` lines set the environment of a running driver (Java restarts instead: a JVM
+``env HEXKEY HEXVALUE`` lines set the environment of a running driver (Java restarts instead: a JVM
 cannot change its own environment).
 
 An interrupt is SIGINT to the interpreter's process group: it stops the running command (Bash, which
@@ -387,7 +387,7 @@ class DriverRepl(CellRepl):
     async def set_env(self, env: Mapping[str, str]) -> None:
         """Into the running driver's environment (idle before a claim) and any restarted one."""
         self._env.update(env)
-        self._send("".join(f"env {k} {v.encode().hex()}\n" for k, v in env.items()))
+        self._send("".join(f"env {k.encode().hex()} {v.encode().hex()}\n" for k, v in env.items()))
 
 
 class RubyContext(DriverRepl):

@@ -1,7 +1,7 @@
 # The R side of the agent's end-marker protocol (sandbox_agent/repl.py, DriverRepl).
 # stdin lines: "run TOKEN PATH" parses the file PATH and evaluates each expression in the global
 # environment (state persists, as in the R console); visible values print as the console prints them,
-# the last one is the result instead. "env KEY HEXVALUE" sets the environment. After a run, stdout
+# the last one is the result instead. "env HEXKEY HEXVALUE" sets the environment. After a run, stdout
 # gets TOKEN + {"result"} or {"error"} or {}, stderr gets TOKEN. Warnings print as they happen.
 options(warn = 1)
 local({
@@ -15,6 +15,10 @@ local({
   error_of <- function(name, value, trace) {
     sprintf("{\"error\":{\"name\":%s,\"value\":%s,\"traceback\":[%s]}}", json_str(name), json_str(value),
             paste(vapply(trace, json_str, ""), collapse = ","))
+  }
+  unhex <- function(hex) {
+    if (nchar(hex) == 0) return("")
+    rawToChar(as.raw(strtoi(substring(hex, seq(1, nchar(hex), 2), seq(2, nchar(hex), 2)), 16L)))
   }
   run <- function(path) {
     exprs <- tryCatch(
@@ -38,9 +42,7 @@ local({
     if (is.na(line)) next
     parts <- strsplit(line, " ", fixed = TRUE)[[1]]
     if (parts[1] == "env") {
-      hex <- if (length(parts) > 2) parts[3] else ""
-      bytes <- as.raw(strtoi(substring(hex, seq(1, nchar(hex), 2), seq(2, nchar(hex), 2)), 16L))
-      do.call(Sys.setenv, stats::setNames(list(rawToChar(bytes)), parts[2]))
+      do.call(Sys.setenv, stats::setNames(list(unhex(if (length(parts) > 2) parts[3] else "")), unhex(parts[2])))
       next
     }
     outcome <- tryCatch(run(parts[3]),

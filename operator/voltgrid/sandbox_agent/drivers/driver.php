@@ -1,7 +1,7 @@
 <?php
 // The PHP side of the agent's end-marker protocol (sandbox_agent/repl.py, DriverRepl).
 // stdin lines: "run TOKEN PATH" evals the file PATH at the top level of this script, so variables,
-// functions and classes persist across executions; "env KEY HEXVALUE" sets the environment. After a
+// functions and classes persist across executions; "env HEXKEY HEXVALUE" sets the environment. After a
 // run, stdout gets TOKEN + {"error"} (a Throwable the code did not catch) or {}, stderr gets TOKEN.
 // Warnings and notices go to stderr. Fatal errors PHP cannot catch (redeclaring a function, memory
 // exhaustion) end the process: the context restarts, state lost.
@@ -26,10 +26,11 @@ $__vg_stdin = fopen('php://stdin', 'r');
 while (($__vg_line = fgets($__vg_stdin)) !== false) {
     $__vg_parts = explode(' ', rtrim($__vg_line, "\n"), 3);
     if ($__vg_parts[0] === 'env') {
+        $__vg_key = (string) hex2bin($__vg_parts[1]);
         $__vg_value = (string) hex2bin($__vg_parts[2] ?? '');
-        putenv($__vg_parts[1] . '=' . $__vg_value);
-        $_ENV[$__vg_parts[1]] = $__vg_value;
-        $_SERVER[$__vg_parts[1]] = $__vg_value;
+        putenv($__vg_key . '=' . $__vg_value);
+        $_ENV[$__vg_key] = $__vg_value;
+        $_SERVER[$__vg_key] = $__vg_value;
         continue;
     }
     $__vg_outcome = new stdClass();

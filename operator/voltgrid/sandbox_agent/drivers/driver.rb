@@ -1,6 +1,6 @@
 # The Ruby side of the agent's end-marker protocol (sandbox_agent/repl.py, DriverRepl).
 # stdin lines: "run TOKEN PATH" evaluates the file PATH in one binding kept across executions (local
-# variables, methods, classes persist, as in irb); "env KEY HEXVALUE" sets ENV. After a run, stdout
+# variables, methods, classes persist, as in irb); "env HEXKEY HEXVALUE" sets ENV. After a run, stdout
 # gets TOKEN + {"result"} (the last value, inspect-ed; none for nil) or {"error"}, stderr gets TOKEN.
 require 'json'
 
@@ -28,7 +28,7 @@ def vg_main
   $stdin.each_line do |line|
     kind, first, rest = line.chomp.split(' ', 3)
     if kind == 'env'
-      ENV[first] = [rest.to_s].pack('H*').force_encoding('UTF-8')
+      ENV[[first].pack('H*')] = [rest.to_s].pack('H*').force_encoding('UTF-8')
       next
     end
     outcome = vg_outcome(cells, rest)
