@@ -23,7 +23,7 @@ from typing import Final, NoReturn
 
 import pytest
 
-from e2ehelpers import IMAGE_BUILD_TIMEOUT_S
+from e2ehelpers import IMAGE_BUILD_TIMEOUT_S, SANDBOX_IMAGE_BUILD_TIMEOUT_S
 
 SCRIPTS: Final = Path(__file__).resolve().parent / "cluster"
 DEFAULT_STATE_DIR: Final = Path("/tmp/voltgrid-cluster")
@@ -189,3 +189,21 @@ def voltgrid_image(cluster: Cluster) -> str:
     default = next((n for n in names if n.endswith(wanted)), None)
     assert default is not None, f"no image ending in {wanted} after the import: {names}"
     return default
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(cluster: Cluster) -> str:
+    """localhost/voltgrid/sandbox:dev (the Voltgrid image plus the agent's eight languages from the
+    host's Debian packages, e2e/images/build-sandbox-image.sh) in the node's containerd."""
+    if cluster.state_dir is None:
+        pytest.skip("a user's cluster: load localhost/voltgrid/sandbox:dev (e2e/images/build-sandbox-image.sh) first")
+    out = subprocess.run(
+        ["bash", str(SCRIPTS.parent / "images" / "build-sandbox-image.sh"), "--import"],
+        env={**os.environ, "VOLTGRID_CLUSTER_DIR": str(cluster.state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=SANDBOX_IMAGE_BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return "localhost/voltgrid/sandbox:dev"

@@ -13,6 +13,8 @@ DEFAULT_WAIT_S: Final = 120.0
 POLL_S: Final = 0.5
 #: Seconds to build and import the Voltgrid image; a cold build installs its dependencies (~1 min).
 IMAGE_BUILD_TIMEOUT_S: Final = 300
+#: Seconds to build and import the sandbox image: a cold build (~2-3 min) and ~1.2 GB to import.
+SANDBOX_IMAGE_BUILD_TIMEOUT_S: Final = 900
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = DEFAULT_WAIT_S, interval: float = POLL_S) -> Any:

@@ -8,6 +8,7 @@ namespace, with the admin kubeconfig of the cluster fixture.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -313,6 +314,84 @@ def test_with_peering_one_replica_acts_and_the_standby_takes_over(env: Env) -> N
             proc.wait(timeout=60)
 
 
+#: Per language: code that sets state, then code whose output (or result) shows 42 from that state.
+#: Go keeps no state (each execution is a program): its two runs share only the workspace's files.
+LANGUAGE_RUNS: Final = {
+    "python": ("x = 41", "x + 1"),
+    "bash": ("X=41", "echo $((X + 1))"),
+    "javascript": ("var x = 41", "x + 1"),
+    "java": ("int x = 41;", "x + 1"),
+    "ruby": ("x = 41", "x + 1"),
+    "php": ("$x = 41;", "echo $x + 1;"),
+    "r": ("x <- 41", "x + 1"),
+    "go": (
+        'import "os"\n\nfunc main() { os.WriteFile("x.txt", []byte("42"), 0o644) }',
+        'import (\n\t"fmt"\n\t"os"\n)\n\nfunc main() { b, _ := os.ReadFile("x.txt"); fmt.Println(string(b)) }',
+    ),
+}
+
+
+def test_every_language_runs_in_a_pool_sandbox_under_gvisor(env: Env, sandbox_image: str, tmp_path: Path) -> None:
+    """The sandbox image's eight languages, each
+    run twice in a claimed pool sandbox under gVisor (state kept between the runs where the language
+    keeps it), and a matplotlib chart (Debian's) back as image/png."""
+    key = operator_with_claim_key(env, tmp_path)
+    env.apply(
+        {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "SandboxTemplate",
+            "metadata": {"name": "langs"},
+            "spec": {
+                "image": sandbox_image,
+                "command": ["python3", "-m", "voltgrid.sandbox_agent", "--workspace", "/tmp"],
+                "env": [{"name": "HOME", "value": "/tmp"}, {"name": "JUPYTER_RUNTIME_DIR", "value": "/tmp/jupyter"}],
+                # A kernel, a JVM and six more interpreters at once.
+                "resources": {"cpu": "1", "memory": "2Gi"},
+                "replicas": 1,
+            },
+        }
+    )
+    st = wait_for(
+        "the pool ready or refused", lambda: (s := status(env, "sandboxtemplate", "langs")).get("conditions") and s
+    )
+    if st["conditions"][0]["reason"] == "NoSandboxRuntime":
+        env.cluster.without_gvisor(st["conditions"][0].get("message", "NoSandboxRuntime"))
+    wait_for("a warm sandbox ready", lambda: status(env, "sandboxtemplate", "langs").get("ready") == 1, 600)
+    [pod] = env.get("pods", selector="voltgrid.dev/sandbox-template=langs")["items"]
+    assert pod["spec"]["runtimeClassName"] == "gvisor"
+    ip, token = pod["status"]["podIP"], f"claimant-{uuid.uuid4().hex}"
+    sandbox_id = pod["metadata"]["labels"]["voltgrid.dev/sandbox-id"]
+    signed = sign_claim(key, sandbox_id, token_digest(token), {}, time.time())
+    assert _agent(ip, "/claim", "", {"claim": signed})[0] == 200
+    for language, (define, use) in LANGUAGE_RUNS.items():
+        runs = []
+        for code in (define, use):
+            status_code, text = _agent(ip, "/execute", token, {"language": language, "code": code, "timeout": 240})
+            assert status_code == 200, (language, status_code, text)
+            runs.append([json.loads(line) for line in text.splitlines()])
+        assert runs[0][-1]["status"] == "ok", (language, runs[0])
+        events = runs[1]
+        assert events[-1]["status"] == "ok" and events[-1]["execution_count"] == 2, (language, events)
+        shown = "".join(e.get("text", "") + e.get("data", {}).get("text/plain", "") for e in events)
+        assert "42" in shown, (language, events)
+    chart = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
+    status_code, text = _agent(ip, "/execute", token, {"language": "python", "code": chart, "timeout": 240})
+    pngs = [e for e in map(json.loads, text.splitlines()) if e["type"] == "result" and "image/png" in e["data"]]
+    assert status_code == 200 and len(pngs) == 1, text
+    assert base64.b64decode(pngs[0]["data"]["image/png"]).startswith(b"\x89PNG"), text
+
+
+def operator_with_claim_key(env: Env, tmp_path: Path) -> Ed25519PrivateKey:
+    """The operator restarted with a claim key (the gateway's, in a release): its warm pods accept
+    claims signed with it. The key, to sign claims as the gateway would."""
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "claim-key.pem"
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    env.kill_operator(signal.SIGTERM)
+    env.start_operator(VOLTGRID_OPERATOR_SANDBOX_CLAIM_KEY_FILE=str(key_file))
+    return key
+
+
 def _agent(ip: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
     """One call to a pool pod's agent; (status, body text)."""
     data = None if body is None else json.dumps(body).encode()
@@ -331,11 +410,7 @@ def test_sandbox_template_pool_fills_under_gvisor_and_a_claimed_agent_runs_code(
 ) -> None:
     """The pool controller and the agent together: warm pods under gVisor that accept one claim signed
     with the key the operator was given (the gateway's, in a release), and nothing else."""
-    key = Ed25519PrivateKey.generate()
-    key_file = tmp_path / "claim-key.pem"
-    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    env.kill_operator(signal.SIGTERM)
-    env.start_operator(VOLTGRID_OPERATOR_SANDBOX_CLAIM_KEY_FILE=str(key_file))
+    key = operator_with_claim_key(env, tmp_path)
     writable = [{"name": n, "value": v} for n, v in (("HOME", "/tmp"), ("JUPYTER_RUNTIME_DIR", "/tmp/jupyter"))]
     env.apply(
         {

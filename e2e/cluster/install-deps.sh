@@ -7,7 +7,10 @@
 # the package starts them, use other ports and are left alone), and what bench/bench_proxies.py
 # compares the gateway with and loads it by (nginx-light, haproxy, wrk: the benchmark starts private
 # ones on loopback from configurations in a temp dir; nginx's own service, if the package starts it,
-# listens on :80, which nothing here uses, and is left alone). Only missing packages are installed;
+# listens on :80, which nothing here uses, and is left alone), and the sandbox agent's languages
+# (bash, nodejs, openjdk-17-jdk-headless for jshell, ruby, php-cli, r-base-core, golang-go,
+# python3-matplotlib): tests/sandbox_agent runs each against them, and build-sandbox-image.sh copies
+# them into localhost/voltgrid/sandbox:dev. Only missing packages are installed;
 # `apt-get update` runs once, when needed.
 # The Kubernetes binaries themselves come from build-k8s.sh (Go module), not from here. Services the
 # packages may start (etcd on :2379, containerd on /run/containerd) do not clash with the harness's
@@ -20,6 +23,7 @@ packages=(
   ipset conntrack iptables iproute2 socat util-linux mount curl openssl
   rabbitmq-server redis-server
   nginx-light haproxy wrk
+  bash nodejs openjdk-17-jdk-headless ruby php-cli r-base-core golang-go python3-matplotlib
 )
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: needs root (apt-get)" >&2; exit 1; }
 

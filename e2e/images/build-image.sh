@@ -5,22 +5,25 @@
 #
 # The archive is cached under $VOLTGRID_CACHE/images (default ~/.cache/voltgrid/images), keyed by a
 # hash of this script, the flags and the content of every layer directory: same inputs, no rebuild.
-# Prints the archive's path on stdout.
+# Prints the archive's path on stdout. --base starts from an archive this script built (its name
+# carries its content key, so the name stands for the content in this image's key) instead of an
+# empty image: its layers and config, then the new layers and config on top.
 #
-#   build-image.sh NAME:TAG [--layer DIR[:TARGET]]... [--entrypoint ARG]... [--cmd ARG]...
+#   build-image.sh NAME:TAG [--base ARCHIVE] [--layer DIR[:TARGET]]... [--entrypoint ARG]... [--cmd ARG]...
 #                  [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--also-tag NAME:TAG]...
 set -euo pipefail
 
-usage() { sed -n '9,10p' "$0" >&2; exit 2; }
+usage() { sed -n '12,13p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 ref=$1; shift
 case $ref in *:*) ;; *) echo "build-image.sh: $ref: give NAME:TAG" >&2; exit 2 ;; esac
 
 layers=()
-tags=() cfg=()
+tags=() cfg=() base=
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case $1 in
+    --base) base=$2 ;;
     --layer) layers+=("$2") ;;
     --entrypoint) cfg+=(--config.entrypoint "$2") ;;
     --cmd) cfg+=(--config.cmd "$2") ;;
@@ -42,6 +45,7 @@ layer_stream() {
 key=$( {
   sha256sum < "$0"
   printf '%s\n' "$ref" "${cfg[@]+"${cfg[@]}"}"
+  [ -z "$base" ] || echo "base $(basename "$base")"
   # Each layer by its target and content; the source path (often a temp dir) does not count.
   for l in "${layers[@]+"${layers[@]}"}"; do
     [ "${l%%:*}" = "$l" ] && echo / || echo "${l#*:}"
@@ -57,8 +61,12 @@ if [ -s "$out" ]; then echo "$out"; exit 0; fi
 mkdir -p "$cache"
 work=$(mktemp -d "${TMPDIR:-/tmp}/vg-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-umoci init --layout "$work/oci" >&2
-umoci new --image "$work/oci:img" >&2
+if [ -n "$base" ]; then
+  skopeo --insecure-policy copy --quiet "docker-archive:$base" "oci:$work/oci:img" >&2
+else
+  umoci init --layout "$work/oci" >&2
+  umoci new --image "$work/oci:img" >&2
+fi
 for l in "${layers[@]+"${layers[@]}"}"; do
   src=${l%%:*} target=/
   [ "$src" = "$l" ] || target=${l#*:}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ def text_of(events: list[dict[str, Any]], kind: str = "stdout") -> str:
 
 
 StartAgent = Callable[..., Any]
+
+
+def needs(binary: str) -> pytest.MarkDecorator:
+    """Skip without ``binary`` on a developer's machine; under CI (``.ci/run`` sets ``CI`` after
+    e2e/cluster/install-deps.sh installed every language) a missing one fails the run instead."""
+    missing = shutil.which(binary) is None
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"{binary} is missing under CI: e2e/cluster/install-deps.sh installs it", pytrace=False)
+    return pytest.mark.skipif(missing, reason=f"{binary} is not installed (e2e/cluster/install-deps.sh installs it)")
 
 
 @pytest.fixture

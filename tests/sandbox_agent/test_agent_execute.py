@@ -165,3 +165,17 @@ def test_bash_marker_is_found_across_any_split_and_output_is_not_held_back(chunk
     assert (emitted, marker.found, marker.trailer) == (b"out _E __ line\n", True, b"0")
     assert EndMarker(token).feed(b"go\n") == b"go\n"  # nothing that could start the marker waits
     assert EndMarker(token).feed(b"go __E") == b"go "
+
+
+async def test_python_matplotlib_chart_comes_back_as_png(agent: Agent) -> None:
+    """ipykernel's inline backend (its default, no configuration): ``plt.show()`` and a figure as
+    the last expression both display the chart as ``image/png``. matplotlib is in the dev extra (the images carry
+    Debian's python3-matplotlib)."""
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('chart')\nplt.show()"
+    events = await agent.events("/execute", {"code": code})
+    [chart] = [e for e in events if e["type"] == "result" and "image/png" in e["data"]]
+    assert base64.b64decode(chart["data"]["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert chart["is_main_result"] is False and events[-1]["status"] == "ok"
+    fig = await agent.events("/execute", {"code": "fig, ax = plt.subplots()\nax.bar(['a', 'b'], [1, 2])\nfig"})
+    pngs = [e for e in fig if e["type"] == "result" and "image/png" in e["data"]]
+    assert pngs and base64.b64decode(pngs[0]["data"]["image/png"]).startswith(b"\x89PNG"), fig

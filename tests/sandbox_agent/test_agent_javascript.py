@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from conftest import Agent, StartAgent, signed_claim, text_of, warm_settings
+from conftest import Agent, StartAgent, needs, signed_claim, text_of, warm_settings
 from voltgrid.sandbox_agent.repl import JavaScriptContext
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+pytestmark = needs("node")
 
 
 async def js(agent: Agent, code: str, **body: object) -> list[dict[str, object]]:

@@ -1,4 +1,6 @@
-"""Stateful execution contexts: a real Jupyter kernel for Python, a persistent shell for Bash.
+"""Execution contexts, one table of languages: a real Jupyter kernel for Python, a long-lived
+interpreter for Bash, JavaScript, Ruby, PHP, R and Java (``repl.py``), a build per execution for Go
+(``golang.py``).
 
 A context keeps its state (variables, imports, working directory) between executions, which is what
 an agent's "run this, then use the result" loop needs. Each execution yields events that the HTTP
@@ -27,14 +29,22 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final, Protocol
 
 from jupyter_client.manager import AsyncKernelManager
 
 from voltgrid.sandbox_agent.errors import AgentError
 from voltgrid.sandbox_agent.events import INTERRUPT_GRACE, Event, end, timeout_error
-from voltgrid.sandbox_agent.repl import BashContext, JavaScriptContext
+from voltgrid.sandbox_agent.golang import GoContext
+from voltgrid.sandbox_agent.repl import (
+    BashContext,
+    JavaContext,
+    JavaScriptContext,
+    PhpContext,
+    RContext,
+    RubyContext,
+)
 
 KERNEL_READY_TIMEOUT: Final = 60.0
 _ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -159,10 +169,16 @@ def _from_iopub(msg: dict[str, Any]) -> Event | None:
     return None
 
 
-LANGUAGES: Final[dict[str, type[PythonContext] | type[BashContext] | type[JavaScriptContext]]] = {
-    "python": PythonContext,
-    "bash": BashContext,
-    "javascript": JavaScriptContext,
+LANGUAGES: Final[dict[str, Callable[[str, Mapping[str, str]], Context]]] = {
+    # language: context            state kept across executions          interpreter in the image
+    "python": PythonContext,  #     yes, an ipykernel                     python3 + ipykernel
+    "bash": BashContext,  #         yes, one bash                         bash
+    "javascript": JavaScriptContext,  # yes, one node vm context          node
+    "java": JavaContext,  #         yes, one jshell (jdk.jshell API)      a JDK's java + jshell
+    "ruby": RubyContext,  #         yes, one binding, as irb              ruby
+    "php": PhpContext,  #           yes, eval at one script's top level   php (CLI)
+    "r": RContext,  #               yes, the global environment           R
+    "go": GoContext,  #             no: each execution built and run      go
 }
 
 

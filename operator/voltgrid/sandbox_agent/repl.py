@@ -1,4 +1,5 @@
-"""Contexts driven through a long-lived interpreter's pipes: Bash, and JavaScript on Node.js.
+"""Contexts driven through a long-lived interpreter's pipes: Bash, JavaScript (Node.js), Ruby, PHP,
+R and Java (jshell).
 
 Languages without a Jupyter kernel in the image keep their state in one interpreter process per
 context. Each execution is handed to it, and once the code has run the interpreter prints a random
@@ -6,12 +7,21 @@ end marker on stdout (followed by what the execution returned: an exit status, a
 stderr; everything before the markers is the execution's output, streamed as it comes. The marker
 is random per execution, so code cannot fake the end of its own execution by printing it.
 
+Ruby, PHP, R and Java run a small driver of their own language (``drivers/``, one file each): each
+execution is written to a file in the context's private directory and named on the driver's stdin
+(``run TOKEN PATH``); the driver evaluates it in one scope kept across executions and answers the
+stdout marker with a JSON outcome, ``{"result"}`` (the last value as the language prints it),
+``{"error": {"name", "value", "traceback"}}`` or ``{}`` — the same outcome the Node.js driver gives.
+``env HEXKEY HEXVALUE`` lines set the environment of a running driver (Java restarts instead: a JVM
+cannot change its own environment).
+
 An interrupt is SIGINT to the interpreter's process group: it stops the running command (Bash, which
-traps SIGINT to survive it) or the running script (Node.js, run with ``breakOnSigint``); repeated a
-few times if the execution goes on, then the interpreter is killed (a ``ContextRestarted`` error:
-Node.js at times loses a SIGINT for good, and an interrupt must stop the code). An execution
-past its timeout, or abandoned by its client, is interrupted; an interpreter that does not settle
-within :data:`INTERRUPT_GRACE` is restarted (its state is lost, and the next execution says so by
+traps SIGINT to survive it), the running script (Node.js, run with ``breakOnSigint``) or the running
+code (the drivers, which ignore a SIGINT between executions); repeated a few times if the execution
+goes on, then the interpreter is killed (a ``ContextRestarted`` error: Node.js at times loses a
+SIGINT for good, and an interrupt must stop the code). An execution past its timeout, or abandoned
+by its client, is interrupted; an interpreter that does not settle within :data:`INTERRUPT_GRACE`
+is restarted (its state is lost, and the next execution says so by
 its execution count starting again at 1).
 """
 
@@ -23,6 +33,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -37,6 +48,7 @@ from voltgrid.sandbox_agent.events import INTERRUPT_GRACE, Event, end, timeout_e
 READ_CHUNK: Final = 65536
 INTERRUPT_REPEATS: Final = 5
 INTERRUPT_REPEAT_S: Final = 0.5
+DRIVERS: Final = Path(__file__).parent / "drivers"
 
 
 @dataclass
@@ -236,7 +248,31 @@ class MarkerRepl(ABC):
         self._cleanup()
 
 
-class BashContext(MarkerRepl):
+class CellRepl(MarkerRepl):
+    """An interpreter that reads each execution from a file in the context's private directory."""
+
+    def __init__(self, cwd: str, env: Mapping[str, str]) -> None:
+        super().__init__(cwd, env)
+        self._cells = ""
+
+    async def _after_start(self) -> None:
+        assert self._proc is not None
+        self._cells = os.path.join("/tmp", f"voltgrid-{self.language}-{self._proc.pid}-{secrets.token_hex(4)}")
+        os.mkdir(self._cells, 0o700)
+
+    def _cleanup(self) -> None:
+        if self._cells:
+            shutil.rmtree(self._cells, ignore_errors=True)
+            self._cells = ""
+
+    def _cell(self, code: str, suffix: str) -> str:
+        """The execution's code in a new file of the private directory; its path."""
+        cell = os.path.join(self._cells, f"cell-{self.execution_count}{suffix}")
+        Path(cell).write_text(code if code.endswith("\n") else code + "\n")
+        return cell
+
+
+class BashContext(CellRepl):
     """A Bash context: one long-lived ``bash`` whose variables, functions and cwd persist.
 
     Each execution writes the code to a file and ``source``s it with stdin from ``/dev/null`` (the
@@ -247,29 +283,15 @@ class BashContext(MarkerRepl):
 
     language = "bash"
 
-    def __init__(self, cwd: str, env: Mapping[str, str]) -> None:
-        super().__init__(cwd, env)
-        self._cells = ""
-
     def _argv(self) -> list[str]:
         return ["bash", "--noprofile", "--norc"]
 
     async def _after_start(self) -> None:
-        assert self._proc is not None
-        self._cells = os.path.join("/tmp", f"voltgrid-bash-{self._proc.pid}-{secrets.token_hex(4)}")
-        os.mkdir(self._cells, 0o700)
+        await super()._after_start()
         self._send("trap : INT\n")
 
-    def _cleanup(self) -> None:
-        if self._cells:
-            for name in os.listdir(self._cells):
-                os.unlink(os.path.join(self._cells, name))
-            os.rmdir(self._cells)
-            self._cells = ""
-
     def _submit(self, code: str, token: str) -> None:
-        cell = os.path.join(self._cells, f"cell-{self.execution_count}.sh")
-        Path(cell).write_text(code if code.endswith("\n") else code + "\n")
+        cell = self._cell(code, ".sh")
         self._send(f". {cell} </dev/null; printf '{token}%d\\n' $?; printf '{token}\\n' >&2\n")
 
     def _finish(self, trailer: str) -> list[Event]:
@@ -335,20 +357,106 @@ class JavaScriptContext(MarkerRepl):
         self._send(json.dumps({"code": code, "token": token}) + "\n")
 
     def _finish(self, trailer: str) -> list[Event]:
-        try:
-            outcome = json.loads(trailer)
-        except ValueError:
-            return [_restarted(self.language)]
-        if "error" in outcome:
-            return [{"type": "error", **outcome["error"]}]
-        if "result" in outcome:
-            return [{"type": "result", "data": {"text/plain": outcome["result"]}, "is_main_result": True}]
-        return []
+        return _outcome(trailer, self.language)
 
     async def set_env(self, env: Mapping[str, str]) -> None:
         """Into ``process.env`` of the running interpreter (idle before a claim) and any restarted one."""
         self._env.update(env)
         self._send(json.dumps({"env": dict(env)}) + "\n")
+
+
+class DriverRepl(CellRepl):
+    """An interpreter running one of ``drivers/`` (see the module): Ruby, PHP, R, Java."""
+
+    driver = ""
+    """The driver's file name in ``drivers/``."""
+
+    @abstractmethod
+    def _interpreter(self) -> list[str]:
+        """The command line that runs a source file, without the file."""
+
+    def _argv(self) -> list[str]:
+        return [*self._interpreter(), str(DRIVERS / self.driver)]
+
+    def _submit(self, code: str, token: str) -> None:
+        self._send(f"run {token} {self._cell(code, '.cell')}\n")
+
+    def _finish(self, trailer: str) -> list[Event]:
+        return _outcome(trailer, self.language)
+
+    async def set_env(self, env: Mapping[str, str]) -> None:
+        """Into the running driver's environment (idle before a claim) and any restarted one."""
+        self._env.update(env)
+        self._send("".join(f"env {k.encode().hex()} {v.encode().hex()}\n" for k, v in env.items()))
+
+
+class RubyContext(DriverRepl):
+    """Ruby: one ``ruby`` evaluating each execution in one top-level binding, as irb does."""
+
+    language = "ruby"
+    driver = "driver.rb"
+
+    def _interpreter(self) -> list[str]:
+        return ["ruby"]
+
+
+class PhpContext(DriverRepl):
+    """PHP: one ``php`` (CLI) ``eval``-ing each execution at its top level (globals persist)."""
+
+    language = "php"
+    driver = "driver.php"
+
+    def _interpreter(self) -> list[str]:
+        return ["php"]
+
+
+class RContext(DriverRepl):
+    """R: one ``R`` evaluating each execution in its global environment, as the console does."""
+
+    language = "r"
+    driver = "driver.R"
+
+    def _interpreter(self) -> list[str]:
+        return ["R", "--vanilla", "--quiet", "--no-echo", "-f"]
+
+
+class JavaContext(DriverRepl):
+    """Java: one JVM holding one jshell (the JDK's ``jdk.jshell`` API, snippets run in that JVM).
+
+    The driver runs with the ``java`` next to ``jshell`` (a JDK's; a JRE lacks the jshell and compiler
+    modules). The serial collector keeps a small sandbox's JVM small.
+    """
+
+    language = "java"
+    driver = "Driver.java"
+
+    def _interpreter(self) -> list[str]:
+        jshell = shutil.which("jshell", path=self._env.get("PATH", os.defpath))
+        if jshell is None:
+            raise AgentError(
+                501, "language_unavailable", "java needs 'jshell' (a JDK), which this sandbox's image lacks"
+            )
+        return [str(Path(jshell).resolve().parent / "java"), "-XX:+UseSerialGC"]
+
+    async def set_env(self, env: Mapping[str, str]) -> None:
+        """A JVM cannot change its own environment: the context restarts with ``env`` (before a
+        claim, nothing ran in it yet)."""
+        self._env.update(env)
+        if self._proc is not None:
+            await self.restart()
+
+
+def _outcome(trailer: str, language: str) -> list[Event]:
+    """The events of a driver's JSON outcome (Node.js and ``drivers/``)."""
+    try:
+        outcome = json.loads(trailer)
+    except ValueError:
+        return [_restarted(language)]
+    if "error" in outcome:
+        return [{"type": "error", **outcome["error"]}]
+    if "result" in outcome:
+        return [{"type": "result", "data": {"text/plain": outcome["result"]}, "is_main_result": True}]
+    return []
 
 
 def _restarted(language: str) -> Event:
