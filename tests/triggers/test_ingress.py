@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,8 +14,12 @@ from aiohttp import web
 from hypothesis import given, settings, strategies
 from trighelpers import Sink, make_target
 
+from ports import free_port
 from voltgrid.api.triggers import Filter, SessionFrom, SessionSource
+from voltgrid.backends.local import LocalProcessBackend
 from voltgrid.errors import MalformedEventError
+from voltgrid.gateway.app import GatewayServer
+from voltgrid.gateway.settings import GatewaySettings
 from voltgrid.triggers.dispatch import Dispatcher
 from voltgrid.triggers.events import BATCH, STRUCTURED, parse
 from voltgrid.triggers.ingress import Ingress, Route, ingress_app, matches
@@ -170,3 +176,70 @@ async def test_malformed_is_400_naming_the_problem(
     assert r.status_code == 400
     assert problem in r.json()["error"]
     assert sink.received == []
+
+
+OPERATOR = "operator-token-of-this-test"
+
+
+@pytest.fixture
+async def gateway_to(tmp_path: Path) -> AsyncIterator[Any]:
+    """``await gateway_to(events_url)`` -> the base URL of a real gateway whose ingress passes to it."""
+    servers: list[GatewayServer] = []
+
+    async def start(events_url: str | None) -> str:
+        port = free_port()
+        settings = GatewaySettings(
+            port=port, replica_url=f"http://127.0.0.1:{port}", api_tokens=[OPERATOR], events_url=events_url
+        )
+        server = GatewayServer(settings, LocalProcessBackend(tmp_path / "state", tmp_path / "storage"), [])
+        await server.start("127.0.0.1", port)
+        servers.append(server)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def test_the_gateway_passes_events_to_the_ingress_and_its_answer_back(
+    ingress_url: tuple[str, Ingress], sink: Sink, gateway_to: Any
+) -> None:
+    """Producers outside the cluster post to the gateway: binary and batch events reach the triggers,
+    a malformed one gets the dispatcher's 400 naming the problem, and a credential is required."""
+    url, ingress = ingress_url
+    ingress.routes = (Route("shop", (f("type", prefix="order."),), make_target(sink, name="shop/a/orders")),)
+    gateway = await gateway_to(url)
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    async with httpx.AsyncClient() as client:
+        binary = {
+            **BINARY,
+            "content-type": "application/json",
+            "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+        }
+        r = await client.post(f"{gateway}/_voltgrid/v1/events/shop", headers={**binary, **auth}, content='{"n": 1}')
+        assert r.status_code == 200 and r.json() == {"events": 1, "deliveries": 1, "failed": []}, r.text
+        batch = json.dumps([EVENT | {"id": "e2"}, EVENT | {"id": "e3"}])
+        r = await client.post(
+            f"{gateway}/_voltgrid/v1/events/shop", headers={"content-type": BATCH, **auth}, content=batch
+        )
+        assert r.status_code == 200 and r.json()["deliveries"] == 2, r.text
+        r = await client.post(
+            f"{gateway}/_voltgrid/v1/events/shop", headers={"content-type": STRUCTURED, **auth}, content="{}"
+        )
+        assert r.status_code == 400 and "specversion" in r.text, r.text
+        r = await client.post(f"{gateway}/_voltgrid/v1/events/shop", headers=binary, content="{}")
+        assert r.status_code == 401
+    received = {rec.headers["ce-id"]: rec for rec in sink.received}
+    assert sorted(received) == ["e1", "e2", "e3"]
+    assert received["e1"].body == b'{"n": 1}'  # the body, unchanged
+
+
+async def test_without_an_ingress_the_route_says_which_setting_is_missing(gateway_to: Any) -> None:
+    gateway = await gateway_to(None)
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"{gateway}/_voltgrid/v1/events/shop",
+            headers={**BINARY, "Authorization": f"Bearer {OPERATOR}"},
+            content="{}",
+        )
+    assert r.status_code == 404 and "events_url" in r.text

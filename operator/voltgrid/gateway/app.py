@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 
 from voltgrid.api.function import Function
 from voltgrid.backends.base import InstanceBackend
-from voltgrid.gateway import internal, sandbox_api, session_api
+from voltgrid.gateway import events, internal, sandbox_api, session_api
 from voltgrid.gateway.catalog_watch import FunctionWatcher
 from voltgrid.gateway.core import GATEWAY, Gateway
 from voltgrid.gateway.errors import GatewayError, error_response
@@ -72,6 +72,7 @@ def build_admin_app(
     internal.add_routes(app)
     session_api.add_routes(app)
     sandbox_api.add_routes(app)
+    events.add_routes(app)
 
     async def on_startup(_: web.Application) -> None:
         await gateway.start(watcher_api)

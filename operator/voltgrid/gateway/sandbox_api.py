@@ -28,7 +28,6 @@ import logging
 import time
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
 
 from voltgrid.api.common import parse_duration
@@ -39,6 +38,7 @@ from voltgrid.gateway.errors import GatewayError, bad_request, not_found
 from voltgrid.gateway.forward import is_forwarded
 from voltgrid.gateway.peers import FORWARDED_HEADER
 from voltgrid.gateway.proxy import HOP_BY_HOP
+from voltgrid.gateway.relaying import relay
 from voltgrid.gateway.sandboxes import SandboxPools, SandboxRecord, parse_metadata
 from voltgrid.sandbox_claims import token_matches
 
@@ -48,9 +48,6 @@ PREFIX: Final = SANDBOX_API_PREFIX
 MAX_CLAIM_BODY: Final = 256 * 1024
 #: Headers of a client request passed to the agent or the owner (the rest are the gateway's business).
 _PASSED: Final = frozenset({"authorization", "content-type", "accept", "content-length"})
-#: Headers of an answer passed back.
-_ANSWERED: Final = frozenset({"content-type", "retry-after", "www-authenticate", "cache-control"})
-READ_CHUNK: Final = 256 * 1024
 DEFAULT_NAMESPACE: Final = "default"
 
 
@@ -119,50 +116,6 @@ async def _json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     return raw, body
 
 
-async def _relay(
-    request: web.Request,
-    url: str,
-    headers: dict[str, str],
-    body: bytes | None = None,
-    prepared: list[web.StreamResponse] | None = None,
-) -> web.StreamResponse:
-    """``request`` sent to ``url`` and its answer streamed back, both ways, with back-pressure
-    (the answer, once its head is sent, is put in ``prepared``)."""
-    gw = request.app[GATEWAY]
-    assert gw.http is not None
-    data: Any = (
-        body if body is not None else (request.content.iter_chunked(READ_CHUNK) if request.body_exists else None)
-    )
-    try:
-        async with gw.http.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=gw.settings.forward_connect_timeout),
-        ) as answer:
-            response = web.StreamResponse(
-                status=answer.status,
-                headers={k: v for k, v in answer.headers.items() if k.lower() in _ANSWERED},
-            )
-            if answer.content_length is not None:
-                response.content_length = answer.content_length
-            await response.prepare(request)
-            if prepared is not None:
-                prepared.append(response)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-        raise GatewayError(502, "sandbox_unreachable", f"the sandbox or its replica did not answer: {e}") from None
-    except aiohttp.ClientError as e:
-        if request.transport is None or request.transport.is_closing():
-            raise asyncio.CancelledError from None  # the client left: nothing to answer
-        raise GatewayError(502, "sandbox_failed", f"the sandbox's answer broke off: {e}") from None
-
-
 def _passed_headers(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.lower() in _PASSED and k.lower() not in HOP_BY_HOP}
 
@@ -179,7 +132,7 @@ async def _to_owner(request: web.Request, sandbox_id: str, body: bytes | None = 
     headers = _passed_headers(request)
     headers[FORWARDED_HEADER] = gw.settings.internal_token
     gw.metrics.forwarded.labels("sandbox").inc()
-    return await _relay(request, owner + request.raw_path, headers, body)
+    return await relay(request, owner + request.raw_path, headers, body)
 
 
 async def _record(request: web.Request, sandbox_id: str, *, owner_only: bool) -> SandboxRecord | web.StreamResponse:
@@ -247,7 +200,7 @@ async def claim(request: web.Request) -> web.StreamResponse:
             headers = _passed_headers(request)
             headers[FORWARDED_HEADER] = gw.settings.internal_token
             gw.metrics.forwarded.labels("sandbox").inc()
-            return await _relay(request, owner + request.raw_path, headers, raw)
+            return await relay(request, owner + request.raw_path, headers, raw)
         try:
             await pools.wait_for_pod(key, deadline)
         except TimeoutError:
@@ -308,7 +261,7 @@ async def agent(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path.split("?", 1)[0]
     tail = raw[len(f"{PREFIX}/{found.id}") :] if raw.startswith(f"{PREFIX}/{found.id}/") else "/" + path
     prepared: list[web.StreamResponse] = []
-    call = asyncio.ensure_future(_relay(request, found.url + tail + query, _passed_headers(request), None, prepared))
+    call = asyncio.ensure_future(relay(request, found.url + tail + query, _passed_headers(request), None, prepared))
     ended = asyncio.ensure_future(_pools(request.app[GATEWAY]).ended(found.id).wait())
     try:
         await asyncio.wait((call, ended), return_when=asyncio.FIRST_COMPLETED)

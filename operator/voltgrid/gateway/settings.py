@@ -167,6 +167,9 @@ class GatewaySettings(LayeredSettings):
     """Header whose LAST address names the client, set by the proxy in front of the gateway (e.g.
     ``X-Forwarded-For`` from an ingress that appends to it); only when clients cannot reach the gateway around
     that proxy. Unset: the connection's peer address."""
+    events_url: str | None = None
+    """Base URL of the trigger dispatcher's CloudEvents ingress (``voltgrid triggers``), which
+    ``POST /_voltgrid/v1/events/<namespace>`` passes events to; unset: that route answers 404."""
     sandbox_claim_key_file: str | None = None
     """Ed25519 private key (PEM, PKCS#8) the gateway signs sandbox claims with (the chart mounts a generated
     one); the operator starts warm sandboxes with its public half. Unset: the Sandbox API answers 503."""
