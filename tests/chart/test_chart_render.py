@@ -326,3 +326,16 @@ def test_gateway_and_operator_mount_the_sandbox_claim_key_and_an_upgrade_keeps_i
     else:
         pem = base64.b64decode(generated[0]["data"]["claim-key.pem"])
         load_signing_key(pem)  # an Ed25519 key the gateway can load
+
+
+def test_with_triggers_the_gateway_passes_events_to_the_dispatchers_service(render: Render) -> None:
+    for enabled in (True, False):
+        docs = render({"triggers": {"enabled": enabled}}, [])
+        gateway = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "voltgrid-gateway")
+        env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+        services = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
+        if enabled:
+            port = services["voltgrid-triggers"]["spec"]["ports"][0]["port"]
+            assert env["VOLTGRID_GATEWAY_EVENTS_URL"] == f"http://voltgrid-triggers.{NAMESPACE}.svc:{port}"
+        else:
+            assert "VOLTGRID_GATEWAY_EVENTS_URL" not in env
