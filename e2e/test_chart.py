@@ -8,6 +8,7 @@ re-applying it (client-side, then server-side) changes nothing.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import hashlib
 import itertools
 import json
@@ -591,8 +592,8 @@ def outcome(attack: Any, victim: dict[str, Any]) -> str:
     """What a hostile call came to, whatever it was: a status and its error code, or the exception."""
     try:
         status, body = attack(victim)
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        return type(getattr(exc, "reason", exc)).__name__
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        return type(getattr(exc, "reason", exc)).__name__  # the sandbox died mid-answer: the stream broke
     if isinstance(body, list):
         errors = [e.get("name") for e in body if e.get("type") == "error"]
         return f"{status} {errors or body[-1].get('status')}"
