@@ -79,8 +79,11 @@ async def invoke(gw: Gateway, request: Request) -> None:
     for attempt in range(2):
         record = exchange.record
         assert record is not None
-        started = time.perf_counter()
-        instance, cold = await manager.instance_for(fn, record)
+        started = time.perf_counter() if traced else 0.0
+        instance = manager.bound_instance(record)
+        cold = False
+        if instance is None:
+            instance, cold = await manager.instance_for(fn, record)
         if traced:
             span.set_attribute(tracing.ATTR_SESSION, record.storage_id)
             span.set_attribute(tracing.ATTR_COLD_START, cold)

@@ -369,6 +369,13 @@ class SessionManager:
         return instance
 
     # -- instances ----------------------------------------------------------------------------
+    def bound_instance(self, record: SessionRecord) -> Instance | None:
+        """The session's instance when it has one here and is not being released (the usual
+        request: no coroutine to run); else None, and :meth:`instance_for` finds or wakes one."""
+        if record.instance is None or record.rkey in self.releasing:
+            return None
+        return self.instance(record.instance)
+
     async def instance_for(self, fn: FunctionEntry, record: SessionRecord) -> tuple[Instance, bool]:
         """The session's instance, woken if needed; the flag says whether it had to be started."""
         release = self.releasing.get(record.rkey)

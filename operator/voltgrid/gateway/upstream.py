@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 from collections.abc import Callable
 from typing import Final, cast
@@ -222,8 +221,10 @@ class UpstreamConnection(asyncio.Protocol):
         for name, value in response.headers:
             lowered = name.lower()
             if lowered == b"content-length":
-                with contextlib.suppress(ValueError):
+                try:  # noqa: SIM105 (per response: contextlib.suppress costs an object and two calls)
                     length = int(value)
+                except ValueError:
+                    pass
             elif lowered == b"content-type":
                 response.content_type = value
         response.content_length = length
@@ -422,7 +423,13 @@ class UpstreamPool:
         """An idle connection to the upstream (unless ``fresh``), or a new one (UpstreamError
         ``sent_nothing`` if it cannot be opened: the caller may place the request elsewhere)."""
         key = f"{host}:{port}" if port is not None else host
-        idle = None if fresh else self._idle.get(key)
+        conn = None if fresh else self.take(key)
+        return conn or await self._open(key, host, port, connect_timeout or self.connect_timeout)
+
+    def take(self, key: str) -> UpstreamConnection | None:
+        """An idle connection to ``key`` (``host:port``, or a unix socket path) still fit for a
+        request, newest first; None when there is none. Not a coroutine: the usual request finds one."""
+        idle = self._idle.get(key)
         if idle:
             now = idle[-1]._loop.time()
             while idle:
@@ -435,7 +442,7 @@ class UpstreamPool:
                     conn.reused = True
                     return conn
                 conn.close()
-        return await self._open(key, host, port, connect_timeout or self.connect_timeout)
+        return None
 
     async def _open(self, key: str, host: str, port: int | None, seconds: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
