@@ -140,6 +140,9 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
         return request.prefix + data if data.startswith("/") else data
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
+    # A known Header/Cookie session's answer teaches nothing and gets no header: no callback (and no
+    # coroutine per request) for it.
+    answered = on_response if learner is not None or fn.affinity is Affinity.MCP or exchange.minted else None
     gone = _ClientGone(request, exchange, lifecycle) if learn_sse else None
     try:
         await relay_any(
@@ -152,7 +155,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             max_body=settings.max_body_bytes,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
-            on_response=on_response,
+            on_response=answered,
             on_sse_endpoint=on_sse_endpoint if learn_sse else None,
             on_chunk=learner.on_chunk if learner is not None else None,
         )
