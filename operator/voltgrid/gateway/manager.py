@@ -118,10 +118,13 @@ class SessionManager:
         )
         # Set by the lifecycle, which owns the timers (it needs the manager, hence late binding).
         self.scheduler: DeadlineScheduler[str] | None = None
+        #: The loop the gateway runs on, set while it runs (:meth:`now` runs several times per
+        #: request, and asking asyncio for the running loop costs a getpid system call on 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return (self.loop or asyncio.get_running_loop()).time()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background job owned by the manager (cancelled on close, never leaked)."""
@@ -130,6 +133,7 @@ class SessionManager:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self.loop = None
         for task in list(self._tasks) + list(self.releasing.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *self.releasing.values(), return_exceptions=True)
