@@ -53,6 +53,7 @@ BENCHES: Final = (
         ["--requests", "20", "--concurrency", "2", "--no-throughput"],
     ),
     Bench("bench_proxies.py", ["--duration", "5"], ["--quick"]),
+    Bench("bench_gateway_cpu.py", ["--requests", "20000", "--rounds", "7"], ["--requests", "200", "--rounds", "1"]),
     Bench(
         "bench_triggers.py", ["--n", "5000", "--latency-n", "300"], ["--n", "50", "--latency-n", "5", "--rounds", "1"]
     ),

@@ -114,3 +114,39 @@ async def test_a_pooled_connection_closed_by_the_instance_is_retried_for_get_onl
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_reused_connection_times_out_its_own_exchange() -> None:
+    """The head timer is armed once per connection and re-armed lazily: a second exchange on the
+    pooled connection still times out its own ``timeout`` after it was sent, not the first's."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.read(65536)  # the second request: never answered
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    loop = asyncio.get_running_loop()
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        first = await pool.connect("127.0.0.1", port)
+        response = await first.send("GET", request, final=True, timeout=0.4)
+        assert response.status == 200 and response.body == b"ok"
+        await asyncio.sleep(0.2)  # the first exchange's deadline is now 0.2 s away
+        second = await pool.connect("127.0.0.1", port)
+        assert second is first and second.reused
+        sent = loop.time()
+        with pytest.raises(UpstreamError) as caught:
+            await second.send("GET", request, final=True, timeout=0.4)
+        waited = loop.time() - sent
+        assert caught.value.timeout and 0.39 <= waited < 0.7, waited
+    finally:
+        pool.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -77,3 +77,12 @@ async def test_the_owner_relays_what_the_first_replica_saw(replicas, upstream: s
         seen = (await r.json())["headers"]
     host = a.url.removeprefix("http://")
     assert (seen["X-Forwarded-Proto"], seen["X-Forwarded-Host"], seen["X-Forwarded-For"]) == ("http", host, "127.0.0.1")
+
+
+async def test_headers_the_client_names_hop_by_hop_stop_at_the_gateway(replicas, upstream: str) -> None:
+    (gw,) = await replicas([function("echo")], backend=FakeBackend(upstream))
+    sent = {"Connection": "X-Hop-One, x-hop-two", "X-Hop-One": "1", "X-Hop-Two": "2", "X-Kept": "3", "TE": "trailers"}
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/fn/default/echo/x", headers=sent) as r:
+        seen = (await r.json())["headers"]
+    assert seen["X-Kept"] == "3"
+    assert not {"X-Hop-One", "X-Hop-Two", "TE"} & set(seen)

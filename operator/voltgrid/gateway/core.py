@@ -120,6 +120,7 @@ class Gateway:
         self.lifecycle.scheduler.start()
         self.membership.on_change(self._membership_changed.set)
         loop = asyncio.get_running_loop()
+        self.manager.loop = loop
         self._jobs.append(loop.create_task(self._resync_loop(), name="voltgrid-resync"))
         if watcher_api is not None and self.settings.membership_service:
             from voltgrid.registry.endpointslices import EndpointSliceWatcher  # noqa: PLC0415 (cluster only)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -467,6 +466,7 @@ class ClientConnection(asyncio.Protocol):
             self._body = None
             return
         parser = self._parser
+        method = parser.get_method()
         try:
             headers = CIMultiDict([(n.decode("latin-1"), v.decode()) for n, v in self._headers])
         except UnicodeDecodeError:
@@ -474,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge(400, "bad_header", f"header {bad!r} is not valid UTF-8") from None
         length: int | None = None
         chunked = False
-        if parser.get_method() not in _BODYLESS or "Content-Length" in headers or "Transfer-Encoding" in headers:
+        if method not in _BODYLESS or "Content-Length" in headers or "Transfer-Encoding" in headers:
             # Framed as llhttp frames it (it refuses both headers at once, or a TE not ending in chunked).
             length_text = headers.get("Content-Length", "").strip()
             length = int(length_text) if length_text.isascii() and length_text.isdigit() else None
@@ -484,7 +484,7 @@ class ClientConnection(asyncio.Protocol):
         self._body = body
         request = Request(
             self,
-            method=parser.get_method().decode("ascii", "replace"),
+            method=method.decode("ascii", "replace"),
             raw_path=self._url.decode("latin-1"),
             version=parser.get_http_version(),
             headers=headers,
@@ -515,8 +515,10 @@ class ClientConnection(asyncio.Protocol):
                 request = self._queue.popleft()
                 self.headers_sent = False
                 self.responding = None
-                with contextlib.suppress(ClientGoneError):
+                try:  # noqa: SIM105 (per request: contextlib.suppress costs an object and two calls)
                     await self._handler(request)
+                except ClientGoneError:
+                    pass
                 if self.transport is None:
                     return
                 if not self._finish(request):

@@ -79,8 +79,11 @@ async def invoke(gw: Gateway, request: Request) -> None:
     for attempt in range(2):
         record = exchange.record
         assert record is not None
-        started = time.perf_counter()
-        instance, cold = await manager.instance_for(fn, record)
+        started = time.perf_counter() if traced else 0.0
+        instance = manager.bound_instance(record)
+        cold = False
+        if instance is None:
+            instance, cold = await manager.instance_for(fn, record)
         if traced:
             span.set_attribute(tracing.ATTR_SESSION, record.storage_id)
             span.set_attribute(tracing.ATTR_COLD_START, cold)
@@ -137,6 +140,9 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
         return request.prefix + data if data.startswith("/") else data
 
     learn_sse = fn.affinity is Affinity.MCP and exchange.minted and request.method == "GET"
+    # A known Header/Cookie session's answer teaches nothing and gets no header: no callback (and no
+    # coroutine per request) for it.
+    answered = on_response if learner is not None or fn.affinity is Affinity.MCP or exchange.minted else None
     gone = _ClientGone(request, exchange, lifecycle) if learn_sse else None
     try:
         await relay_any(
@@ -149,7 +155,7 @@ async def _relay(gw: Gateway, request: Request, fn: FunctionEntry, instance: Ins
             max_body=settings.max_body_bytes,
             header_timeout=settings.upstream_timeout,
             max_stream=settings.max_stream_duration,
-            on_response=on_response,
+            on_response=answered,
             on_sse_endpoint=on_sse_endpoint if learn_sse else None,
             on_chunk=learner.on_chunk if learner is not None else None,
         )

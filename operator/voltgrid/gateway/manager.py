@@ -118,10 +118,13 @@ class SessionManager:
         )
         # Set by the lifecycle, which owns the timers (it needs the manager, hence late binding).
         self.scheduler: DeadlineScheduler[str] | None = None
+        #: The loop the gateway runs on, set while it runs (:meth:`now` runs several times per
+        #: request, and asking asyncio for the running loop costs a getpid system call on 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return (self.loop or asyncio.get_running_loop()).time()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background job owned by the manager (cancelled on close, never leaked)."""
@@ -130,6 +133,7 @@ class SessionManager:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self.loop = None
         for task in list(self._tasks) + list(self.releasing.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *self.releasing.values(), return_exceptions=True)
@@ -369,6 +373,13 @@ class SessionManager:
         return instance
 
     # -- instances ----------------------------------------------------------------------------
+    def bound_instance(self, record: SessionRecord) -> Instance | None:
+        """The session's instance when it has one here and is not being released (the usual
+        request: no coroutine to run); else None, and :meth:`instance_for` finds or wakes one."""
+        if record.instance is None or record.rkey in self.releasing:
+            return None
+        return self.instance(record.instance)
+
     async def instance_for(self, fn: FunctionEntry, record: SessionRecord) -> tuple[Instance, bool]:
         """The session's instance, woken if needed; the flag says whether it had to be started."""
         release = self.releasing.get(record.rkey)

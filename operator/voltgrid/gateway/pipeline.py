@@ -1,6 +1,6 @@
 """The request pipeline: small steps, each with one concern, in order.
 
-1. :func:`answer_errors` — every failure becomes a JSON error body; bad input never becomes a 500. A
+1. :func:`answer_failure` — every failure becomes a JSON error body; bad input never becomes a 500. A
    client that leaves mid-request or sends a broken body is one log line, without traceback; a
    backend (control-plane) failure the gateway can classify is a 503 + Retry-After or a 502.
 2. :func:`check_limits` — refused early, on every route: declared body size, path tricks (``..``,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 from voltgrid.api import constants
@@ -65,11 +64,16 @@ class Pipeline:
             answer_error(request, e.status, e.code, e.message, e.headers)
             return
         if not tracing.enabled():
-            await answer_errors(gw, request, self._dispatch)
+            try:
+                await self._dispatch(request)
+            except Exception as e:
+                answer_failure(gw, request, e)
             return
         span, token = tracing.start_server_span(request.method, request.path, request.headers)
         try:
-            await answer_errors(gw, request, self._dispatch)
+            await self._dispatch(request)
+        except Exception as e:
+            answer_failure(gw, request, e)
         finally:
             tracing.end_server_span(span, token, request.status or 500)
 
@@ -121,22 +125,22 @@ class Pipeline:
 _ADMIN_DROP: Final = HOP_BY_HOP - {"x-voltgrid-internal-token", "x-voltgrid-forwarded"}
 
 
-async def answer_errors(gw: Gateway, request: Request, step: Callable[[Request], Awaitable[None]]) -> None:
-    """Run ``step(request)``; any failure is answered (see the module docstring)."""
-    try:
-        await step(request)
-    except GatewayError as e:
-        answer_error(request, e.status, e.code, e.message, e.headers)
-    except ClientGoneError as e:
-        logger.info("client request %s %s ended early: %s", request.method, request.path, e)
-    except ControlPlaneUnavailableError as e:
-        logger.warning("control plane unavailable for %s %s: %s", request.method, request.path, e)
+def answer_failure(gw: Gateway, request: Request, error: Exception) -> None:
+    """Answer the failure of a request's steps (see the module docstring); called in the ``except``
+    clause (so a traceback is logged for a bug), not as a wrapper coroutine around the steps: that
+    would be one more frame on the path each resumption of every request walks."""
+    if isinstance(error, GatewayError):
+        answer_error(request, error.status, error.code, error.message, error.headers)
+    elif isinstance(error, ClientGoneError):
+        logger.info("client request %s %s ended early: %s", request.method, request.path, error)
+    elif isinstance(error, ControlPlaneUnavailableError):
+        logger.warning("control plane unavailable for %s %s: %s", request.method, request.path, error)
         retry = {"Retry-After": str(gw.settings.retry_after)}
-        answer_error(request, 503, "control_plane_unavailable", str(e), retry)
-    except BackendError as e:
-        logger.warning("backend failed for %s %s: %s", request.method, request.path, e)
-        answer_error(request, 502, "backend_error", str(e))
-    except Exception:
+        answer_error(request, 503, "control_plane_unavailable", str(error), retry)
+    elif isinstance(error, BackendError):
+        logger.warning("backend failed for %s %s: %s", request.method, request.path, error)
+        answer_error(request, 502, "backend_error", str(error))
+    else:
         logger.exception("unexpected error handling %s %s", request.method, request.path)
         answer_error(request, 500, "internal", "the gateway failed unexpectedly; this is a bug")
 

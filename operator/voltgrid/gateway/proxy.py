@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit
@@ -97,13 +97,15 @@ class Trust(enum.Enum):
 class Target:
     """Where a relay goes: ``host`` and ``port`` (or a unix socket path, port None) and a path prefix."""
 
-    __slots__ = ("authority", "base", "host", "port")
+    __slots__ = ("authority", "base", "host", "key", "port")
 
     def __init__(self, host: str, port: int | None, base: str = "", authority: str = "") -> None:
         self.host = host
         self.port = port
         self.base = base
         self.authority = authority or (f"{host}:{port}" if port is not None else "localhost")
+        #: The pool's key of this upstream (see :meth:`UpstreamPool.take`).
+        self.key = f"{host}:{port}" if port is not None else host
 
 
 @lru_cache(maxsize=4096)
@@ -121,26 +123,36 @@ def upstream_headers(
     """The request's headers minus hop-by-hop and internal ones, plus ``X-Forwarded-*`` (believed as
     far as ``trust`` says) and ``extra`` (which replace the client's headers of those names)."""
     extra = list(extra)
+    headers = request.headers
+    drop: Collection[str] = _dropped(trust, tuple(name for name, _ in extra))
+    connection = headers.getall("Connection", ())
+    if connection:  # the client's own hop-by-hop names (rare): a set of this request's
+        drop = set(drop).union(t.strip().lower() for value in connection for t in value.split(","))
+    out = [(name, value) for name, value in headers.items() if name.lower() not in drop]
+    if trust is not Trust.REPLICA:
+        prior = headers.get("X-Forwarded-For") if trust is Trust.PROXY else None
+        out.append(("X-Forwarded-For", f"{prior}, {request.peer}" if prior else request.peer))
+        believed = trust is Trust.PROXY
+        if not (believed and "X-Forwarded-Proto" in headers):
+            out.append(("X-Forwarded-Proto", request.scheme))
+        host = headers.get("Host", "")
+        if host and not (believed and "X-Forwarded-Host" in headers):
+            out.append(("X-Forwarded-Host", host))
+    out += extra
+    return out
+
+
+@lru_cache(maxsize=64)
+def _dropped(trust: Trust, extra: tuple[str, ...]) -> frozenset[str]:
+    """The lowercase names :func:`upstream_headers` drops for ``trust`` and the names of ``extra``
+    (a few combinations, computed once each)."""
     drop = set(HOP_BY_HOP)
-    drop.update(name.lower() for name, _ in extra)
-    for connection in request.headers.getall("Connection", ()):
-        drop.update(t.strip().lower() for t in connection.split(","))
+    drop.update(name.lower() for name in extra)
     if trust is Trust.CLIENT:
         drop.update(_FORWARDED)
     elif trust is Trust.PROXY:
         drop.add("x-forwarded-for")
-    out = [(name, value) for name, value in request.headers.items() if name.lower() not in drop]
-    if trust is not Trust.REPLICA:
-        prior = request.headers.get("X-Forwarded-For") if trust is Trust.PROXY else None
-        out.append(("X-Forwarded-For", f"{prior}, {request.peer}" if prior else request.peer))
-        believed = trust is Trust.PROXY
-        if not (believed and "X-Forwarded-Proto" in request.headers):
-            out.append(("X-Forwarded-Proto", request.scheme))
-        host = request.host
-        if host and not (believed and "X-Forwarded-Host" in request.headers):
-            out.append(("X-Forwarded-Host", host))
-    out += extra
-    return out
+    return frozenset(drop)
 
 
 def trace_headers(headers: list[tuple[str, str]]) -> None:
@@ -199,7 +211,7 @@ async def relay(
         )
     head = request_head(request.method, path, target, headers, framing)
     for attempt in range(2):
-        conn = await _connect(pool, target, connect_timeout)
+        conn = pool.take(target.key) or await _connect(pool, target, connect_timeout)
         try:
             response = await _exchange(
                 conn,
@@ -237,6 +249,7 @@ async def relay(
 
 
 async def _connect(pool: UpstreamPool, target: Target, connect_timeout: float | None) -> UpstreamConnection:
+    """A new connection to ``target`` (the caller found no idle one: :meth:`UpstreamPool.take`)."""
     try:
         return await pool.connect(target.host, target.port, connect_timeout)
     except UpstreamError as e:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import math
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -35,6 +35,9 @@ MAX_RESPONSE_HEADERS: Final = 200
 MAX_RESPONSE_FIELD: Final = 64 * 1024
 #: Bytes of a streamed response held before the upstream's reading is paused.
 STREAM_HIGH_WATER: Final = 256 * 1024
+#: Seconds a timer may fire before its deadline and count as due (loop timers have millisecond
+#: resolution: one that fires a fraction of a millisecond early is not re-armed for the rest).
+TIMER_SLACK: Final = 0.001
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 SSE_TYPE: Final = b"text/event-stream"
 
@@ -89,7 +92,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[UpstreamResponse] | None = None
+        #: The head timer: armed at most once per exchange and re-armed lazily (see :meth:`send`).
         self._timer: asyncio.TimerHandle | None = None
+        #: Loop time the awaited head times out (inf: no timeout), and the timeout in seconds.
+        self._head_due = math.inf
+        self._head_seconds = 0.0
         #: In the pool, between exchanges: any byte from the upstream now closes the connection.
         self._idle = False
         #: Exchanges begun on this connection (which one a caller's callback is about).
@@ -152,6 +159,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.on_upgraded_lost is not None:
             self.on_upgraded_lost()
         response = self._response
@@ -211,8 +221,10 @@ class UpstreamConnection(asyncio.Protocol):
         for name, value in response.headers:
             lowered = name.lower()
             if lowered == b"content-length":
-                with contextlib.suppress(ValueError):
+                try:  # noqa: SIM105 (per response: contextlib.suppress costs an object and two calls)
                     length = int(value)
+                except ValueError:
+                    pass
             elif lowered == b"content-type":
                 response.content_type = value
         response.content_length = length
@@ -260,7 +272,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._in_head = False
         if timeout is not None:
-            self._timer = self._loop.call_later(timeout, self._head_timeout, self._head, timeout)
+            # One timer per connection, not one per exchange (a timer costs microseconds to arm and
+            # cancel): an armed one due no later than this head's deadline stays, and re-arms itself
+            # for the deadline of the head pending when it fires.
+            due = self._loop.time() + timeout
+            self._head_due, self._head_seconds = due, timeout
+            timer = self._timer
+            if timer is None or timer.when() > due:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(due, self._check_head)
+        else:
+            self._head_due = math.inf
         self._response = None
         self._complete = False
         self._failure = None
@@ -304,15 +327,18 @@ class UpstreamConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
-    def _head_timeout(self, head: asyncio.Future[UpstreamResponse], seconds: float) -> None:
-        if head is self._head and not head.done():
-            head.set_exception(UpstreamError(f"no response within {seconds}s", timeout=True))
-            self.abort()
+    def _check_head(self) -> None:
+        self._timer = None
+        head = self._head
+        if head is None or head.done() or self._head_due == math.inf:
+            return  # answered (or failed) already: the timer is not needed until the next exchange
+        if self._head_due - self._loop.time() > TIMER_SLACK:  # a later exchange's deadline
+            self._timer = self._loop.call_at(self._head_due, self._check_head)
+            return
+        head.set_exception(UpstreamError(f"no response within {self._head_seconds}s", timeout=True))
+        self.abort()
 
     def _resolve_head(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._head is not None and not self._head.done() and self._response is not None:
             self._head.set_result(self._response)
 
@@ -373,6 +399,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Out of the pool; whoever waits on this connection (a drain, a body read) fails now, not
         when a close that flushes first completes (it may never: a full socket buffer)."""
         self._pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(UpstreamError("the connection to the instance was closed"))
         if not self._complete and self._failure is None:
@@ -394,9 +423,15 @@ class UpstreamPool:
         """An idle connection to the upstream (unless ``fresh``), or a new one (UpstreamError
         ``sent_nothing`` if it cannot be opened: the caller may place the request elsewhere)."""
         key = f"{host}:{port}" if port is not None else host
-        idle = None if fresh else self._idle.get(key)
+        conn = None if fresh else self.take(key)
+        return conn or await self._open(key, host, port, connect_timeout or self.connect_timeout)
+
+    def take(self, key: str) -> UpstreamConnection | None:
+        """An idle connection to ``key`` (``host:port``, or a unix socket path) still fit for a
+        request, newest first; None when there is none. Not a coroutine: the usual request finds one."""
+        idle = self._idle.get(key)
         if idle:
-            now = asyncio.get_running_loop().time()
+            now = idle[-1]._loop.time()
             while idle:
                 conn = idle.pop()
                 if (
@@ -407,7 +442,7 @@ class UpstreamPool:
                     conn.reused = True
                     return conn
                 conn.close()
-        return await self._open(key, host, port, connect_timeout or self.connect_timeout)
+        return None
 
     async def _open(self, key: str, host: str, port: int | None, seconds: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -428,7 +463,7 @@ class UpstreamPool:
         if self._closed or len(idle) >= MAX_IDLE_PER_UPSTREAM or conn.transport is None:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = conn._loop
         conn.idle_since = loop.time()
         idle.append(conn)
         if self._sweeper is None:
