@@ -8,8 +8,8 @@ re-applying it (client-side, then server-side) changes nothing.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import hashlib
+import http.client
 import itertools
 import json
 import os
