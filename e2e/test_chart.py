@@ -893,6 +893,106 @@ async def test_queue_and_cron_triggers_through_the_gateway_across_a_dispatcher_c
         drop_example_claim(cluster, TRIGGERS_NS)
 
 
+#: A handler that fails an event's first two attempts (body fail-twice) or all of them (body always),
+#: counting attempts per event id in memory: retries of one key come back to this instance.
+FLAKY = """
+import collections, http.server, os
+ATTEMPTS = collections.Counter()
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ATTEMPTS[self.headers.get("ce-id")] += 1
+        ok = body == b"fail-twice" and ATTEMPTS[self.headers.get("ce-id")] >= 3
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+"""
+
+
+def metric(url: str, name: str, trigger: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    pattern = rf'^{name}_total{{trigger="{re.escape(trigger)}"}} ([0-9.e+]+)$'
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.timeout(600)
+async def test_a_queue_trigger_retries_then_dead_letters_on_the_cluster(cluster: Any, tmp_path: Path) -> None:
+    """Through the chart's gateway into a gVisor pod: a handler failing twice succeeds on the third
+    attempt; an always-failing one ends in the dead-letter stream after maxRetries, acknowledged."""
+    import redis.asyncio as redis  # noqa: PLC0415 (only these tests)
+
+    from brokers import redis_server  # noqa: PLC0415 (the tests' broker harness)
+
+    ok(run(cluster, "kubectl", "create", "namespace", TRIGGERS_NS))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", TRIGGERS_NS, "voltgrid.dev/enabled=true"))
+        with redis_server(tmp_path) as broker:
+            secret = ["secret", "generic", "redis", "-n", TRIGGERS_NS, f"--from-literal=url={broker.url}"]
+            ok(run(cluster, "kubectl", "create", *secret))
+            queue = {
+                "name": "jobs",
+                "type": "queue",
+                "queue": {"broker": "RedisStreams", "urlFrom": {"name": "redis", "key": "url"}, "queue": "jobs"},
+                "session": {"source": "Key"},
+                "retry": {"maxRetries": 3, "minBackoff": "1s", "maxBackoff": "2s"},
+            }
+            function = {
+                "apiVersion": "voltgrid.dev/v1alpha1",
+                "kind": "Function",
+                "metadata": {"name": "flaky", "namespace": TRIGGERS_NS},
+                "spec": {
+                    "image": "voltgrid/voltgrid:0.1.0",
+                    "command": ["python3", "-c", FLAKY],
+                    "sessions": {"affinity": "Header", "header": "X-Voltgrid-Session", "idleTimeout": "10m"},
+                    "triggers": [queue],
+                },
+            }
+            ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(function)))
+            ok(
+                run(
+                    cluster,
+                    "kubectl",
+                    "wait",
+                    "-n",
+                    TRIGGERS_NS,
+                    "function/flaky",
+                    "--for=condition=Ready",
+                    "--timeout=120s",
+                )
+            )
+            gateway = f"http://{gateway_pod_ips(cluster)[0]}:8080"
+            port = free_port()
+            proc = dispatcher(cluster, gateway, "r0", port, tmp_path / "r0.log")
+            client = redis.Redis.from_url(broker.url)
+            try:
+                await client.xadd("jobs", {"data": "fail-twice", "key": "k-1"})
+                await client.xadd("jobs", {"data": "always", "key": "k-1"})
+                trigger, url = f"{TRIGGERS_NS}/flaky/jobs", f"http://127.0.0.1:{port}"
+                async with asyncio.timeout(300):
+                    while metric(url, "voltgrid_trigger_dead_lettered", trigger) < 1:
+                        assert proc.poll() is None, (tmp_path / "r0.log").read_text()[-3000:]
+                        await asyncio.sleep(1)
+                dead = await client.xrange("jobs.dead-letter")
+                pending = await client.xpending("jobs", "voltgrid")
+            finally:
+                await client.aclose()
+            assert metric(url, "voltgrid_trigger_delivered", trigger) == 1  # the third attempt of the first
+            assert metric(url, "voltgrid_trigger_retried", trigger) == 2 + 3  # two, then maxRetries
+            assert len(dead) == 1 and dead[0][1][b"data"] == b"always", dead
+            assert pending["pending"] == 0, pending  # both acknowledged: one delivered, one dead-lettered
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        run(cluster, "kubectl", "delete", "namespace", TRIGGERS_NS, "--ignore-not-found", "--wait=true", timeout=300)
+
+
 def trigger_states(cluster: Any, name: str) -> dict[str, str]:
     out = ok(run(cluster, "kubectl", "get", "-n", TRIGGERS_NS, f"function/{name}", "-o", "json"))
     return {e["name"]: e["reason"] for e in (json.loads(out).get("status") or {}).get("triggers") or []}
