@@ -211,11 +211,8 @@ async def test_the_gateway_passes_events_to_the_ingress_and_its_answer_back(
     gateway = await gateway_to(url)
     auth = {"Authorization": f"Bearer {OPERATOR}"}
     async with httpx.AsyncClient() as client:
-        binary = {
-            **BINARY,
-            "content-type": "application/json",
-            "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
-        }
+        trace = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"  # the distributed-tracing extension
+        binary = {**BINARY, "content-type": "application/json", "ce-traceparent": trace}
         r = await client.post(f"{gateway}/_voltgrid/v1/events/shop", headers={**binary, **auth}, content='{"n": 1}')
         assert r.status_code == 200 and r.json() == {"events": 1, "deliveries": 1, "failed": []}, r.text
         batch = json.dumps([EVENT | {"id": "e2"}, EVENT | {"id": "e3"}])
@@ -232,6 +229,7 @@ async def test_the_gateway_passes_events_to_the_ingress_and_its_answer_back(
     received = {rec.headers["ce-id"]: rec for rec in sink.received}
     assert sorted(received) == ["e1", "e2", "e3"]
     assert received["e1"].body == b'{"n": 1}'  # the body, unchanged
+    assert received["e1"].headers["traceparent"] == trace  # the producer's trace goes on to the Function
 
 
 async def test_without_an_ingress_the_route_says_which_setting_is_missing(gateway_to: Any) -> None:
