@@ -1049,6 +1049,109 @@ async def test_trigger_states_reach_the_function_status_and_events(cluster: Any,
         run(cluster, "kubectl", "delete", "namespace", TRIGGERS_NS, "--ignore-not-found", "--wait=true", timeout=300)
 
 
+DISPATCH_NS = "vg-dispatch"
+#: A handler answering every event 200 (the chart's dispatcher delivers to it through the gateway).
+ACCEPT = """
+import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+"""
+
+
+def helm_triggers(cluster: Any, helm: str, enabled: bool) -> None:
+    namespaces = f"{{{DISPATCH_NS}}}" if enabled else "null"
+    ok(
+        run(
+            cluster,
+            helm, "upgrade", RELEASE, "charts/voltgrid", "-n", HELM_NS, "--reuse-values",
+            "--set", f"triggers.enabled={str(enabled).lower()}", "--set", f"triggers.secretNamespaces={namespaces}",
+            "--wait", "--timeout", HELM_TIMEOUT,
+            timeout=HELM_TIMEOUT_S,
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(2 * HELM_TIMEOUT_S + 420)
+async def test_the_charts_dispatcher_reports_states_and_takes_events_through_the_gateway(
+    cluster: Any, helm: str
+) -> None:
+    """The chart's dispatcher Deployment under its own RBAC: it reads a Secret in a namespace it was
+    given (and finds the key missing), holds its cron Lease, writes status.triggers and Events; and a
+    CloudEvent posted to the gateway's ingress reaches a Function through it (events_url wired)."""
+    ok(run(cluster, "kubectl", "create", "namespace", DISPATCH_NS))
+    try:
+        ok(run(cluster, "kubectl", "label", "namespace", DISPATCH_NS, "voltgrid.dev/enabled=true"))
+        ok(
+            run(
+                cluster, "kubectl", "-n", DISPATCH_NS, "create", "secret", "generic", "broker", "--from-literal=other=x"
+            )
+        )
+        queue = {"broker": "RedisStreams", "urlFrom": {"name": "broker", "key": "url"}, "queue": "jobs"}
+        function = {
+            "apiVersion": "voltgrid.dev/v1alpha1",
+            "kind": "Function",
+            "metadata": {"name": "hooks", "namespace": DISPATCH_NS},
+            "spec": {
+                "image": "voltgrid/voltgrid:0.1.0",
+                "command": ["python3", "-c", ACCEPT],
+                "triggers": [
+                    {"name": "jobs", "type": "queue", "queue": queue},
+                    {"name": "tick", "type": "cron", "cron": {"schedule": "@every 1h"}},
+                    {
+                        "name": "hooks",
+                        "type": "cloudevents",
+                        "cloudEvents": {"filters": [{"attribute": "type", "prefix": "shop."}]},
+                    },
+                ],
+            },
+        }
+        ok(run(cluster, "kubectl", "apply", "-f", "-", stdin=json.dumps(function)))
+        helm_triggers(cluster, helm, True)
+        expected = {"jobs": "SecretKeyMissing", "tick": "Scheduled"}
+        deadline = time.monotonic() + 120
+        while {k: v for k, v in trigger_states_in(cluster, DISPATCH_NS, "hooks").items() if k in expected} != expected:
+            assert time.monotonic() < deadline, trigger_states_in(cluster, DISPATCH_NS, "hooks")
+            await asyncio.sleep(2)
+        selector = "involvedObject.kind=Function,involvedObject.name=hooks"
+        events = json.loads(
+            ok(run(cluster, "kubectl", "get", "events", "-n", DISPATCH_NS, "--field-selector", selector, "-o", "json"))
+        )["items"]
+        assert any(e.get("reportingComponent") == "voltgrid-triggers" for e in events), events
+        gateway = f"http://{gateway_pod_ips(cluster)[0]}:8080"
+        headers = {
+            "Authorization": f"Bearer {API_TOKEN}",
+            "ce-specversion": "1.0", "ce-id": "h-1", "ce-source": "/shop", "ce-type": "shop.paid",
+            "content-type": "application/json",
+        }  # fmt: skip
+        async with httpx.AsyncClient(timeout=240) as client:
+            sent = await client.post(f"{gateway}/_voltgrid/v1/events/{DISPATCH_NS}", headers=headers, content="{}")
+            assert sent.status_code == 200 and sent.json()["deliveries"] == 1, sent.text
+            bad = await client.post(
+                f"{gateway}/_voltgrid/v1/events/{DISPATCH_NS}",
+                headers={"Authorization": f"Bearer {API_TOKEN}", "content-type": "application/cloudevents+json"},
+                content="{",
+            )
+            assert bad.status_code == 400 and "JSON" in bad.text, bad.text
+    finally:
+        run(cluster, "kubectl", "delete", "namespace", DISPATCH_NS, "--ignore-not-found", "--wait=true", timeout=300)
+        helm_triggers(cluster, helm, False)
+
+
+def trigger_states_in(cluster: Any, namespace: str, name: str) -> dict[str, str]:
+    out = run(cluster, "kubectl", "get", "-n", namespace, f"function/{name}", "-o", "json")
+    if out.returncode != 0:
+        return {}
+    return {e["name"]: e["reason"] for e in (json.loads(out.stdout).get("status") or {}).get("triggers") or []}
+
+
 @pytest.mark.timeout(HELM_TIMEOUT_S + 480)
 def test_helm_uninstall_leaves_only_documented_leftovers(cluster: Any, helm: str) -> None:
     run(cluster, "kubectl", "-n", HELM_NS, "delete", "secret", "session-api", "--ignore-not-found")  # the test's own
