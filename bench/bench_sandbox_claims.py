@@ -7,6 +7,7 @@ claim key made for the run), applies a SandboxTemplate of ``--pool`` warm sandbo
 Voltgrid image, Python prewarmed, under gVisor) and measures:
 
 - **pool fill**: apply → ``--pool`` ready, and the rate (pods/s) this node starts them at;
+- **floor**: one HTTP round trip into a warm sandbox from this host (what a claim waits on at least);
 - **claim**: ``POST /_voltgrid/v1/sandboxes`` from the warm pool, one at a time (the pool drains);
 - **claim → first result**: claim, then ``print(1)`` through the gateway, until the stdout event;
 - **concurrent claims**: ``--pool`` claims at once from a full pool: all served, time to the last;
@@ -171,6 +172,21 @@ async def today(kubeconfig: str, ns: str, n: int) -> list[float]:
     return samples
 
 
+async def agent_round_trips(kubeconfig: str, ns: str, rounds: int = 10) -> list[float]:
+    """What a claim cannot go below: the gateway's one round trip into the sandbox, from this host,
+    on a fresh connection as a claim's first contact with a pod is."""
+    listed = json.loads(kubectl(kubeconfig, "-n", ns, "get", "pods", "-l", "voltgrid.dev/role=pool", "-o", "json"))
+    ips = [p["status"]["podIP"] for p in listed["items"] if p["status"].get("podIP")]
+    samples = []
+    for _ in range(rounds):
+        for ip in ips:
+            async with httpx.AsyncClient(timeout=30) as client:
+                t0 = time.perf_counter()
+                (await client.get(f"http://{ip}:{AGENT_PORT}/health")).raise_for_status()
+                samples.append(time.perf_counter() - t0)
+    return samples
+
+
 def ms(samples: list[float]) -> str:
     return f"p50 {statistics.median(samples) * 1000:.1f} ms, {tail(samples, 1000, ' ms')}"
 
@@ -182,6 +198,8 @@ async def measure(args: argparse.Namespace, ns: str, gateway: str, admin: str) -
     fill = await wait_ready(args.kubeconfig, ns, pool)
     print(f"pool fill: {pool} warm gVisor sandboxes ready in {fill:.1f}s ({pool / fill:.2f} pods/s)")
     await asyncio.sleep(2)  # every replica's watch has them
+    floor = await agent_round_trips(args.kubeconfig, ns)
+    print(f"floor: one HTTP round trip into a warm gVisor sandbox (GET /health, new connection): {ms(floor)}")
     claims, results = [], []
     async with httpx.AsyncClient(timeout=120) as client:
         held = []
