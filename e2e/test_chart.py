@@ -914,7 +914,10 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080")))
 
 
 def metric(url: str, name: str, trigger: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.ConnectError:
+        return 0.0  # the dispatcher is still starting
     pattern = rf'^{name}_total{{trigger="{re.escape(trigger)}"}} ([0-9.e+]+)$'
     found = re.search(pattern, text, re.M)
     return float(found.group(1)) if found else 0.0
