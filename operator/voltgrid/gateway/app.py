@@ -180,10 +180,10 @@ class GatewayServer:
         if self._grpc is not None:
             await self._grpc.close(SHUTDOWN_GRACE)
             self._grpc = None
+        self.gateway.pool.close()  # first: the admin application then sees its clients gone, not cut
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self.gateway.pool.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -414,6 +414,9 @@ class UpstreamPool:
     def __init__(self, *, connect_timeout: float = 10.0) -> None:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[UpstreamConnection]] = {}
+        #: Every open connection, idle or in use: closing the pool closes them all, so none outlives
+        #: the gateway (one still in an exchange when the gateway stops, say).
+        self._open_connections: set[UpstreamConnection] = set()
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -456,6 +459,7 @@ class UpstreamPool:
             raise UpstreamError(f"cannot connect to {key}: timed out", sent_nothing=True, timeout=True) from None
         except OSError as e:
             raise UpstreamError(f"cannot connect to {key}: {e.strerror or e}", sent_nothing=True) from None
+        self._open_connections.add(conn)
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:
@@ -481,6 +485,7 @@ class UpstreamPool:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT / 2, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        self._open_connections.discard(conn)
         idle = self._idle.get(conn.key)
         if idle is not None:
             if conn in idle:
@@ -493,7 +498,7 @@ class UpstreamPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for idle in list(self._idle.values()):
-            for conn in list(idle):
-                conn.close()
+        for conn in list(self._open_connections):
+            conn.close()
+        self._open_connections.clear()
         self._idle.clear()
